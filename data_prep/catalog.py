@@ -1,0 +1,282 @@
+"""Catalog CSV reading, validation and the tag vocabulary.
+
+A catalog is a CSV with one row per track. Required columns: `track_id` and
+`path` (relative to the audio root, absolute, or a URI such as `gs://...`).
+Optional columns: `artist`, `album`, `title`, `tags` (`|`-separated),
+`split` (`train`, `valid` or `test`; wins over computed splits) and
+`duration_s` (when given, audio that decodes much shorter is rejected as
+truncated). Other columns are ignored.
+
+Malformed rows are not fatal: they become `Rejection`s, so that every row of
+the catalog is accounted for as written or rejected.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import io
+import posixpath
+
+from apache_beam.io.filesystems import FileSystems
+
+from data_prep.rejections import Rejection
+
+SPLITS = ("train", "valid", "test")
+REQUIRED_COLUMNS = ("track_id", "path")
+TAG_SEPARATOR = "|"
+
+
+class CatalogError(ValueError):
+    """A catalog that cannot be read at all (as opposed to a bad row)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+    """One valid catalog row.
+
+    Attributes:
+        row: 1-based data row number in the catalog file.
+        track_id: Unique id of the track.
+        path: The audio path as written in the catalog.
+        uri: The resolved location of the audio file.
+        artist: Artist name ('' when unknown).
+        album: Album name ('' when unknown).
+        title: Track title ('' when unknown).
+        tags: The row's tags in catalog order, without duplicates.
+        split: The split given in the catalog, or None.
+        duration_s: The duration the catalog announces, or None.
+    """
+
+    row: int
+    track_id: str
+    path: str
+    uri: str
+    artist: str = ""
+    album: str = ""
+    title: str = ""
+    tags: tuple[str, ...] = ()
+    split: str | None = None
+    duration_s: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """A parsed catalog.
+
+    Attributes:
+        source: Where the catalog was read from.
+        sha256: Hash of the catalog file's bytes.
+        num_rows: Number of data rows in the file.
+        entries: The valid rows.
+        rejections: The invalid rows, with reasons.
+    """
+
+    source: str
+    sha256: str
+    num_rows: int
+    entries: tuple[CatalogEntry, ...]
+    rejections: tuple[Rejection, ...]
+
+
+def read_text(path: str) -> bytes:
+    """Reads a whole file through Beam's filesystems (local, gs://, ...)."""
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+def resolve_audio_uri(path: str, audio_root: str) -> str:
+    """Resolves a catalog path against the audio root.
+
+    Absolute paths and URIs (`scheme://...`) are returned unchanged.
+    """
+    if "://" in path or posixpath.isabs(path):
+        return path
+    return FileSystems.join(audio_root, path) if audio_root else path
+
+
+def parse_tags(value: str) -> tuple[str, ...]:
+    """Splits a `|`-separated tag string; strips blanks and duplicates."""
+    tags = []
+    for tag in value.split(TAG_SEPARATOR):
+        tag = tag.strip()
+        if tag and tag not in tags:
+            tags.append(tag)
+    return tuple(tags)
+
+
+def parse_catalog(text: bytes, source: str, audio_root: str) -> Catalog:
+    """Parses and validates catalog CSV bytes.
+
+    Args:
+        text: The CSV file's bytes (UTF-8, optionally with a BOM).
+        source: Where the bytes came from, for messages.
+        audio_root: Directory that relative paths are resolved against.
+
+    Returns:
+        The catalog with its valid entries and row-level rejections.
+
+    Raises:
+        CatalogError: When the file is not UTF-8 CSV, has no header or lacks a
+            required column.
+    """
+    try:
+        decoded = text.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CatalogError(f"{source}: not UTF-8 text ({error})") from error
+    reader = csv.DictReader(io.StringIO(decoded, newline=""))
+    if not reader.fieldnames:
+        raise CatalogError(f"{source}: the catalog is empty (no header row)")
+    header = [name.strip() for name in reader.fieldnames]
+    missing = [column for column in REQUIRED_COLUMNS if column not in header]
+    if missing:
+        raise CatalogError(f"{source}: missing required column(s) {missing}; the header has {header}")
+    reader.fieldnames = header
+    entries, rejections, first_row_of = [], [], {}
+    num_rows = 0
+    for row_number, row in enumerate(reader, start=1):
+        num_rows += 1
+        result = _parse_row(row, row_number, audio_root, first_row_of)
+        if isinstance(result, Rejection):
+            rejections.append(result)
+        else:
+            first_row_of[result.track_id] = row_number
+            entries.append(result)
+    return Catalog(
+        source=source,
+        sha256=hashlib.sha256(text).hexdigest(),
+        num_rows=num_rows,
+        entries=tuple(entries),
+        rejections=tuple(rejections),
+    )
+
+
+def _parse_row(row: dict, row_number: int, audio_root: str, first_row_of: dict[str, int]) -> CatalogEntry | Rejection:
+    def value(column: str) -> str:
+        cell = row.get(column)
+        return cell.strip() if isinstance(cell, str) else ""
+
+    track_id, path = value("track_id"), value("path")
+
+    def reject(reason: str, detail: str) -> Rejection:
+        return Rejection(row_number, track_id, path, reason, detail)
+
+    if None in row:
+        return reject("invalid_row", f"row has {len(row[None])} more field(s) than the header")
+    if not track_id:
+        return reject("invalid_row", "empty track_id")
+    if not path:
+        return reject("invalid_row", "empty path")
+    if track_id in first_row_of:
+        return reject("duplicate_track_id", f"track_id {track_id!r} first appears in row {first_row_of[track_id]}")
+    split = value("split") or None
+    if split is not None and split not in SPLITS:
+        return reject("invalid_row", f"split {split!r} is not one of {list(SPLITS)}")
+    duration_s = None
+    if value("duration_s"):
+        try:
+            duration_s = float(value("duration_s"))
+        except ValueError:
+            return reject("invalid_row", f"duration_s {value('duration_s')!r} is not a number")
+        if not duration_s > 0:
+            return reject("invalid_row", f"duration_s {duration_s} is not positive")
+    return CatalogEntry(
+        row=row_number,
+        track_id=track_id,
+        path=path,
+        uri=resolve_audio_uri(path, audio_root),
+        artist=value("artist"),
+        album=value("album"),
+        title=value("title"),
+        tags=parse_tags(value("tags")),
+        split=split,
+        duration_s=duration_s,
+    )
+
+
+def read_catalog(path: str, audio_root: str | None = None) -> Catalog:
+    """Reads a catalog CSV from a local path or URI.
+
+    Args:
+        path: The catalog file.
+        audio_root: Directory for relative audio paths; defaults to the
+            catalog's own directory.
+
+    Returns:
+        The parsed catalog.
+    """
+    if audio_root is None:
+        audio_root = FileSystems.split(path)[0]
+    try:
+        data = read_text(path)
+    except Exception as error:  # noqa: BLE001 - every filesystem raises its own.
+        raise CatalogError(f"{path}: cannot read the catalog ({error})") from error
+    return parse_catalog(data, path, audio_root)
+
+
+@dataclasses.dataclass(frozen=True)
+class TagVocabulary:
+    """The tags that become the multi-hot label vector.
+
+    Attributes:
+        tags: The tags, in label-vector order.
+        out_of_vocabulary: Tag occurrences dropped because their tag is not
+            in the vocabulary, per tag.
+    """
+
+    tags: tuple[str, ...]
+    out_of_vocabulary: dict[str, int]
+
+    def index(self) -> dict[str, int]:
+        return {tag: i for i, tag in enumerate(self.tags)}
+
+
+def build_vocabulary(
+    entries: tuple[CatalogEntry, ...] | list[CatalogEntry],
+    min_count: int = 1,
+    max_tags: int | None = None,
+    given: list[str] | None = None,
+) -> TagVocabulary:
+    """Chooses the tag vocabulary.
+
+    Args:
+        entries: The catalog entries.
+        min_count: Tags on fewer tracks are left out.
+        max_tags: Keep at most this many of the most frequent tags.
+        given: A fixed vocabulary (e.g. the MagnaTagATune top 50); overrides
+            `min_count` and `max_tags`.
+
+    Returns:
+        The vocabulary, most frequent tag first (ties by name) unless given,
+        and the counts of dropped tag occurrences.
+    """
+    counts = collections.Counter(tag for entry in entries for tag in entry.tags)
+    if given is not None:
+        if len(set(given)) != len(given):
+            raise ValueError("the given tag vocabulary has duplicate tags")
+        tags = tuple(given)
+    else:
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        tags = tuple(tag for tag, count in ranked if count >= min_count)
+        if max_tags is not None:
+            tags = tags[:max_tags]
+    kept = set(tags)
+    dropped = {tag: count for tag, count in sorted(counts.items()) if tag not in kept}
+    return TagVocabulary(tags=tags, out_of_vocabulary=dropped)
+
+
+def reject_untagged(
+    entries: list[CatalogEntry], vocabulary: TagVocabulary
+) -> tuple[list[CatalogEntry], list[Rejection]]:
+    """Separates entries with at least one vocabulary tag from the others."""
+    kept, rejected = [], []
+    known = set(vocabulary.tags)
+    for entry in entries:
+        if any(tag in known for tag in entry.tags):
+            kept.append(entry)
+        else:
+            detail = f"tags {list(entry.tags)} are not in the vocabulary" if entry.tags else "the row has no tags"
+            rejected.append(Rejection(entry.row, entry.track_id, entry.path, "no_usable_tag", detail))
+    return kept, rejected

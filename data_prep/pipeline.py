@@ -1,0 +1,507 @@
+"""The Beam pipeline: catalog rows to sharded log-mel TFRecords.
+
+Work is split between the launcher (this process) and the Beam workers:
+
+1. The launcher parses the catalog, chooses the tag vocabulary and the
+   splits. These need a global view of the metadata but no audio, so they run
+   once, before the pipeline, and are deterministic.
+2. Beam workers read, decode, downmix, resample and check every file, compute
+   its log-mel with `tfrecords.logmel` and serialize it with
+   `tfrecords.schema`. Failures become rejections with a reason. Examples are
+   grouped into shards by a stable hash of the track id and each shard is
+   written sorted by track id, so a re-run writes byte-identical files.
+3. The launcher reconciles the counts (catalog rows = written + rejected),
+   then publishes atomically: shards go from a staging directory to their
+   final names, `rejected.csv` is written, and `dataset_info.json`, which
+   readers require, comes last.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from data_prep import audio
+from data_prep.catalog import SPLITS, Catalog, CatalogEntry, TagVocabulary, build_vocabulary, reject_untagged
+from data_prep.rejections import REASONS, Rejection, rejections_to_csv
+from data_prep.splits import assign_splits, stable_hash
+from tfrecords import dataset_info, schema
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+
+METRICS_NAMESPACE = "data_prep"
+STAGING_DIRNAME = "_staging"
+REJECTED_FILENAME = "rejected.csv"
+_STATS_PREFIX = "_shard_stats"
+_EXAMPLES_DIRNAME = "examples"
+_REJECTIONS_PREFIX = "_rejections"
+_COMPRESSION_SUFFIX = {"GZIP": ".gz", "ZLIB": ".zz", "": ""}
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Experiment-level settings of a preprocessing run.
+
+    Attributes:
+        output_dir: Where the dataset is written (local path or URI).
+        log_mel: The log-mel parameters.
+        log_mel_dtype: Storage dtype of the log-mel (`float16` or `float32`).
+        compression: TFRecord compression, `GZIP`, `ZLIB` or '' for none.
+        split_by: `artist`, `track` or `given` (see `data_prep.splits`).
+        split_fractions: Target fractions of train, valid and test.
+        seed: Seed of the split assignment's tie-breaking hash.
+        min_duration_s: Shorter audio is rejected as `too_short`.
+        silence_threshold_dbfs: Audio whose peak is below this level is
+            rejected as `silent`.
+        require_tags: Reject rows without any vocabulary tag.
+        min_tag_count: Tags on fewer tracks are left out of the vocabulary.
+        max_tags: Keep at most this many of the most frequent tags.
+        vocabulary: A fixed tag vocabulary, overriding the two above.
+        examples_per_shard: Target number of tracks per shard.
+    """
+
+    output_dir: str
+    log_mel: LogMelSpec = LogMelSpec()
+    log_mel_dtype: str = "float16"
+    compression: str = ""
+    split_by: str = "artist"
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    min_duration_s: float = 1.0
+    silence_threshold_dbfs: float = -80.0
+    require_tags: bool = True
+    min_tag_count: int = 1
+    max_tags: int | None = None
+    vocabulary: tuple[str, ...] | None = None
+    examples_per_shard: int = 64
+
+    def __post_init__(self):
+        if self.log_mel_dtype not in schema.LOG_MEL_DTYPES:
+            raise ValueError(f"log_mel_dtype must be one of {sorted(schema.LOG_MEL_DTYPES)}")
+        if self.compression not in _COMPRESSION_SUFFIX:
+            raise ValueError(f"compression must be one of {sorted(_COMPRESSION_SUFFIX)}")
+        if self.examples_per_shard < 1:
+            raise ValueError("examples_per_shard must be at least 1")
+        if self.min_duration_s * self.log_mel.sample_rate < self.log_mel.n_fft:
+            raise ValueError(f"min_duration_s must cover at least one FFT window ({self.log_mel.n_fft} samples)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackTask:
+    """A catalog entry on its way through the pipeline."""
+
+    entry: CatalogEntry
+    split: str
+    shard: int
+    num_shards: int
+    labels: tuple[int, ...]
+    tags: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """What a run did."""
+
+    info: dataset_info.DatasetInfo
+    rejections: list[Rejection]
+    counters: dict[str, int]
+
+    def render(self) -> str:
+        info = self.info
+        lines = [
+            f"catalog rows:  {info.catalog['rows']}  ({info.catalog['source']})",
+            f"written:       {info.num_written}",
+            f"rejected:      {info.rejected['count']}  (see {REJECTED_FILENAME})",
+        ]
+        for reason, count in sorted(info.rejected["by_reason"].items()):
+            lines.append(f"  {reason:<20} {count}")
+        for name, split in info.splits.items():
+            lines.append(
+                f"{name:<6} {split.examples:>6} tracks {split.seconds / 3600:8.2f} h  {len(split.shards)} shard(s)"
+            )
+        lines.append(
+            f"tags:          {len(info.vocabulary)}  {list(info.vocabulary)[:10]}{' ...' if len(info.vocabulary) > 10 else ''}"
+        )
+        if info.out_of_vocabulary:
+            lines.append(f"tag occurrences left out of the vocabulary: {sum(info.out_of_vocabulary.values())}")
+        lines.append(f"log-mel:       {info.log_mel.to_dict()}  fingerprint {info.log_mel.fingerprint()}")
+        return "\n".join(lines)
+
+
+def shard_name(split: str, shard: int, num_shards: int, compression: str) -> str:
+    return f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord{_COMPRESSION_SUFFIX[compression]}"
+
+
+def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTask], list[Rejection], TagVocabulary]:
+    """Chooses vocabulary, splits and shards for every valid catalog entry.
+
+    Returns:
+        The tasks for the Beam workers, the rows rejected before any audio is
+        read, and the vocabulary.
+    """
+    vocabulary = build_vocabulary(
+        catalog.entries,
+        min_count=config.min_tag_count,
+        max_tags=config.max_tags,
+        given=list(config.vocabulary) if config.vocabulary is not None else None,
+    )
+    rejections = list(catalog.rejections)
+    entries = list(catalog.entries)
+    if config.require_tags:
+        entries, untagged = reject_untagged(entries, vocabulary)
+        rejections.extend(untagged)
+    if config.split_by == "given":
+        no_split = [e for e in entries if e.split is None]
+        rejections.extend(
+            Rejection(e.row, e.track_id, e.path, "invalid_row", "split_by=given but the row has no split")
+            for e in no_split
+        )
+        entries = [e for e in entries if e.split is not None]
+    split_of = assign_splits(entries, vocabulary.tags, config.split_by, config.split_fractions, config.seed)
+    per_split = collections.Counter(split_of.values())
+    num_shards = {s: max(1, math.ceil(per_split[s] / config.examples_per_shard)) for s in SPLITS}
+    index = vocabulary.index()
+    tasks = []
+    for entry in entries:
+        split = split_of[entry.track_id]
+        tags = tuple(t for t in entry.tags if t in index)
+        labels = [0] * len(vocabulary.tags)
+        for tag in tags:
+            labels[index[tag]] = 1
+        tasks.append(
+            TrackTask(
+                entry=entry,
+                split=split,
+                shard=stable_hash(entry.track_id, config.seed) % num_shards[split],
+                num_shards=num_shards[split],
+                labels=tuple(labels),
+                tags=tags,
+            )
+        )
+    return tasks, rejections, vocabulary
+
+
+class ProcessTrack(beam.DoFn):
+    """Reads one track's audio and emits its serialized example or a rejection."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, config: PreprocessConfig, staging_dir: str):
+        self._config = config
+        self._examples_dir = tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME)
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "decoded")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, "rejected")
+        self._audio_ms = Metrics.counter(METRICS_NAMESPACE, "audio_milliseconds")
+        self._fallback = Metrics.counter(METRICS_NAMESPACE, "decoded_with_ffmpeg")
+
+    def setup(self):
+        spec = self._config.log_mel
+        self._log_mel = tf.function(
+            lambda waveform: log_mel_spectrogram(waveform, spec),
+            input_signature=[tf.TensorSpec([None], tf.float32)],
+        )
+
+    def process(self, task: TrackTask):
+        try:
+            example, seconds = self._process(task)
+        except audio.AudioError as error:
+            yield self._reject(task, error.reason, error.detail)
+            return
+        # The example goes to a staging file and only its metadata through the
+        # shuffle: a shuffle of whole spectrograms costs more than the work.
+        example_path = tf.io.gfile.join(self._examples_dir, f"{stable_hash(task.entry.track_id):016x}.example")
+        with tf.io.gfile.GFile(example_path, "wb") as handle:
+            handle.write(example)
+        self._decoded.inc()
+        self._audio_ms.inc(int(round(seconds * 1000)))
+        yield ((task.split, task.shard, task.num_shards), (task.entry.track_id, example_path, seconds, task.tags))
+
+    def _reject(self, task: TrackTask, reason: str, detail: str):
+        self._rejected.inc()
+        Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
+        entry = task.entry
+        return beam.pvalue.TaggedOutput(self.REJECTED, Rejection(entry.row, entry.track_id, entry.path, reason, detail))
+
+    def _source(self, uri: str) -> str | bytes:
+        """A local path as it is (decoded natively), a remote file's bytes."""
+        if FileSystems.get_scheme(uri) in (None, "file"):
+            path = uri.removeprefix("file://")
+            if not os.path.isfile(path):
+                raise audio.AudioError("missing_file", uri, "no such file")
+            if not os.access(path, os.R_OK):
+                raise audio.AudioError("unreadable_file", uri, "permission denied")
+            return path
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as handle:
+                return handle.read()
+        except Exception as error:  # noqa: BLE001 - each filesystem raises its own.
+            try:
+                exists = FileSystems.exists(uri)
+            except Exception:  # noqa: BLE001
+                exists = True
+            if not exists:
+                raise audio.AudioError("missing_file", uri, "no such file") from error
+            raise audio.AudioError("unreadable_file", uri, str(error)) from error
+
+    def _process(self, task: TrackTask) -> tuple[bytes, float]:
+        config, entry = self._config, task.entry
+        spec = config.log_mel
+        waveform, decoded = audio.load_mono(self._source(entry.uri), entry.uri, spec.sample_rate)
+        if decoded.decoder != "soundfile":
+            self._fallback.inc()
+        if waveform.size == 0:
+            raise audio.AudioError("empty", entry.uri, "the file decodes to 0 samples")
+        seconds = waveform.size / spec.sample_rate
+        if seconds < config.min_duration_s:
+            raise audio.AudioError("too_short", entry.uri, f"{seconds:.3f} s < minimum {config.min_duration_s} s")
+        if entry.duration_s is not None and seconds < entry.duration_s - max(0.5, 0.02 * entry.duration_s):
+            raise audio.AudioError(
+                "truncated", entry.uri, f"decodes to {seconds:.2f} s but the catalog says {entry.duration_s} s"
+            )
+        peak = float(np.max(np.abs(waveform)))
+        peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+        if peak_dbfs < config.silence_threshold_dbfs:
+            raise audio.AudioError(
+                "silent", entry.uri, f"peak level {peak_dbfs:.1f} dBFS < threshold {config.silence_threshold_dbfs} dBFS"
+            )
+        log_mel = self._log_mel(tf.constant(waveform)).numpy()
+        if not np.all(np.isfinite(log_mel)):
+            raise audio.AudioError("non_finite", entry.uri, "the log-mel contains NaN or infinity")
+        example = schema.encode_example(
+            track_id=entry.track_id,
+            log_mel=log_mel,
+            labels=np.asarray(task.labels, dtype=np.int64),
+            tags=list(task.tags),
+            num_samples=int(waveform.size),
+            sample_rate=spec.sample_rate,
+            artist=entry.artist,
+            album=entry.album,
+            title=entry.title,
+            log_mel_dtype=config.log_mel_dtype,
+        )
+        return example, seconds
+
+
+class WriteShard(beam.DoFn):
+    """Writes one shard, sorted by track id, and emits its statistics as JSON.
+
+    The examples are read from the staging files `ProcessTrack` wrote, which
+    are removed once the shard is written.
+    """
+
+    def __init__(self, staging_dir: str, compression: str):
+        self._staging_dir = staging_dir
+        self._compression = compression
+
+    def process(self, keyed_examples):
+        (split, shard, num_shards), examples = keyed_examples
+        examples = sorted(examples, key=lambda item: item[0])
+        name = shard_name(split, shard, num_shards, self._compression)
+        options = tf.io.TFRecordOptions(compression_type=self._compression, compression_level=1)
+        with tf.io.TFRecordWriter(tf.io.gfile.join(self._staging_dir, name), options) as writer:
+            for _, example_path, _, _ in examples:
+                with tf.io.gfile.GFile(example_path, "rb") as handle:
+                    writer.write(handle.read())
+        for _, example_path, _, _ in examples:
+            tf.io.gfile.remove(example_path)
+        tag_counts = collections.Counter(tag for _, _, _, tags in examples for tag in tags)
+        yield json.dumps(
+            {
+                "split": split,
+                "shard": name,
+                "examples": len(examples),
+                "seconds": sum(seconds for _, _, seconds, _ in examples),
+                "tag_counts": dict(tag_counts),
+                "track_ids": [track_id for track_id, _, _, _ in examples],
+            },
+            sort_keys=True,
+        )
+
+
+def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
+    """Pipeline options with this project's DirectRunner defaults.
+
+    Without any runner flags the pipeline runs on the DirectRunner with one
+    worker thread per core: decoding, resampling, the log-mel and file writes
+    release the GIL, and threads spare the worker processes' start-up (each
+    would import TensorFlow). Flags in `pipeline_args` win.
+    """
+    options = PipelineOptions(pipeline_args)
+    standard = options.view_as(StandardOptions)
+    if standard.runner is None:
+        standard.runner = "DirectRunner"
+    if standard.runner in ("DirectRunner", "direct", "PrismRunner") or standard.runner.endswith("DirectRunner"):
+        direct = options.view_as(DirectOptions)
+        if "--direct_num_workers" not in " ".join(pipeline_args):
+            direct.direct_num_workers = 0  # One worker per core.
+        if "--direct_running_mode" not in " ".join(pipeline_args):
+            direct.direct_running_mode = "multi_threading"
+    return options
+
+
+def build_pipeline(pipeline: beam.Pipeline, tasks: list[TrackTask], config: PreprocessConfig, staging_dir: str):
+    """Adds the preprocessing transforms to `pipeline`."""
+    processed = (
+        pipeline
+        | "CreateTasks" >> beam.Create(tasks)
+        | "ProcessTracks"
+        >> beam.ParDo(ProcessTrack(config, staging_dir)).with_outputs(ProcessTrack.REJECTED, main="examples")
+    )
+    _ = (
+        processed.examples
+        | "GroupIntoShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(staging_dir, config.compression))
+        | "WriteShardStats"
+        >> beam.io.WriteToText(tf.io.gfile.join(staging_dir, _STATS_PREFIX), shard_name_template="", num_shards=1)
+    )
+    _ = (
+        processed[ProcessTrack.REJECTED]
+        | "RejectionsToJson" >> beam.Map(lambda r: json.dumps(r.to_dict(), sort_keys=True))
+        | "WriteRejections"
+        >> beam.io.WriteToText(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX), shard_name_template="", num_shards=1)
+    )
+
+
+def _read_json_lines(path: str) -> list[dict]:
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _counters(result) -> dict[str, int]:
+    try:
+        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception:  # noqa: BLE001 - not every runner reports metrics.
+        return {}
+    counters = collections.Counter()
+    for counter in query["counters"]:
+        counters[counter.key.metric.name] += counter.committed or 0
+    return dict(counters)
+
+
+def _remove_previous_dataset(output_dir: str):
+    """Removes the files of an earlier run; `dataset_info.json` goes first."""
+    info = dataset_info.info_path(output_dir)
+    if tf.io.gfile.exists(info):
+        tf.io.gfile.remove(info)
+    patterns = [f"{split}-*-of-*.tfrecord*" for split in SPLITS] + [REJECTED_FILENAME]
+    for pattern in patterns:
+        for path in tf.io.gfile.glob(tf.io.gfile.join(output_dir, pattern)):
+            tf.io.gfile.remove(path)
+
+
+def run(
+    catalog: Catalog,
+    config: PreprocessConfig,
+    pipeline_args: list[str] | None = None,
+) -> Summary:
+    """Preprocesses a catalog into a TFRecord dataset.
+
+    Args:
+        catalog: The parsed catalog.
+        config: The preprocessing settings.
+        pipeline_args: Beam pipeline flags (`--runner`, `--project`, ...).
+
+    Returns:
+        The summary of the run; the dataset is complete when this returns.
+
+    Raises:
+        RuntimeError: When the counts do not reconcile (a bug, never data).
+    """
+    tasks, early_rejections, vocabulary = plan_tasks(catalog, config)
+    output_dir = config.output_dir
+    staging_dir = tf.io.gfile.join(output_dir, STAGING_DIRNAME)
+    if tf.io.gfile.exists(staging_dir):
+        tf.io.gfile.rmtree(staging_dir)
+    tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME))
+
+    options = default_pipeline_options(list(pipeline_args or []))
+    logging.info("Preprocessing %d tracks (%d rejected up front)", len(tasks), len(early_rejections))
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, tasks, config, staging_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    shard_stats = _read_json_lines(tf.io.gfile.join(staging_dir, _STATS_PREFIX))
+    late_rejections = [Rejection(**r) for r in _read_json_lines(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX))]
+    rejections = sorted(early_rejections + late_rejections, key=lambda r: r.row)
+    written_ids = [track_id for stats in shard_stats for track_id in stats["track_ids"]]
+    accounted = collections.Counter(written_ids + [r.track_id for r in late_rejections])
+    expected = collections.Counter(task.entry.track_id for task in tasks)
+    if len(written_ids) + len(rejections) != catalog.num_rows or accounted != expected:
+        raise RuntimeError(
+            f"counts do not reconcile: {catalog.num_rows} catalog rows, {len(written_ids)} written, "
+            f"{len(rejections)} rejected; staging data left in {staging_dir}"
+        )
+
+    info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
+    _publish(output_dir, staging_dir, shard_stats, rejections, info)
+    return Summary(info=info, rejections=rejections, counters=_counters(result))
+
+
+def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_info.DatasetInfo:
+    splits = {}
+    for split in SPLITS:
+        stats = sorted((s for s in shard_stats if s["split"] == split), key=lambda s: s["shard"])
+        tag_counts = collections.Counter()
+        for s in stats:
+            tag_counts.update(s["tag_counts"])
+        splits[split] = dataset_info.SplitInfo(
+            shards=[s["shard"] for s in stats],
+            examples=sum(s["examples"] for s in stats),
+            seconds=round(sum(s["seconds"] for s in stats), 3),
+            tag_counts={tag: tag_counts.get(tag, 0) for tag in vocabulary.tags},
+        )
+    by_reason = collections.Counter(r.reason for r in rejections)
+    options = {
+        "split_by": config.split_by,
+        "split_fractions": list(config.split_fractions),
+        "seed": config.seed,
+        "min_duration_s": config.min_duration_s,
+        "silence_threshold_dbfs": config.silence_threshold_dbfs,
+        "require_tags": config.require_tags,
+        "min_tag_count": config.min_tag_count,
+        "max_tags": config.max_tags,
+        "examples_per_shard": config.examples_per_shard,
+    }
+    return dataset_info.DatasetInfo(
+        log_mel=config.log_mel,
+        log_mel_dtype=config.log_mel_dtype,
+        compression=config.compression,
+        vocabulary=list(vocabulary.tags),
+        splits=splits,
+        catalog={"source": catalog.source, "sha256": catalog.sha256, "rows": catalog.num_rows},
+        rejected={
+            "count": len(rejections),
+            "by_reason": {reason: by_reason[reason] for reason in REASONS if by_reason[reason]},
+            "file": REJECTED_FILENAME,
+        },
+        options=options,
+        out_of_vocabulary=vocabulary.out_of_vocabulary,
+    )
+
+
+def _publish(output_dir, staging_dir, shard_stats, rejections, info):
+    _remove_previous_dataset(output_dir)
+    for stats in shard_stats:
+        tf.io.gfile.rename(
+            tf.io.gfile.join(staging_dir, stats["shard"]), tf.io.gfile.join(output_dir, stats["shard"]), overwrite=True
+        )
+    with tf.io.gfile.GFile(tf.io.gfile.join(output_dir, REJECTED_FILENAME), "w") as handle:
+        handle.write(rejections_to_csv(rejections))
+    temporary = dataset_info.info_path(output_dir) + ".tmp"
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+        handle.write(info.to_json())
+    tf.io.gfile.rename(temporary, dataset_info.info_path(output_dir), overwrite=True)
+    tf.io.gfile.rmtree(staging_dir)

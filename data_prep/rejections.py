@@ -1,0 +1,66 @@
+"""Rejected catalog rows: reasons and the `rejected.csv` report."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+
+# The reasons a catalog row can be rejected, with what each means.
+REASONS = {
+    "invalid_row": "the catalog row itself is malformed (empty id or path, bad split or duration)",
+    "duplicate_track_id": "an earlier catalog row has the same track_id",
+    "no_usable_tag": "none of the row's tags is in the tag vocabulary",
+    "missing_file": "the audio file does not exist",
+    "unreadable_file": "the audio file exists but cannot be read",
+    "empty": "the file has no bytes or decodes to no samples",
+    "decode_error": "neither libsndfile nor FFmpeg can decode the file",
+    "truncated": "the file decodes to fewer samples than its header or the catalog announces",
+    "too_short": "the audio is shorter than the minimum duration",
+    "silent": "the audio's peak level is below the silence threshold",
+    "non_finite": "the decoded samples or the log-mel contain NaN or infinity",
+}
+
+CSV_COLUMNS = ("row", "track_id", "path", "reason", "detail")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """One catalog row that did not make it into the dataset.
+
+    Attributes:
+        row: 1-based data row number in the catalog (the header is row 0).
+        track_id: The row's track id (may be empty for malformed rows).
+        path: The row's audio path as written in the catalog.
+        reason: One of `REASONS`.
+        detail: A human-readable explanation naming the offending value.
+    """
+
+    row: int
+    track_id: str
+    path: str
+    reason: str
+    detail: str
+
+    def __post_init__(self):
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {self.reason!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def rejections_to_csv(rejections: list[Rejection]) -> str:
+    """Renders rejections, ordered by catalog row, as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for rejection in sorted(rejections, key=lambda r: (r.row, r.track_id)):
+        writer.writerow(rejection.to_dict())
+    return buffer.getvalue()
+
+
+def rejections_from_csv(text: str) -> list[Rejection]:
+    """Parses the output of `rejections_to_csv`."""
+    rows = csv.DictReader(io.StringIO(text))
+    return [Rejection(int(r["row"]), r["track_id"], r["path"], r["reason"], r["detail"]) for r in rows]

@@ -1,0 +1,62 @@
+"""Content-based music recommender: log-mel TFRecords, Keras taggers, ScaNN retrieval."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    # scann 1.4.2 ships TensorFlow custom ops built against TF 2.20 exactly;
+    # `import scann` fails on TF 2.21, so TF stays on 2.20.x.
+    "tensorflow~=2.20.0",
+    # Keras 3 API (keras.ops, serializable layers); 3.10 is the first release
+    # tested with TF 2.20, and Keras 4 may break the saving format.
+    "keras>=3.10,<4",
+    # The retrieval index; the [tf] extra pulls its TensorFlow ops.
+    "scann[tf]==1.4.2",
+    # Preprocessing pipeline; 2.60 is the first release supporting Python 3.12
+    # and the DirectRunner's multi-processing mode as used here.
+    "apache-beam>=2.60",
+    # Decoding: libsndfile >= 1.1 (bundled in soundfile >= 0.13 wheels) reads
+    # MP3 and Opus, which older wheels cannot.
+    "soundfile>=0.13",
+    # FFmpeg's decoders (bundled in the wheels) as the fallback for files that
+    # libsndfile rejects (AAC/M4A, WMA, odd MP3s); tensorflow-io is not usable
+    # with TF >= 2.18.
+    "av>=12",
+    # High-quality resampling to 16 kHz.
+    "soxr>=0.3",
+    # librosa: used by the baseline of the preprocessing benchmark and by the
+    # evaluation's pitch-shift/time-stretch robustness study.
+    "librosa>=0.10",
+    "numpy>=1.26",
+    "pandas>=2.0",
+    # Spotify catalog builder (data_prep.spotify).
+    "spotipy>=2.23",
+    # Experiment configuration (configs/*.gin) and runtime flags.
+    "gin-config>=0.5",
+    "absl-py>=1.4",
+    # TF Serving protos and gRPC stubs for the serving client; must match TF.
+    "tensorflow-serving-api~=2.20.0",
+    "tensorboard~=2.20.0",
+]
+
+EXTRAS_REQUIRE = {
+    # Dataflow runner and GCS filesystem; heavy, so opt-in.
+    "dataflow": ["apache-beam[gcp]>=2.60"],
+    "dev": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "ruff>=0.6",
+    ],
+}
+
+setuptools.setup(
+    name="music-recommender",
+    version="0.1.0",
+    description=__doc__,
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["data_prep", "data_prep.*", "tfrecords", "tfrecords.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

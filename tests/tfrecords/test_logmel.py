@@ -1,0 +1,127 @@
+"""The log-mel front end against an independent NumPy implementation."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import tensorflow as tf
+
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, mel_filterbank
+
+
+def reference_filterbank(sample_rate, n_fft, n_mels, f_min, f_max):
+    """torchaudio.functional.melscale_fbanks(norm=None, mel_scale='htk'), written out."""
+    n_freqs = n_fft // 2 + 1
+    all_freqs = np.linspace(0, sample_rate // 2, n_freqs)
+    m_min = 2595.0 * np.log10(1.0 + f_min / 700.0)
+    m_max = 2595.0 * np.log10(1.0 + f_max / 700.0)
+    m_pts = np.linspace(m_min, m_max, n_mels + 2)
+    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
+    fb = np.zeros((n_freqs, n_mels))
+    for m in range(n_mels):
+        left, center, right = f_pts[m], f_pts[m + 1], f_pts[m + 2]
+        for k, f in enumerate(all_freqs):
+            if left <= f <= center and center > left:
+                fb[k, m] = (f - left) / (center - left)
+            elif center < f <= right:
+                fb[k, m] = (right - f) / (right - center)
+    return np.maximum(fb, 0.0)
+
+
+def reference_log_mel(waveform, spec: LogMelSpec):
+    """torchaudio MelSpectrogram + AmplitudeToDB in float64 NumPy."""
+    n_fft, hop = spec.n_fft, spec.hop_length
+    padded = np.pad(waveform.astype(np.float64), (n_fft // 2, n_fft // 2), mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)  # periodic Hann
+    num_frames = 1 + (padded.size - n_fft) // hop
+    frames = np.stack([padded[i * hop : i * hop + n_fft] * window for i in range(num_frames)])
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    fb = reference_filterbank(spec.sample_rate, n_fft, spec.n_mels, spec.f_min, spec.f_max)
+    return 10.0 * np.log10(np.maximum(power @ fb, spec.amin))
+
+
+@pytest.mark.parametrize("n_mels", [128, 96])
+def test_filterbank_matches_torchaudio_formula_and_librosa_htk(n_mels):
+    spec = LogMelSpec(n_mels=n_mels)
+    ours = mel_filterbank(spec)
+    np.testing.assert_allclose(ours, reference_filterbank(16000, 512, n_mels, 0.0, 8000.0), atol=1e-9)
+    librosa_fb = librosa.filters.mel(sr=16000, n_fft=512, n_mels=n_mels, fmin=0, fmax=8000, htk=True, norm=None).T
+    np.testing.assert_allclose(ours, librosa_fb, atol=1e-6)
+    assert ours.shape == (257, n_mels)
+
+
+def test_filterbank_is_not_tf_signal_filterbank():
+    """The reason tf.signal.linear_to_mel_weight_matrix is not used."""
+    tf_fb = tf.signal.linear_to_mel_weight_matrix(128, 257, 16000, 0.0, 8000.0).numpy()
+    assert np.abs(tf_fb - mel_filterbank(LogMelSpec())).max() > 1e-3
+
+
+@pytest.mark.parametrize("num_samples, frames", [(59049, 231), (16000, 63), (464000, 1813), (257, 2)])
+def test_frame_count(num_samples, frames):
+    spec = LogMelSpec()
+    out = log_mel_spectrogram(np.zeros(num_samples, np.float32) + 0.01, spec)
+    assert out.shape == (frames, 128)
+    assert spec.num_frames(num_samples) == frames
+
+
+def _demo_waveform(path, seconds=None):
+    samples, rate = soundfile.read(path, dtype="float32")
+    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
+    waveform = soxr.resample(mono, rate, 16000, quality="HQ").astype(np.float32)
+    return waveform[: int(seconds * 16000)] if seconds else waveform
+
+
+def test_parity_with_numpy_reference_on_real_audio(demo_audio_files):
+    spec = LogMelSpec()
+    worst = 0.0
+    for path in demo_audio_files[::3]:
+        waveform = _demo_waveform(path)
+        ours = log_mel_spectrogram(waveform, spec).numpy()
+        reference = reference_log_mel(waveform, spec)
+        assert ours.shape == reference.shape
+        worst = max(worst, float(np.abs(ours - reference).max()))
+    assert worst <= 0.01, f"max abs difference {worst} dB"
+
+
+def test_parity_for_96_mels_and_batches(demo_audio_files):
+    spec = LogMelSpec(n_mels=96)
+    batch = np.stack([_demo_waveform(p, seconds=4.0) for p in demo_audio_files[:2]])
+    ours = log_mel_spectrogram(batch, spec).numpy()
+    assert ours.shape == (2, spec.num_frames(64000), 96)
+    for i in range(2):
+        np.testing.assert_allclose(ours[i], reference_log_mel(batch[i], spec), atol=0.01)
+
+
+def test_float32_compute_path_is_close_but_less_exact(demo_audio_files):
+    waveform = _demo_waveform(demo_audio_files[0], seconds=5.0)
+    reference = reference_log_mel(waveform, LogMelSpec())
+    float32 = log_mel_spectrogram(waveform, compute_dtype=tf.float32).numpy()
+    loud = reference > -60.0
+    assert np.abs(float32 - reference)[loud].max() < 0.01
+
+
+def test_tone_lands_in_its_mel_band():
+    spec = LogMelSpec()
+    t = np.arange(16000) / 16000
+    waveform = (0.5 * np.sin(2 * np.pi * 1000.0 * t)).astype(np.float32)
+    log_mel = log_mel_spectrogram(waveform, spec).numpy()
+    expected_band = int(np.argmax(mel_filterbank(spec)[int(round(1000.0 / (16000 / 512)))]))
+    assert np.bincount(log_mel.argmax(axis=1)).argmax() == expected_band
+
+
+def test_silence_is_the_floor():
+    log_mel = log_mel_spectrogram(np.zeros(4000, np.float32)).numpy()
+    np.testing.assert_allclose(log_mel, LogMelSpec().floor_db)
+
+
+def test_spec_validation_and_fingerprint():
+    with pytest.raises(ValueError, match="f_max"):
+        LogMelSpec(f_max=9000.0)
+    assert LogMelSpec().fingerprint() == LogMelSpec().fingerprint()
+    assert LogMelSpec(n_mels=96).fingerprint() != LogMelSpec().fingerprint()
+    assert LogMelSpec.from_dict(LogMelSpec(n_mels=96).to_dict()) == LogMelSpec(n_mels=96)
+    with pytest.raises(ValueError, match="unknown"):
+        LogMelSpec.from_dict({"n_mel": 96})

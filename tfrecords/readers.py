@@ -1,0 +1,251 @@
+"""tf.data input pipelines over the preprocessed TFRecords.
+
+Two modes:
+
+* `train_dataset`: shards are read interleaved and shuffled, each track read
+  yields `crops_per_track` random fixed-length crops (shorter tracks are
+  padded with the log-mel of silence), crops are shuffled, optionally
+  SpecAugment-masked, batched and prefetched. Under a `tf.distribute`
+  strategy pass the `tf.distribute.InputContext` that
+  `strategy.distribute_datasets_from_function` provides: shards are then
+  split between input pipelines and the global batch between replicas.
+* `eval_dataset`: every track once, in file order, as `num_chunks` evenly
+  spaced chunks (the Won et al. evaluation: chunk `i` starts at
+  `i * ((frames - chunk_frames) // num_chunks)`), with its track id and
+  labels, so that predictions can be averaged per track. Deterministic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from tfrecords import dataset_info as dataset_info_lib
+from tfrecords import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecAugment:
+    """SpecAugment-style masking (Park et al. 2019) of a log-mel crop.
+
+    Masked cells are set to the crop's mean, so masking does not shift the
+    input statistics the way a zero (a loud value in dB) would.
+
+    Attributes:
+        num_time_masks: Number of time masks.
+        max_time_mask_frames: Maximum width of a time mask in frames.
+        num_freq_masks: Number of frequency masks.
+        max_freq_mask_bins: Maximum width of a frequency mask in mel bins.
+    """
+
+    num_time_masks: int = 2
+    max_time_mask_frames: int = 20
+    num_freq_masks: int = 2
+    max_freq_mask_bins: int = 16
+
+    def __call__(self, log_mel: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        """Masks one `[frames, n_mels]` crop; `seed` is a stateless seed `[2]`."""
+        frames, bins = tf.shape(log_mel)[0], tf.shape(log_mel)[1]
+        mean = tf.reduce_mean(log_mel)
+        keep = tf.ones_like(log_mel, dtype=tf.bool)
+        seeds = tf.random.experimental.stateless_split(seed, self.num_time_masks + self.num_freq_masks)
+        for i in range(self.num_time_masks):
+            keep &= _band_mask(frames, self.max_time_mask_frames, seeds[i])[:, tf.newaxis]
+        for i in range(self.num_freq_masks):
+            keep &= _band_mask(bins, self.max_freq_mask_bins, seeds[self.num_time_masks + i])[tf.newaxis, :]
+        return tf.where(keep, log_mel, mean)
+
+
+def _band_mask(length: tf.Tensor, max_width: int, seed: tf.Tensor) -> tf.Tensor:
+    """A boolean vector that is False on one random band of width < max_width."""
+    width_seed, start_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    width = tf.random.stateless_uniform([], width_seed, 0, max_width + 1, dtype=tf.int32)
+    width = tf.minimum(width, length)
+    start = tf.random.stateless_uniform([], start_seed, 0, length - width + 1, dtype=tf.int32)
+    positions = tf.range(length)
+    return (positions < start) | (positions >= start + width)
+
+
+def pad_to_frames(log_mel: tf.Tensor, num_frames: int, floor_db: float) -> tf.Tensor:
+    """Pads `[frames, n_mels]` at the end with silence up to `num_frames`."""
+    missing = tf.maximum(num_frames - tf.shape(log_mel)[0], 0)
+    return tf.pad(log_mel, [[0, missing], [0, 0]], constant_values=floor_db)
+
+
+def random_crops(log_mel: tf.Tensor, crop_frames: int, num_crops: int, seed: tf.Tensor, floor_db: float) -> tf.Tensor:
+    """`num_crops` random crops `[num_crops, crop_frames, n_mels]` of one track."""
+    log_mel = pad_to_frames(log_mel, crop_frames, floor_db)
+    max_start = tf.shape(log_mel)[0] - crop_frames
+    starts = tf.random.stateless_uniform([num_crops], seed, 0, max_start + 1, dtype=tf.int32)
+    offsets = starts[:, tf.newaxis] + tf.range(crop_frames)[tf.newaxis, :]
+    return tf.gather(log_mel, offsets)
+
+
+def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, num_chunks: int, floor_db: float) -> tf.Tensor:
+    """The Won et al. evaluation chunks `[num_chunks, chunk_frames, n_mels]`."""
+    log_mel = pad_to_frames(log_mel, chunk_frames, floor_db)
+    hop = (tf.shape(log_mel)[0] - chunk_frames) // num_chunks
+    starts = tf.range(num_chunks) * hop
+    offsets = starts[:, tf.newaxis] + tf.range(chunk_frames)[tf.newaxis, :]
+    return tf.gather(log_mel, offsets)
+
+
+def _files(dataset_dir: str, info: dataset_info_lib.DatasetInfo, split: str) -> list[str]:
+    files = dataset_info_lib.shard_paths(dataset_dir, info, split)
+    if not files:
+        raise ValueError(f"{dataset_dir}: split {split!r} has no examples")
+    return files
+
+
+def _parser(info: dataset_info_lib.DatasetInfo):
+    def parse(serialized):
+        return schema.parse_example(serialized, info.num_tags, info.log_mel.n_mels, info.log_mel_dtype)
+
+    return parse
+
+
+def train_dataset(
+    dataset_dir: str,
+    *,
+    split: str = "train",
+    crop_frames: int = 231,
+    crops_per_track: int = 1,
+    global_batch_size: int = 16,
+    shuffle_buffer: int = 1024,
+    seed: int | None = None,
+    spec_augment: SpecAugment | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = True,
+    cache: bool = False,
+    info: dataset_info_lib.DatasetInfo | None = None,
+) -> tf.data.Dataset:
+    """Random crops for training.
+
+    Args:
+        dataset_dir: A directory written by `python -m data_prep`.
+        split: The split to read.
+        crop_frames: Frames per crop (231 = 59,049 samples for the short-chunk
+            models, 1813 = 29 s for the CRNN).
+        crops_per_track: Random crops taken from each track read (1 is the Won
+            et al. recipe; more amortises reading a whole track).
+        global_batch_size: Batch size summed over all replicas.
+        shuffle_buffer: Crops in the shuffle buffer.
+        seed: Makes the order and the crops reproducible; None is faster.
+        spec_augment: Optional masking applied to each crop.
+        input_context: From `strategy.distribute_datasets_from_function`.
+        repeat: Repeat forever (epochs are then counted in steps).
+        cache: Cache the parsed tracks in memory (small datasets).
+        info: The dataset's info, if already loaded.
+
+    Returns:
+        A dataset of `(log_mel [batch, crop_frames, n_mels], labels [batch,
+        num_tags])` float32 pairs, with the per-replica batch size.
+    """
+    info = info or dataset_info_lib.load(dataset_dir)
+    files = _files(dataset_dir, info, split)
+    batch_size = global_batch_size
+    deterministic = seed is not None
+    files_dataset = tf.data.Dataset.from_tensor_slices(files)
+    records_need_sharding = False
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        if len(files) >= input_context.num_input_pipelines:
+            files_dataset = files_dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        else:
+            records_need_sharding = True
+    if not cache:
+        files_dataset = files_dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    records = files_dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=info.compression),
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+    if records_need_sharding:
+        records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    tracks = records.map(_parser(info), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    tracks = tracks.map(lambda parsed: (parsed[schema.LOG_MEL], parsed[schema.LABELS]))
+    if cache:
+        tracks = tracks.cache()
+        tracks = tracks.shuffle(min(shuffle_buffer, 4096), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        tracks = tracks.repeat()
+    floor_db = info.log_mel.floor_db
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+
+    def crop(track, crop_seed):
+        log_mel, labels = track
+        crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed, floor_db)
+        if spec_augment is not None:
+            augment_seeds = tf.random.experimental.stateless_split(crop_seed, crops_per_track)
+            crops = tf.map_fn(
+                lambda args: spec_augment(args[0], args[1]),
+                (crops, augment_seeds),
+                fn_output_signature=tf.float32,
+            )
+        return crops, tf.repeat(labels[tf.newaxis, :], crops_per_track, axis=0)
+
+    chunks = (
+        tf.data.Dataset.zip((tracks, seeds))
+        .map(crop, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        .unbatch()
+    )
+    chunks = chunks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    batches = chunks.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if input_context is not None:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    else:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
+    return batches.with_options(options).prefetch(AUTOTUNE)
+
+
+def eval_dataset(
+    dataset_dir: str,
+    *,
+    split: str = "valid",
+    chunk_frames: int = 231,
+    num_chunks: int = 16,
+    info: dataset_info_lib.DatasetInfo | None = None,
+) -> tf.data.Dataset:
+    """Every track once, as evenly spaced chunks, in a deterministic order.
+
+    Args:
+        dataset_dir: A directory written by `python -m data_prep`.
+        split: The split to read.
+        chunk_frames: Frames per chunk.
+        num_chunks: Chunks per track (16 in the Won et al. evaluation).
+        info: The dataset's info, if already loaded.
+
+    Returns:
+        A dataset of dicts, one per track: `track_id` (string), `log_mel`
+        `[num_chunks, chunk_frames, n_mels]`, `labels` `[num_tags]`,
+        `artist`, `album`, `title`, `tags` and `duration_s`.
+    """
+    info = info or dataset_info_lib.load(dataset_dir)
+    files = _files(dataset_dir, info, split)
+    floor_db = info.log_mel.floor_db
+
+    def to_chunks(parsed):
+        return {
+            schema.TRACK_ID: parsed[schema.TRACK_ID],
+            schema.LOG_MEL: evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks, floor_db),
+            schema.LABELS: parsed[schema.LABELS],
+            schema.ARTIST: parsed[schema.ARTIST],
+            schema.ALBUM: parsed[schema.ALBUM],
+            schema.TITLE: parsed[schema.TITLE],
+            schema.TAGS: parsed[schema.TAGS],
+            schema.DURATION_S: parsed[schema.DURATION_S],
+        }
+
+    records = tf.data.TFRecordDataset(files, compression_type=info.compression)
+    dataset = records.map(_parser(info), num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.map(to_chunks, num_parallel_calls=AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(AUTOTUNE)

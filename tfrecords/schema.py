@@ -1,0 +1,163 @@
+"""The TFRecord schema: one definition for the Beam writer and tf.data readers.
+
+Each track is one `tf.train.Example`:
+
+| feature         | type        | content                                             |
+|-----------------|-------------|-----------------------------------------------------|
+| track_id        | bytes       | the catalog's track id                              |
+| artist          | bytes       | artist ('' when unknown)                            |
+| album           | bytes       | album ('' when unknown)                             |
+| title           | bytes       | title ('' when unknown)                             |
+| tags            | bytes list  | the track's tags that are in the vocabulary         |
+| labels          | int64 list  | multi-hot vector over the vocabulary (0/1)          |
+| log_mel         | bytes       | `[frames, n_mels]` row-major, little-endian float16 |
+|                 |             | (or float32, see `dataset_info.json`)               |
+| log_mel_shape   | int64 list  | `[frames, n_mels]`                                  |
+| duration_s      | float       | duration of the 16 kHz mono waveform in seconds     |
+| num_samples     | int64       | samples of the 16 kHz mono waveform                 |
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+TRACK_ID = "track_id"
+ARTIST = "artist"
+ALBUM = "album"
+TITLE = "title"
+TAGS = "tags"
+LABELS = "labels"
+LOG_MEL = "log_mel"
+LOG_MEL_SHAPE = "log_mel_shape"
+DURATION_S = "duration_s"
+NUM_SAMPLES = "num_samples"
+
+LOG_MEL_DTYPES = {"float16": (np.dtype("<f2"), tf.float16), "float32": (np.dtype("<f4"), tf.float32)}
+
+
+def _bytes_feature(values: list[bytes]) -> tf.train.Feature:
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
+
+
+def _int64_feature(values) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _float_feature(values) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def encode_example(
+    *,
+    track_id: str,
+    log_mel: np.ndarray,
+    labels: np.ndarray,
+    tags: list[str],
+    num_samples: int,
+    sample_rate: int,
+    artist: str = "",
+    album: str = "",
+    title: str = "",
+    log_mel_dtype: str = "float16",
+) -> bytes:
+    """Serializes one track.
+
+    Args:
+        track_id: The track id.
+        log_mel: Float array `[frames, n_mels]` in dB.
+        labels: Multi-hot vector over the vocabulary.
+        tags: The track's vocabulary tags.
+        num_samples: Length of the mono waveform in samples.
+        sample_rate: Sample rate of that waveform.
+        artist: Artist name.
+        album: Album name.
+        title: Title.
+        log_mel_dtype: Storage dtype of the log-mel, `float16` or `float32`.
+
+    Returns:
+        The serialized `tf.train.Example`.
+    """
+    if log_mel.ndim != 2:
+        raise ValueError(f"log_mel must be [frames, n_mels], got shape {log_mel.shape}")
+    storage_dtype = LOG_MEL_DTYPES[log_mel_dtype][0]
+    features = {
+        TRACK_ID: _bytes_feature([track_id.encode("utf-8")]),
+        ARTIST: _bytes_feature([artist.encode("utf-8")]),
+        ALBUM: _bytes_feature([album.encode("utf-8")]),
+        TITLE: _bytes_feature([title.encode("utf-8")]),
+        TAGS: _bytes_feature([tag.encode("utf-8") for tag in tags]),
+        LABELS: _int64_feature(np.asarray(labels).reshape(-1)),
+        LOG_MEL: _bytes_feature([np.ascontiguousarray(log_mel, dtype=storage_dtype).tobytes()]),
+        LOG_MEL_SHAPE: _int64_feature(log_mel.shape),
+        DURATION_S: _float_feature([num_samples / sample_rate]),
+        NUM_SAMPLES: _int64_feature([num_samples]),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def feature_spec(num_tags: int) -> dict:
+    """The parsing spec for `tf.io.parse_example` / `parse_single_example`."""
+    return {
+        TRACK_ID: tf.io.FixedLenFeature([], tf.string),
+        ARTIST: tf.io.FixedLenFeature([], tf.string),
+        ALBUM: tf.io.FixedLenFeature([], tf.string),
+        TITLE: tf.io.FixedLenFeature([], tf.string),
+        TAGS: tf.io.VarLenFeature(tf.string),
+        LABELS: tf.io.FixedLenFeature([num_tags], tf.int64),
+        LOG_MEL: tf.io.FixedLenFeature([], tf.string),
+        LOG_MEL_SHAPE: tf.io.FixedLenFeature([2], tf.int64),
+        DURATION_S: tf.io.FixedLenFeature([], tf.float32),
+        NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def parse_example(serialized: tf.Tensor, num_tags: int, n_mels: int, log_mel_dtype: str = "float16") -> dict:
+    """Parses one serialized example into tensors.
+
+    Args:
+        serialized: Scalar string tensor.
+        num_tags: Size of the tag vocabulary.
+        n_mels: Number of mel bands (fixes the static shape).
+        log_mel_dtype: Storage dtype of the log-mel.
+
+    Returns:
+        A dict with the schema's features; `log_mel` decoded to float32
+        `[frames, n_mels]`, `labels` as float32 `[num_tags]` and `tags` as a
+        dense string vector.
+    """
+    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tags))
+    raw = tf.io.decode_raw(parsed[LOG_MEL], LOG_MEL_DTYPES[log_mel_dtype][1], little_endian=True)
+    log_mel = tf.reshape(tf.cast(raw, tf.float32), [-1, n_mels])
+    tf.debugging.assert_equal(
+        tf.shape(log_mel, out_type=tf.int64), parsed[LOG_MEL_SHAPE], message="log_mel_shape mismatch"
+    )
+    parsed[LOG_MEL] = log_mel
+    parsed[LABELS] = tf.cast(parsed[LABELS], tf.float32)
+    parsed[TAGS] = tf.sparse.to_dense(parsed[TAGS], default_value=b"")
+    return parsed
+
+
+def decode_example(serialized: bytes, log_mel_dtype: str = "float16") -> dict:
+    """Decodes a serialized example into Python and NumPy values (no graph)."""
+    example = tf.train.Example.FromString(serialized)
+    feature = example.features.feature
+
+    def text(name: str) -> str:
+        return feature[name].bytes_list.value[0].decode("utf-8")
+
+    shape = tuple(feature[LOG_MEL_SHAPE].int64_list.value)
+    storage_dtype = LOG_MEL_DTYPES[log_mel_dtype][0]
+    log_mel = np.frombuffer(feature[LOG_MEL].bytes_list.value[0], dtype=storage_dtype).reshape(shape)
+    return {
+        TRACK_ID: text(TRACK_ID),
+        ARTIST: text(ARTIST),
+        ALBUM: text(ALBUM),
+        TITLE: text(TITLE),
+        TAGS: [tag.decode("utf-8") for tag in feature[TAGS].bytes_list.value],
+        LABELS: np.array(feature[LABELS].int64_list.value, dtype=np.int64),
+        LOG_MEL: log_mel.astype(np.float32),
+        LOG_MEL_SHAPE: shape,
+        DURATION_S: feature[DURATION_S].float_list.value[0],
+        NUM_SAMPLES: feature[NUM_SAMPLES].int64_list.value[0],
+    }
