@@ -1,0 +1,126 @@
+"""Decoding, downmixing and resampling of real and crafted audio files."""
+
+from __future__ import annotations
+
+import io
+
+import av
+import numpy as np
+import pytest
+import soundfile
+
+from data_prep import audio
+from tests.conftest import tone
+
+
+def _encode(samples, rate, fmt, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _encode_m4a(samples: np.ndarray, rate: int) -> bytes:
+    """AAC in MP4, which libsndfile cannot read, written with FFmpeg (PyAV)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "stereo" if samples.shape[1] == 2 else "mono"
+        planar = np.ascontiguousarray(samples.T)
+        for start in range(0, planar.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(planar[:, start : start + 1024]), format="fltp", layout=stream.layout.name
+            )
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
+def test_decodes_formats_with_libsndfile(fmt):
+    samples = tone(2.0, 44100, channels=2)
+    decoded = audio.decode_audio(_encode(samples, 44100, fmt), "x." + fmt.lower())
+    assert decoded.decoder == "soundfile"
+    assert decoded.sample_rate == 44100
+    assert decoded.samples.shape[1] == 2
+    assert abs(decoded.duration_s - 2.0) < 0.06
+
+
+def test_decodes_real_mp3_by_path(demo_audio_files):
+    decoded = audio.decode_audio(str(demo_audio_files[0]), str(demo_audio_files[0]))
+    assert decoded.decoder == "soundfile" and decoded.sample_rate == 44100
+    assert abs(decoded.duration_s - 15.0) < 0.1
+    assert decoded.minimum_frames is not None and decoded.samples.shape[0] >= decoded.minimum_frames
+
+
+def test_falls_back_to_ffmpeg_for_m4a(tmp_path):
+    data = _encode_m4a(tone(1.5, 22050, channels=2), 22050)
+    with pytest.raises(soundfile.LibsndfileError):
+        soundfile.read(io.BytesIO(data))
+    path = tmp_path / "song.m4a"
+    path.write_bytes(data)
+    decoded = audio.decode_audio(str(path), str(path))
+    assert decoded.decoder == "pyav"
+    assert decoded.sample_rate == 22050 and decoded.samples.shape[1] == 2
+    assert abs(decoded.duration_s - 1.5) < 0.1
+    waveform, _ = audio.load_mono(str(path), str(path), 16000)
+    spectrum = np.abs(np.fft.rfft(waveform))
+    assert abs(np.argmax(spectrum) * 16000 / waveform.size - 440.0) < 5.0
+
+
+def test_garbage_names_the_file_and_both_decoders():
+    with pytest.raises(audio.AudioError) as raised:
+        audio.decode_audio(b"this is not audio" * 100, "catalog/bad.mp3")
+    assert raised.value.reason == "decode_error"
+    assert "catalog/bad.mp3" in str(raised.value)
+    assert "soundfile:" in raised.value.detail and "pyav:" in raised.value.detail
+    assert "BytesIO" not in raised.value.detail
+
+
+def test_empty_file():
+    with pytest.raises(audio.AudioError, match="0 bytes") as raised:
+        audio.decode_audio(b"", "empty.wav")
+    assert raised.value.reason == "empty"
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "MP3"])
+def test_truncated_files_are_detected(fmt):
+    data = _encode(tone(3.0, 44100, channels=2), 44100, fmt)
+    audio.decode_audio(data, "whole")  # The complete file is fine.
+    with pytest.raises(audio.AudioError) as raised:
+        audio.decode_audio(data[: len(data) // 2], "half." + fmt.lower())
+    assert raised.value.reason == "truncated"
+    assert "half." in str(raised.value)
+
+
+def test_truncated_real_mp3(demo_audio_files):
+    data = demo_audio_files[0].read_bytes()
+    with pytest.raises(audio.AudioError, match="truncated"):
+        audio.decode_audio(data[: len(data) // 3], demo_audio_files[0].name)
+
+
+def test_non_finite_samples_are_rejected():
+    samples = tone(1.0, 16000)
+    samples[100] = np.nan
+    data = _encode(samples, 16000, "WAV", subtype="FLOAT")
+    with pytest.raises(audio.AudioError) as raised:
+        audio.load_mono(data, "nan.wav", 16000)
+    assert raised.value.reason == "non_finite"
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_to_mono_averages_channels(channels):
+    samples = np.random.default_rng(0).standard_normal((1000, channels)).astype(np.float32)
+    np.testing.assert_allclose(audio.to_mono(samples), samples.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 16000])
+def test_resample_keeps_duration_and_pitch(rate):
+    waveform = tone(2.0, rate, frequency=1000.0)[:, 0]
+    resampled = audio.resample(waveform, rate, 16000)
+    assert resampled.dtype == np.float32
+    assert abs(resampled.size - 32000) <= 1
+    spectrum = np.abs(np.fft.rfft(resampled))
+    assert abs(np.argmax(spectrum) * 16000 / resampled.size - 1000.0) < 2.0

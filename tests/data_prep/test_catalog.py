@@ -1,0 +1,76 @@
+"""Catalog parsing, row validation and the tag vocabulary."""
+
+from __future__ import annotations
+
+import pytest
+
+from data_prep import catalog
+
+
+def _parse(text: str, audio_root: str = "/music") -> catalog.Catalog:
+    return catalog.parse_catalog(text.encode("utf-8"), "cat.csv", audio_root)
+
+
+def test_demo_catalog(demo_catalog):
+    parsed = catalog.read_catalog(str(demo_catalog))
+    assert parsed.num_rows == 16 and len(parsed.entries) == 16 and not parsed.rejections
+    entry = parsed.entries[0]
+    assert entry.uri.endswith(entry.path) and entry.uri.startswith(str(demo_catalog.parent))
+    assert entry.tags == ("hyperrogue",) and entry.duration_s == 15.0 and entry.artist
+
+
+def test_missing_required_column_names_it_and_the_file():
+    with pytest.raises(catalog.CatalogError, match=r"cat.csv: missing required column\(s\) \['path'\]"):
+        _parse("track_id,title\n1,x\n")
+
+
+def test_empty_and_non_utf8_files():
+    with pytest.raises(catalog.CatalogError, match="empty"):
+        _parse("")
+    with pytest.raises(catalog.CatalogError, match="UTF-8"):
+        catalog.parse_catalog(b"track_id,path\n\xff\xfe,x\n", "latin.csv", "/")
+
+
+def test_bad_rows_become_rejections_with_reasons():
+    parsed = _parse(
+        "track_id,path,tags,split,duration_s\n"
+        "a,a.mp3,rock|pop| rock ,,30\n"
+        ",b.mp3,rock,,\n"
+        "c,,rock,,\n"
+        "a,d.mp3,rock,,\n"
+        "e,e.mp3,rock,holdout,\n"
+        "f,f.mp3,rock,,long\n"
+        "g,g.mp3,rock,,-1\n"
+        "h,gs://bucket/h.mp3,,test,\n"
+        "i,/abs/i.mp3,jazz,,,extra\n"
+    )
+    assert parsed.num_rows == 9
+    assert [e.track_id for e in parsed.entries] == ["a", "h"]
+    a, h = parsed.entries
+    assert a.tags == ("rock", "pop") and a.uri == "/music/a.mp3" and a.duration_s == 30.0
+    assert h.uri == "gs://bucket/h.mp3" and h.split == "test" and h.tags == ()
+    reasons = {(r.row, r.reason): r.detail for r in parsed.rejections}
+    assert reasons[(2, "invalid_row")] == "empty track_id"
+    assert reasons[(3, "invalid_row")] == "empty path"
+    assert "first appears in row 1" in reasons[(4, "duplicate_track_id")]
+    assert "'holdout'" in reasons[(5, "invalid_row")]
+    assert "'long' is not a number" in reasons[(6, "invalid_row")]
+    assert "not positive" in reasons[(7, "invalid_row")]
+    assert "more field" in reasons[(9, "invalid_row")]
+    assert len(parsed.entries) + len(parsed.rejections) == parsed.num_rows
+
+
+def test_vocabulary_order_min_count_max_tags_and_given():
+    parsed = _parse("track_id,path,tags\n1,1,a|b\n2,2,b|c\n3,3,b\n4,4,c\n5,5,d\n")
+    vocabulary = catalog.build_vocabulary(parsed.entries)
+    assert vocabulary.tags == ("b", "c", "a", "d")
+    vocabulary = catalog.build_vocabulary(parsed.entries, min_count=2)
+    assert vocabulary.tags == ("b", "c") and vocabulary.out_of_vocabulary == {"a": 1, "d": 1}
+    assert catalog.build_vocabulary(parsed.entries, max_tags=1).tags == ("b",)
+    assert catalog.build_vocabulary(parsed.entries, given=["d", "a"]).tags == ("d", "a")
+    kept, rejected = catalog.reject_untagged(
+        list(parsed.entries), catalog.build_vocabulary(parsed.entries, min_count=2)
+    )
+    assert [e.track_id for e in kept] == ["1", "2", "3", "4"]
+    assert [(r.track_id, r.reason) for r in rejected] == [("5", "no_usable_tag")]
+    assert "['d']" in rejected[0].detail

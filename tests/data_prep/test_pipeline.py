@@ -1,0 +1,313 @@
+"""The Beam pipeline end to end: real audio, crafted bad files, real TFRecords."""
+
+from __future__ import annotations
+
+import csv
+import filecmp
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from data_prep import audio, catalog, pipeline
+from data_prep.rejections import rejections_from_csv
+from tests.conftest import REPO_ROOT, tone
+from tests.data_prep.test_audio import _encode_m4a
+from tests.tfrecords.test_logmel import reference_log_mel
+from tfrecords import dataset_info, readers, schema
+from tfrecords.logmel import LogMelSpec
+
+# Crafted rows: (track_id, file name or None, expected rejection reason or None).
+CRAFTED = {
+    "missing": "missing_file",
+    "junk": "decode_error",
+    "empty": "empty",
+    "short": "too_short",
+    "silent": "silent",
+    "nan": "non_finite",
+    "truncated_mp3": "truncated",
+    "longer_in_catalog": "truncated",
+    "untagged": "no_usable_tag",
+    "bad_split": "invalid_row",
+    "stereo_48k_flac": None,
+    "mono_8k_wav": None,
+    "aac_m4a": None,
+}
+
+
+def _write_messy_catalog(directory, demo_catalog):
+    """The demo catalog plus one row per kind of bad (and unusual but good) input."""
+    audio_dir = directory / "audio"
+    audio_dir.mkdir()
+    demo_rows = list(csv.DictReader(open(demo_catalog, encoding="utf-8")))
+    first_mp3 = demo_catalog.parent / demo_rows[0]["path"]
+    files = {
+        "junk.mp3": b"ID3 definitely not an mp3" * 50,
+        "empty.wav": b"",
+        "truncated.mp3": first_mp3.read_bytes()[:100_000],
+        "aac.m4a": _encode_m4a(tone(3.0, 44100, channels=2, frequency=660.0), 44100),
+    }
+    for name, data in files.items():
+        (audio_dir / name).write_bytes(data)
+    soundfile.write(audio_dir / "short.wav", tone(0.5, 16000), 16000)
+    soundfile.write(audio_dir / "silent.wav", np.zeros((32000, 2), np.float32), 16000)
+    nan = tone(2.0, 16000)
+    nan[500] = np.nan
+    soundfile.write(audio_dir / "nan.wav", nan, 16000, subtype="FLOAT")
+    soundfile.write(audio_dir / "stereo.flac", tone(4.0, 48000, channels=2, frequency=880.0), 48000)
+    soundfile.write(audio_dir / "mono8k.wav", tone(3.0, 8000, frequency=220.0), 8000)
+
+    rows = [{**row, "path": str(demo_catalog.parent / row["path"])} for row in demo_rows]
+    crafted = [
+        ("missing", "audio/missing.mp3", "Band A", "hyperrogue", "", ""),
+        ("junk", "audio/junk.mp3", "Band A", "hyperrogue", "", ""),
+        ("empty", "audio/empty.wav", "Band A", "hyperrogue", "", ""),
+        ("short", "audio/short.wav", "Band B", "starfighter", "", ""),
+        ("silent", "audio/silent.wav", "Band B", "starfighter", "", ""),
+        ("nan", "audio/nan.wav", "Band B", "starfighter", "", ""),
+        ("truncated_mp3", "audio/truncated.mp3", "Band C", "dave-gnukem", "", ""),
+        ("longer_in_catalog", str(first_mp3), "Band C", "dave-gnukem", "", "60.0"),
+        ("untagged", "audio/mono8k.wav", "Band C", "", "", ""),
+        ("stereo_48k_flac", "audio/stereo.flac", "Band D", "pekka-kana-2", "", "4.0"),
+        ("mono_8k_wav", "audio/mono8k.wav", "Band D", "pekka-kana-2|unseen", "", ""),
+        ("aac_m4a", "audio/aac.m4a", "Band E", "starfighter", "", ""),
+        ("stereo_48k_flac", "audio/stereo.flac", "Band D", "pekka-kana-2", "", ""),  # duplicate id
+        ("bad_split", "audio/stereo.flac", "Band D", "pekka-kana-2", "holdout", ""),
+    ]
+    fields = ["track_id", "path", "title", "artist", "album", "tags", "duration_s", "split"]
+    for track_id, path, artist, tags, split, duration in crafted:
+        rows.append(
+            {
+                "track_id": track_id,
+                "path": path,
+                "title": track_id,
+                "artist": artist,
+                "album": "",
+                "tags": tags,
+                "duration_s": duration,
+                "split": split,
+            }
+        )
+    path = directory / "catalog.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def messy_run(tmp_path_factory, demo_catalog):
+    directory = tmp_path_factory.mktemp("messy")
+    catalog_path = _write_messy_catalog(directory, demo_catalog)
+    parsed = catalog.read_catalog(str(catalog_path))
+    config = pipeline.PreprocessConfig(output_dir=str(directory / "out"), split_by="artist")
+    summary = pipeline.run(parsed, config, ["--direct_num_workers=2"])
+    return directory, parsed, config, summary
+
+
+def _read_all(output_dir, info):
+    examples = {}
+    for split in info.splits:
+        for path in dataset_info.shard_paths(str(output_dir), info, split):
+            for record in _records(path):
+                decoded = schema.decode_example(record, info.log_mel_dtype)
+                examples[decoded[schema.TRACK_ID]] = (split, decoded)
+    return examples
+
+
+def _records(path):
+    import tensorflow as tf
+
+    return [r.numpy() for r in tf.data.TFRecordDataset(path)]
+
+
+def test_counts_reconcile_and_every_bad_row_has_its_reason(messy_run):
+    directory, parsed, _, summary = messy_run
+    info = dataset_info.load(str(directory / "out"))
+    assert info.catalog["rows"] == parsed.num_rows == 16 + 14
+    assert info.num_written + info.rejected["count"] == info.catalog["rows"]
+    rejected = rejections_from_csv((directory / "out" / "rejected.csv").read_text())
+    assert len(rejected) == info.rejected["count"]
+    reasons = {(r.track_id, r.reason) for r in rejected}
+    for track_id, reason in CRAFTED.items():
+        if reason is not None:
+            assert (track_id, reason) in reasons, track_id
+    assert ("stereo_48k_flac", "duplicate_track_id") in reasons
+    assert any(r.reason == "missing_file" and r.path == "audio/missing.mp3" for r in rejected)
+    assert info.num_written == 16 + 3
+    assert summary.counters.get("decoded") == info.num_written
+    assert summary.counters.get("rejected") == sum(
+        1 for r in rejected if r.reason not in ("duplicate_track_id", "invalid_row", "no_usable_tag")
+    )
+    assert summary.counters.get("decoded_with_ffmpeg") == 1
+    assert "catalog rows:  30" in summary.render()
+
+
+def test_every_field_round_trips(messy_run):
+    directory, parsed, config, _ = messy_run
+    info = dataset_info.load(str(directory / "out"))
+    examples = _read_all(directory / "out", info)
+    assert len(examples) == info.num_written
+    entries = {e.track_id: e for e in parsed.entries}
+    worst = 0.0
+    for track_id, (_, example) in examples.items():
+        entry = entries[track_id]
+        assert example[schema.ARTIST] == entry.artist and example[schema.TITLE] == entry.title
+        assert example[schema.ALBUM] == entry.album
+        vocabulary_tags = [t for t in entry.tags if t in info.vocabulary]
+        assert example[schema.TAGS] == vocabulary_tags
+        np.testing.assert_array_equal(example[schema.LABELS], [int(t in vocabulary_tags) for t in info.vocabulary])
+        waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
+        assert example[schema.NUM_SAMPLES] == waveform.size
+        assert example[schema.DURATION_S] == pytest.approx(waveform.size / 16000, rel=1e-6)
+        log_mel = example[schema.LOG_MEL]
+        assert log_mel.shape == (1 + waveform.size // 256, 128)
+        worst = max(worst, float(np.abs(log_mel - reference_log_mel(waveform, config.log_mel)).max()))
+    assert worst <= 0.05, worst
+    assert "unseen" in info.vocabulary  # min_tag_count=1 keeps it.
+
+
+def test_splits_are_artist_disjoint_and_info_matches_shards(messy_run):
+    directory, parsed, _, _ = messy_run
+    info = dataset_info.load(str(directory / "out"))
+    examples = _read_all(directory / "out", info)
+    split_of_artist = {}
+    for split, example in examples.values():
+        assert split_of_artist.setdefault(example[schema.ARTIST], split) == split
+    for name, split in info.splits.items():
+        members = [e for s, e in examples.values() if s == name]
+        assert split.examples == len(members)
+        assert split.seconds == pytest.approx(sum(e[schema.DURATION_S] for e in members), abs=0.01)
+        for tag, count in split.tag_counts.items():
+            assert count == sum(tag in e[schema.TAGS] for e in members)
+    assert not (directory / "out" / pipeline.STAGING_DIRNAME).exists()
+
+
+def test_readers_work_on_the_pipeline_output(messy_run):
+    directory = str(messy_run[0] / "out")
+    info = dataset_info.load(directory)
+    batch, labels = next(iter(readers.train_dataset(directory, crops_per_track=2, global_batch_size=4, seed=0)))
+    assert batch.shape == (4, 231, 128) and labels.shape == (4, info.num_tags)
+    chunks = list(readers.eval_dataset(directory, split="train"))
+    assert len(chunks) == info.splits["train"].examples
+    assert chunks[0][schema.LOG_MEL].shape == (16, 231, 128)
+
+
+def test_rerun_is_idempotent(messy_run, tmp_path):
+    directory, parsed, config, _ = messy_run
+    output = directory / "out"
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(output, snapshot)
+    (output / "train-00099-of-00100.tfrecord").write_bytes(b"stale shard from an older run")
+    pipeline.run(parsed, config, ["--direct_num_workers=2"])
+    comparison = filecmp.dircmp(output, snapshot)
+    assert sorted(os.listdir(output)) == sorted(os.listdir(snapshot))
+    assert not comparison.diff_files and not comparison.left_only and not comparison.right_only
+    for name in os.listdir(output):
+        assert (output / name).read_bytes() == (snapshot / name).read_bytes(), name
+
+
+def test_96_mel_dataset_and_gzip(tmp_path, demo_catalog):
+    parsed = catalog.read_catalog(str(demo_catalog))
+    config = pipeline.PreprocessConfig(
+        output_dir=str(tmp_path),
+        log_mel=LogMelSpec(n_mels=96),
+        compression="GZIP",
+        split_by="track",
+        log_mel_dtype="float32",
+    )
+    pipeline.run(parsed, config, ["--direct_running_mode=in_memory"])
+    info = dataset_info.load(str(tmp_path))
+    assert info.log_mel.n_mels == 96 and info.compression == "GZIP"
+    assert all(name.endswith(".tfrecord.gz") for split in info.splits.values() for name in split.shards)
+    item = next(iter(readers.eval_dataset(str(tmp_path), split="train", chunk_frames=1813, num_chunks=1)))
+    assert item[schema.LOG_MEL].shape == (1, 1813, 96)
+
+
+def _cli(output_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "data_prep",
+        f"--catalog={REPO_ROOT / 'demo' / 'catalog.csv'}",
+        f"--output_dir={output_dir}",
+        "--split_by=track",
+        *extra,
+    ]
+
+
+def _kill_when_staging_has_examples(process, output_dir, timeout=120.0):
+    examples_dir = output_dir / pipeline.STAGING_DIRNAME / "examples"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if examples_dir.is_dir() and any(examples_dir.iterdir()):
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run finished before it could be killed: {process.returncode}")
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("the run never started writing examples")
+
+
+def test_cli_killed_run_leaves_no_complete_looking_dataset_and_resumes(tmp_path):
+    fresh = tmp_path / "fresh"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        _cli(fresh), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when_staging_has_examples(process, fresh)
+    assert not (fresh / dataset_info.FILENAME).exists()
+    with pytest.raises(dataset_info.IncompleteDatasetError):
+        readers.train_dataset(str(fresh))
+
+    done = subprocess.run(_cli(fresh), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "written:       16" in done.stdout and "rejected:      0" in done.stdout
+    info = dataset_info.load(str(fresh))
+    assert info.num_written == 16
+    assert not (fresh / pipeline.STAGING_DIRNAME).exists()
+    first = {name: (fresh / name).read_bytes() for name in os.listdir(fresh)}
+
+    # Killing a re-run over a complete dataset leaves the old one intact.
+    process = subprocess.Popen(
+        _cli(fresh), cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    _kill_when_staging_has_examples(process, fresh)
+    assert dataset_info.load(str(fresh)).num_written == 16
+    for name, data in first.items():
+        assert (fresh / name).read_bytes() == data
+
+
+def test_cli_rejects_bad_usage(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "data_prep", f"--output_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "exactly one of --catalog and --mtat_annotations" in result.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "data_prep", f"--catalog={tmp_path / 'nope.csv'}", f"--output_dir={tmp_path}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode != 0 and "nope.csv: cannot read the catalog" in missing.stderr
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="compression"):
+        pipeline.PreprocessConfig(output_dir="x", compression="bz2")
+    with pytest.raises(ValueError, match="min_duration_s"):
+        pipeline.PreprocessConfig(output_dir="x", min_duration_s=0.001)

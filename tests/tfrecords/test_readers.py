@@ -1,0 +1,162 @@
+"""tf.data readers over real TFRecord files on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.tfrecords.dataset_writer import ramp_log_mel, write_dataset
+from tfrecords import readers, schema
+from tfrecords.logmel import LogMelSpec
+
+VOCABULARY = ["a", "b", "c"]
+CROP = 40
+
+
+@pytest.fixture(scope="module")
+def ramp_dataset(tmp_path_factory):
+    """Tracks whose log-mel value is `1000 * index + frame`, of varied lengths."""
+    directory = tmp_path_factory.mktemp("ramp")
+    lengths = {"train": [100, 57, 240, 30, 81, 160], "valid": [90, 300, 41], "test": [50]}
+    tracks = {}
+    for split, split_lengths in lengths.items():
+        tracks[split] = {
+            f"{split}{i}": (ramp_log_mel(n, 16, offset=1000.0 * (i + 1)), [VOCABULARY[i % 3]])
+            for i, n in enumerate(split_lengths)
+        }
+    info = write_dataset(directory, tracks, VOCABULARY, spec=LogMelSpec(n_mels=16))
+    return directory, tracks, info
+
+
+def _assert_valid_crop(crop, tracks):
+    """A crop is a contiguous run of one track's frames, padded with silence."""
+    values = crop[:, 0]
+    track_index = int(values[0] // 1000) - 1
+    frames = values[values > -100.0] - 1000.0 * (track_index + 1)
+    assert frames.size > 0
+    np.testing.assert_array_equal(np.diff(frames), 1.0)
+    length = next(lm.shape[0] for lm, _ in tracks.values() if lm[0, 0] == 1000.0 * (track_index + 1))
+    assert frames[0] >= 0 and frames[-1] < length
+    padding = values[frames.size :]
+    np.testing.assert_array_equal(padding, -100.0)
+    assert frames.size == min(CROP, length)
+    np.testing.assert_array_equal(crop, crop[:, :1].repeat(crop.shape[1], axis=1))
+
+
+def test_train_shapes_and_crop_bounds(ramp_dataset):
+    directory, tracks, _ = ramp_dataset
+    dataset = readers.train_dataset(str(directory), crop_frames=CROP, crops_per_track=3, global_batch_size=8, seed=1)
+    for log_mel, labels in dataset.take(10):
+        assert log_mel.shape == (8, CROP, 16) and labels.shape == (8, 3)
+        assert log_mel.dtype == tf.float32
+        for crop, label in zip(log_mel.numpy(), labels.numpy(), strict=True):
+            _assert_valid_crop(crop, tracks["train"])
+            track_index = int(crop[0, 0] // 1000) - 1
+            np.testing.assert_array_equal(label, np.eye(3)[track_index % 3])
+
+
+def test_train_is_deterministic_with_a_seed_and_varies_without(ramp_dataset):
+    directory = str(ramp_dataset[0])
+
+    def first_batches(seed):
+        dataset = readers.train_dataset(directory, crop_frames=CROP, global_batch_size=4, seed=seed)
+        return np.concatenate([x.numpy() for x, _ in dataset.take(5)])
+
+    np.testing.assert_array_equal(first_batches(7), first_batches(7))
+    assert not np.array_equal(first_batches(7), first_batches(8))
+
+
+def test_one_epoch_without_repeat_visits_every_track_k_times(ramp_dataset):
+    directory, tracks, _ = ramp_dataset
+    dataset = readers.train_dataset(
+        str(directory), crop_frames=CROP, crops_per_track=2, global_batch_size=1, seed=3, repeat=False
+    )
+    starts = [int(x.numpy()[0, 0, 0] // 1000) for x, _ in dataset]
+    assert sorted(starts) == sorted([i + 1 for i in range(len(tracks["train"])) for _ in range(2)])
+
+
+def test_spec_augment_masks_time_and_frequency(ramp_dataset):
+    directory = str(ramp_dataset[0])
+    augment = readers.SpecAugment(num_time_masks=1, max_time_mask_frames=10, num_freq_masks=1, max_freq_mask_bins=4)
+    plain = readers.train_dataset(directory, crop_frames=CROP, global_batch_size=16, seed=5)
+    masked = readers.train_dataset(directory, crop_frames=CROP, global_batch_size=16, seed=5, spec_augment=augment)
+    (x, _), (y, _) = next(iter(plain)), next(iter(masked))
+    x, y = x.numpy(), y.numpy()
+    changed = x != y
+    assert changed.any()
+    for crop, original, mask in zip(y, x, changed, strict=True):
+        np.testing.assert_allclose(crop[mask], original.mean(), rtol=1e-5)
+        assert mask.any(axis=1).sum() <= CROP and (~mask).any()
+
+
+def test_eval_chunks_follow_the_reference_offsets(ramp_dataset):
+    directory, tracks, _ = ramp_dataset
+    dataset = readers.eval_dataset(str(directory), split="valid", chunk_frames=CROP, num_chunks=4)
+    seen = []
+    for item in dataset:
+        track_id = item[schema.TRACK_ID].numpy().decode()
+        seen.append(track_id)
+        log_mel, _ = tracks["valid"][track_id]
+        chunks = item[schema.LOG_MEL].numpy()
+        assert chunks.shape == (4, CROP, 16)
+        length = log_mel.shape[0]
+        hop = (max(length, CROP) - CROP) // 4
+        for i, chunk in enumerate(chunks):
+            expected = log_mel[i * hop : i * hop + CROP, 0]
+            np.testing.assert_array_equal(chunk[: expected.size, 0], expected)
+        assert item[schema.ARTIST].numpy().decode() == "artist " + track_id
+    assert sorted(seen) == sorted(tracks["valid"])
+    again = [item[schema.TRACK_ID].numpy().decode() for item in dataset]
+    assert again == seen
+
+
+def test_default_eval_has_16_chunks(ramp_dataset):
+    item = next(iter(readers.eval_dataset(str(ramp_dataset[0]), split="valid", chunk_frames=CROP)))
+    assert item[schema.LOG_MEL].shape == (16, CROP, 16)
+
+
+def test_distributed_global_batch_and_sharding(ramp_dataset):
+    directory = str(ramp_dataset[0])
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert strategy.num_replicas_in_sync == 2
+    contexts = []
+
+    def dataset_fn(context):
+        contexts.append(context)
+        return readers.train_dataset(directory, crop_frames=CROP, global_batch_size=8, seed=2, input_context=context)
+
+    distributed = strategy.distribute_datasets_from_function(dataset_fn)
+    batch, labels = next(iter(distributed))
+    per_replica = strategy.experimental_local_results(batch)
+    assert [x.shape[0] for x in per_replica] == [4, 4]
+    assert contexts[0].get_per_replica_batch_size(8) == 4
+
+
+def test_input_pipelines_split_the_shards(ramp_dataset):
+    directory, tracks, _ = ramp_dataset
+    seen = []
+    for pipeline_id in range(2):
+        context = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
+        )
+        dataset = readers.train_dataset(
+            str(directory), crop_frames=CROP, global_batch_size=2, seed=0, repeat=False, input_context=context
+        )
+        seen.append({int(x[0, 0, 0] // 1000) for x, _ in dataset.unbatch().batch(1)})
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(1, len(tracks["train"]) + 1))
+
+
+def test_gzip_datasets_read_the_same(tmp_path):
+    tracks = {"train": {"t0": (ramp_log_mel(60, 8, 1000.0), ["a"])}}
+    write_dataset(tmp_path, tracks, ["a"], spec=LogMelSpec(n_mels=8), compression="GZIP", shards_per_split=1)
+    item = next(iter(readers.eval_dataset(str(tmp_path), split="train", chunk_frames=60, num_chunks=1)))
+    np.testing.assert_array_equal(item[schema.LOG_MEL].numpy()[0], tracks["train"]["t0"][0])
+
+
+def test_missing_split_and_incomplete_dataset(ramp_dataset, tmp_path):
+    with pytest.raises(KeyError, match="no split 'holdout'"):
+        readers.train_dataset(str(ramp_dataset[0]), split="holdout")
+    with pytest.raises(FileNotFoundError, match="not a complete dataset"):
+        readers.eval_dataset(str(tmp_path))
