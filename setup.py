@@ -41,10 +41,16 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
     # Dataflow runner and GCS filesystem; heavy, so opt-in.
     "dataflow": ["apache-beam[gcp]>=2.60"],
+    # Converting the reference's PyTorch checkpoints (models.convert_torch).
+    "torch": ["torch>=2.2"],
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",
         "ruff>=0.6",
+        # The converter's tests run the PyTorch reference architectures. The
+        # pin is the CPU build the project's CI machines carry (2.13.0+cpu);
+        # an unpinned resolve may pick a CUDA build with gigabytes of deps.
+        "torch==2.13.0",
     ],
 }
 
@@ -56,7 +62,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["data_prep", "data_prep.*", "tfrecords", "tfrecords.*"]),
+    packages=setuptools.find_packages(include=["data_prep", "data_prep.*", "tfrecords", "tfrecords.*", "models", "models.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -1,0 +1,194 @@
+"""Serializable Keras 3 layers shared by the taggers.
+
+Layout: the taggers take log-mels `[batch, frames, n_mels]` as the pipeline
+writes them and turn them into channels-last images `[batch, n_mels, frames,
+1]` (height = frequency, width = time), the orientation of the PyTorch
+reference, so that its 3x3 kernels map onto these without flipping.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers, ops
+
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+
+PACKAGE = "music_recommender"
+
+# PyTorch's BatchNorm defaults (eps 1e-5, running average weight 0.1), so that
+# converted reference statistics mean the same thing here.
+BATCH_NORM_EPSILON = 1e-5
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def batch_norm(name: str) -> layers.BatchNormalization:
+    """A BatchNormalization with the reference's (PyTorch's) constants."""
+    return layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogMelToImage(layers.Layer):
+    """`[batch, frames, n_mels]` to `[batch, n_mels, frames, 1]`."""
+
+    def call(self, log_mel):
+        return ops.expand_dims(ops.transpose(log_mel, (0, 2, 1)), -1)
+
+    def compute_output_shape(self, input_shape):
+        batch, frames, mels = input_shape
+        return (batch, mels, frames, 1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ConvBlock(layers.Layer):
+    """The reference's `Conv_2d`: 3x3 conv (padding 1) -> BN -> ReLU -> max pool.
+
+    Args:
+        filters: Output channels.
+        pool_size: Max-pool window and stride, an int or (freq, time).
+    """
+
+    def __init__(self, filters: int, pool_size=2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.pool_size = tuple(pool_size) if isinstance(pool_size, list | tuple) else (pool_size, pool_size)
+        self.pad = layers.ZeroPadding2D(1)
+        self.conv = layers.Conv2D(filters, 3, padding="valid", name="conv")
+        self.bn = batch_norm("bn")
+        self.pool = layers.MaxPooling2D(self.pool_size, padding="valid")
+
+    def build(self, input_shape):
+        padded = self.pad.compute_output_shape(input_shape)
+        self.conv.build(padded)
+        conv_shape = self.conv.compute_output_shape(padded)
+        self.bn.build(conv_shape)
+        self.pool.build(conv_shape)
+
+    def call(self, inputs, training=None):
+        x = self.conv(self.pad(inputs))
+        x = ops.relu(self.bn(x, training=training))
+        return self.pool(x)
+
+    def compute_output_shape(self, input_shape):
+        padded = self.pad.compute_output_shape(input_shape)
+        return self.pool.compute_output_shape(self.conv.compute_output_shape(padded))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "pool_size": list(self.pool_size)}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ResBlock(layers.Layer):
+    """The reference's `Res_2d`.
+
+    3x3 conv (stride 2, padding 1) -> BN -> ReLU -> 3x3 conv -> BN, plus a
+    shortcut that is a 3x3 stride-2 conv + BN when the shape changes, then
+    ReLU. Explicit padding of 1 reproduces PyTorch's alignment on even sizes,
+    where Keras' 'same' would pad only at the end.
+
+    Args:
+        filters: Output channels.
+        stride: Stride of the first conv and of the shortcut.
+    """
+
+    def __init__(self, filters: int, stride: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.stride = stride
+        self.pad = layers.ZeroPadding2D(1)
+        self.conv_1 = layers.Conv2D(filters, 3, strides=stride, padding="valid", name="conv_1")
+        self.bn_1 = batch_norm("bn_1")
+        self.conv_2 = layers.Conv2D(filters, 3, padding="valid", name="conv_2")
+        self.bn_2 = batch_norm("bn_2")
+        self.conv_3 = None
+        self.bn_3 = None
+
+    def build(self, input_shape):
+        padded = self.pad.compute_output_shape(input_shape)
+        self.conv_1.build(padded)
+        out_shape = self.conv_1.compute_output_shape(padded)
+        self.bn_1.build(out_shape)
+        self.conv_2.build(self.pad.compute_output_shape(out_shape))
+        self.bn_2.build(out_shape)
+        if self.stride != 1 or input_shape[-1] != self.filters:
+            self.conv_3 = layers.Conv2D(self.filters, 3, strides=self.stride, padding="valid", name="conv_3")
+            self.bn_3 = batch_norm("bn_3")
+            self.conv_3.build(padded)
+            self.bn_3.build(out_shape)
+
+    def call(self, inputs, training=None):
+        x = ops.relu(self.bn_1(self.conv_1(self.pad(inputs)), training=training))
+        x = self.bn_2(self.conv_2(self.pad(x)), training=training)
+        shortcut = inputs
+        if self.conv_3 is not None:
+            shortcut = self.bn_3(self.conv_3(self.pad(inputs)), training=training)
+        return ops.relu(x + shortcut)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv_1.compute_output_shape(self.pad.compute_output_shape(input_shape))
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TagHead(layers.Layer):
+    """Dense -> sigmoid tag probabilities, always float32, with the vocabulary.
+
+    Args:
+        num_tags: Number of tags.
+        vocabulary: Optional tag names, kept in the saved model.
+    """
+
+    def __init__(self, num_tags: int, vocabulary: list[str] | None = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if vocabulary is not None and len(vocabulary) != num_tags:
+            raise ValueError(f"vocabulary has {len(vocabulary)} tags, expected {num_tags}")
+        self.num_tags = num_tags
+        self.vocabulary = list(vocabulary) if vocabulary is not None else None
+        self.dense = layers.Dense(num_tags, dtype="float32", name="dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, inputs):
+        return ops.sigmoid(self.dense(ops.cast(inputs, "float32")))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.num_tags)
+
+    def get_config(self):
+        return {**super().get_config(), "num_tags": self.num_tags, "vocabulary": self.vocabulary}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LogMelFrontEnd(layers.Layer):
+    """Waveform `[batch, samples]` at 16 kHz -> log-mel `[batch, frames, n_mels]`.
+
+    A thin wrapper of `tfrecords.logmel.log_mel_spectrogram`, the function
+    the preprocessing pipeline uses, so that a waveform-in model sees exactly
+    what the model saw in training. Always computes and returns float32 (the
+    STFT itself runs in float64), also under a mixed-precision policy.
+
+    Args:
+        spec: The log-mel parameters (a `LogMelSpec` or its dict).
+    """
+
+    def __init__(self, spec: LogMelSpec | dict | None = None, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if spec is None:
+            spec = LogMelSpec()
+        self.spec = LogMelSpec.from_dict(spec) if isinstance(spec, dict) else spec
+
+    def call(self, waveform):
+        return log_mel_spectrogram(tf.cast(waveform, tf.float32), self.spec)
+
+    def compute_output_shape(self, input_shape):
+        batch, samples = input_shape
+        frames = None if samples is None else self.spec.num_frames(samples)
+        return (batch, frames, self.spec.n_mels)
+
+    def get_config(self):
+        return {**super().get_config(), "spec": self.spec.to_dict()}

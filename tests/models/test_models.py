@@ -1,0 +1,154 @@
+"""The Keras taggers: sizes, shapes, training, saving, front end, precision."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from data_prep import audio, catalog, pipeline
+from tfrecords import dataset_info, schema
+from tfrecords.logmel import LogMelSpec
+
+# Trainable parameters of the reference implementations.
+REFERENCE_PARAMETERS = {
+    ("short_chunk_res", 50): 12_104_244,
+    ("short_chunk_res", 32): 12_095_010,
+    ("crnn", 50): 394_100,
+    ("short_chunk_cnn", 50): 3_687_348,
+}
+
+
+def _trainable(model):
+    return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+
+
+@pytest.mark.parametrize("name, num_tags", sorted(REFERENCE_PARAMETERS))
+def test_parameter_counts_match_the_reference(name, num_tags):
+    assert _trainable(models.get_model(name, num_tags)) == REFERENCE_PARAMETERS[(name, num_tags)]
+
+
+@pytest.mark.parametrize(
+    "name, n_mels, frames",
+    [
+        ("short_chunk_res", 128, 231),
+        ("short_chunk_res", 96, 231),
+        ("short_chunk_res", 128, None),
+        ("short_chunk_cnn", 128, 231),
+        ("crnn", 96, 1813),
+        ("crnn", 96, None),
+    ],
+)
+def test_output_shapes(name, n_mels, frames):
+    model = models.get_model(name, 10, n_mels=n_mels, num_frames=frames)
+    length = frames or 500
+    outputs = model(np.zeros((3, length, n_mels), np.float32), training=False)
+    embedding = 32 if name == "crnn" else 512
+    assert outputs[models.TAGS].shape == (3, 10) and outputs[models.EMBEDDING].shape == (3, embedding)
+    probabilities = outputs[models.TAGS].numpy()
+    assert ((probabilities >= 0) & (probabilities <= 1)).all()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown model"):
+        models.get_model("musicnn", 10)
+    with pytest.raises(ValueError, match="96 mel bands"):
+        models.get_model("crnn", 10, n_mels=128)
+    with pytest.raises(ValueError, match="vocabulary has 2 tags"):
+        models.get_model("crnn", 3, vocabulary=["a", "b"])
+
+
+@pytest.mark.parametrize("name", ["short_chunk_res", "crnn", "short_chunk_cnn"])
+def test_one_optimisation_step_lowers_the_loss(name):
+    keras.utils.set_random_seed(0)
+    frames = 256 if name == "crnn" else 128
+    model = models.get_model(name, 5, num_frames=frames, dropout=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={models.TAGS: keras.losses.BinaryCrossentropy()})
+    rng = np.random.default_rng(0)
+    x = rng.normal(-30.0, 20.0, size=(8, frames, models.DEFAULT_N_MELS[name])).astype(np.float32)
+    y = {models.TAGS: (rng.random((8, 5)) > 0.5).astype(np.float32)}
+    before = model.train_on_batch(x, y, return_dict=True)["loss"]
+    after = model.train_on_batch(x, y, return_dict=True)["loss"]
+    assert after < before
+
+
+@pytest.mark.parametrize("name", ["short_chunk_res", "crnn"])
+def test_keras_save_load_round_trip(name, tmp_path):
+    model = models.get_model(name, 4, vocabulary=["a", "b", "c", "d"])
+    x = np.random.default_rng(1).normal(-30, 20, size=(2, *model.input_shape[1:])).astype(np.float32)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    for key in (models.TAGS, models.EMBEDDING):
+        np.testing.assert_array_equal(loaded(x, training=False)[key].numpy(), model(x, training=False)[key].numpy())
+    assert models.tag_vocabulary(loaded) == ["a", "b", "c", "d"]
+
+
+@pytest.fixture(scope="module")
+def pipeline_dataset(tmp_path_factory, demo_catalog):
+    """Two demo tracks through the real pipeline, log-mels stored as float32."""
+    output = tmp_path_factory.mktemp("front_end")
+    parsed = catalog.read_catalog(str(demo_catalog))
+    parsed = catalog.Catalog(parsed.source, parsed.sha256, 2, parsed.entries[:2], ())
+    config = pipeline.PreprocessConfig(
+        output_dir=str(output), split_by="track", log_mel_dtype="float32", split_fractions=(1, 0, 0)
+    )
+    pipeline.run(parsed, config, ["--direct_running_mode=in_memory"])
+    return output, parsed
+
+
+def test_waveform_front_end_equals_tagger_on_stored_log_mel(pipeline_dataset):
+    output, parsed = pipeline_dataset
+    info = dataset_info.load(str(output))
+    tagger = models.get_model("short_chunk_res", 4, num_frames=None)
+    waveform_model = models.with_waveform_front_end(tagger)
+    records = tf.data.TFRecordDataset(dataset_info.shard_paths(str(output), info, "train"))
+    checked = 0
+    for record in records:
+        example = schema.decode_example(record.numpy(), info.log_mel_dtype)
+        entry = next(e for e in parsed.entries if e.track_id == example[schema.TRACK_ID])
+        waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
+        front_end = waveform_model.get_layer("log_mel_front_end")(waveform[np.newaxis])
+        np.testing.assert_allclose(front_end.numpy()[0], example[schema.LOG_MEL], atol=1e-3)
+        from_waveform = waveform_model(waveform[np.newaxis], training=False)
+        from_stored = tagger(example[schema.LOG_MEL][np.newaxis], training=False)
+        for key in (models.TAGS, models.EMBEDDING):
+            np.testing.assert_allclose(from_waveform[key].numpy(), from_stored[key].numpy(), rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked == 2
+
+
+def test_waveform_model_for_fixed_length_and_mismatched_mels():
+    tagger = models.get_model("short_chunk_res", 3)
+    waveform_model = models.with_waveform_front_end(tagger)
+    assert waveform_model.input_shape == (None, 58_880)  # The shortest waveform of 231 frames.
+    assert waveform_model(np.zeros((1, 58_880), np.float32))[models.TAGS].shape == (1, 3)
+    with pytest.raises(ValueError, match="96 mel bands"):
+        models.with_waveform_front_end(tagger, LogMelSpec(n_mels=96))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_outputs_are_float32(policy):
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        for name in ("short_chunk_res", "crnn"):
+            tagger = models.get_model(name, 3, num_frames=None)
+            model = models.with_waveform_front_end(tagger)
+            assert tagger.get_layer("layer1").compute_dtype == policy.removeprefix("mixed_")
+            outputs = model(np.random.default_rng(0).normal(0, 0.1, (2, 48000)).astype(np.float32), training=False)
+            for key in (models.TAGS, models.EMBEDDING):
+                assert outputs[key].dtype == tf.float32
+                assert np.isfinite(outputs[key].numpy()).all()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("name", ["short_chunk_res", "crnn"])
+def test_jit_compiled_training_step(name):
+    frames = 256 if name == "crnn" else 128
+    model = models.get_model(name, 3, num_frames=frames)
+    model.compile(optimizer="adam", loss={models.TAGS: "binary_crossentropy"}, jit_compile=True)
+    x = np.zeros((4, frames, models.DEFAULT_N_MELS[name]), np.float32)
+    logs = model.train_on_batch(x, {models.TAGS: np.ones((4, 3), np.float32)}, return_dict=True)
+    assert np.isfinite(logs["loss"])
