@@ -38,6 +38,8 @@ INSTALL_REQUIRES = [
     "tensorboard~=2.20.0",
 ]
 
+PACKAGES = ["data_prep", "tfrecords", "models", "train", "configs"]
+
 EXTRAS_REQUIRE = {
     # Dataflow runner and GCS filesystem; heavy, so opt-in.
     "dataflow": ["apache-beam[gcp]>=2.60"],
@@ -62,7 +64,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["data_prep", "data_prep.*", "tfrecords", "tfrecords.*", "models", "models.*"]),
+    packages=setuptools.find_packages(include=[f"{name}*" for name in PACKAGES]),
+    package_data={"configs": ["*.gin", "*/*.gin"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

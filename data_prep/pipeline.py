@@ -135,6 +135,9 @@ class Summary:
         if info.out_of_vocabulary:
             lines.append(f"tag occurrences left out of the vocabulary: {sum(info.out_of_vocabulary.values())}")
         lines.append(f"log-mel:       {info.log_mel.to_dict()}  fingerprint {info.log_mel.fingerprint()}")
+        if self.counters:
+            counters = ", ".join(f"{name}={value}" for name, value in sorted(self.counters.items()))
+            lines.append(f"beam counters: {counters}")
         return "\n".join(lines)
 
 

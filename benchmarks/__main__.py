@@ -1,0 +1,50 @@
+r"""Runs the benchmarks and rewrites their sections of BENCHMARKS.md.
+
+Usage:
+
+    python -m benchmarks [--only=preprocess,reader] [--output=BENCHMARKS.md]
+
+`preprocess` is `benchmarks.preprocess_throughput` (audio-seconds per second
+of the Beam pipeline against a librosa loop; about 3 minutes on 2 cores) and
+`reader` is `benchmarks.reader_throughput` (chunks per second of
+`tfrecords.readers.train_dataset` against the research system's `.npy`
+loader; under 2 minutes); `model_inference` is
+`benchmarks.model_inference` (Short-Chunk ResNet tracks per second on the CPU
+against the PyTorch reference architecture; about 1 minute). Each writes only its own section, so one can be
+rerun alone. Their flags (`--workers`, `--copies`, `--measure_s`, ...) are
+accepted here too; see each module's docstring.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
+
+from benchmarks import model_inference, preprocess_throughput, reader_throughput, report  # noqa: E402
+
+BENCHMARKS = {
+    "preprocess": preprocess_throughput.run_benchmark,
+    "reader": reader_throughput.run_benchmark,
+    "model_inference": model_inference.run_benchmark,
+}
+
+_ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"The benchmarks to run, comma-separated: {list(BENCHMARKS)}.")
+flags.register_validator(
+    "only", lambda names: bool(names) and set(names) <= set(BENCHMARKS), f"--only takes names from {list(BENCHMARKS)}"
+)
+
+
+def main(argv):
+    del argv
+    command = report.invocation("benchmarks")
+    for name in (name for name in BENCHMARKS if name in _ONLY.value):
+        section = BENCHMARKS[name](command)
+        print(report.update_section(section), flush=True)
+        print(flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,221 @@
+"""Training: every shipped config steps, checkpoints, summaries, schedule, resume."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+import configs
+from tests.conftest import REPO_ROOT
+from tests.tfrecords.dataset_writer import write_dataset
+from tfrecords.logmel import LogMelSpec
+from train import config as config_lib
+from train import strategies
+from train.experiment import Experiment
+from train.trainer import CHECKPOINT_DIRNAME, Trainer
+
+VOCABULARY = ["rock", "jazz", "pop"]
+TOP_LEVEL_CONFIGS = sorted(p.name for p in configs.CONFIG_DIR.glob("*.gin") if p.name not in ("demo.gin", "smoke.gin"))
+
+
+def _synthetic(directory, n_mels, frames=300, tracks=(8, 4, 2)):
+    rng = np.random.default_rng(n_mels)
+    data = {}
+    for split, count in zip(("train", "valid", "test"), tracks, strict=True):
+        data[split] = {}
+        for i in range(count):
+            tag = VOCABULARY[i % 3]
+            # Each tag gets its own spectral tilt, so the tags are learnable.
+            log_mel = rng.normal(-40.0, 5.0, size=(frames, n_mels)).astype(np.float32)
+            log_mel += 20.0 * np.sin(np.arange(n_mels) / n_mels * np.pi * (1 + VOCABULARY.index(tag)))
+            data[split][f"{split}{i}"] = (log_mel, [tag])
+    directory.mkdir(parents=True, exist_ok=True)
+    write_dataset(directory, data, VOCABULARY, spec=LogMelSpec(n_mels=n_mels), log_mel_dtype="float16")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    return {128: str(_synthetic(root / "mel128", 128)), 96: str(_synthetic(root / "mel96", 96))}
+
+
+def _trainer(config_names, bindings, model_dir, **kwargs):
+    config_text = config_lib.parse(config_names, bindings)
+    config_lib.check_or_save(str(model_dir), config_text)
+    return Trainer(Experiment(), str(model_dir), tf.distribute.get_strategy(), **kwargs)
+
+
+@pytest.mark.parametrize("config_name", TOP_LEVEL_CONFIGS)
+def test_every_shipped_config_builds_and_steps(config_name, datasets, tmp_path):
+    n_mels = 96 if "crnn" in config_name else 128
+    bindings = [
+        f"Experiment.dataset_dir = '{datasets[n_mels]}'",
+        "Experiment.epochs = 1",
+        "Experiment.steps_per_epoch = 1",
+        "Experiment.batch_size = 2",
+        "Experiment.eval_num_chunks = 1",
+    ]
+    trainer = _trainer([config_name], bindings, tmp_path)
+    result = trainer.train()
+    assert result.global_step == 1 and result.epochs_completed == 1
+    assert tf.train.latest_checkpoint(str(tmp_path / CHECKPOINT_DIRNAME))
+
+
+def test_demo_config_composes_with_a_model_config(datasets, tmp_path):
+    trainer = _trainer(
+        ["short_chunk_res.gin", "demo.gin"],
+        [f"Experiment.dataset_dir = '{datasets[128]}'", "Experiment.epochs = 1", "Experiment.steps_per_epoch = 1"],
+        tmp_path,
+    )
+    assert trainer.experiment.batch_size == 8 and trainer.experiment.phases[0].learning_rate == 1e-3
+    assert trainer.train().global_step == 1
+
+
+def _tags(directory):
+    accumulator = event_accumulator.EventAccumulator(str(directory), size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"])
+
+
+def test_smoke_training_writes_checkpoints_config_and_summaries(datasets, tmp_path):
+    trainer = _trainer(["short_chunk_res.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+    trainer.writers.config(
+        (tmp_path / config_lib.CONFIG_FILENAME).read_text(), config_lib.save_operative(str(tmp_path))
+    )
+    result = trainer.train()
+    assert result.global_step == 4 and result.epochs_completed == 2
+    operative = (tmp_path / config_lib.OPERATIVE_CONFIG_FILENAME).read_text()
+    assert "Experiment.model_name = 'short_chunk_res'" in operative and "smoke/Phase.learning_rate = 0.001" in operative
+    assert "Experiment.dataset_dir" in (tmp_path / config_lib.CONFIG_FILENAME).read_text()
+    train_tags = _tags(tmp_path / "train")
+    assert {"loss", "learning_rate", "steps_per_second", "examples_per_second", "input_log_mel"} <= train_tags
+    assert {"gin/config", "gin/operative_config"} <= train_tags
+    valid_tags = _tags(tmp_path / "valid")
+    assert {"loss", "roc_auc_macro", "pr_auc_macro", "roc_auc_per_tag/rock", "pr_curve/rock/pr_curves"} <= valid_tags
+    assert (tmp_path / "projector" / "projector_config.pbtxt").exists()
+    assert len((tmp_path / "projector" / "metadata.tsv").read_text().splitlines()) == 1 + 4
+    assert (tmp_path / "best" / "best.index").exists()
+
+
+def test_schedule_switches_optimizer_and_reloads_best(datasets, tmp_path):
+    bindings = [
+        f"Experiment.dataset_dir = '{datasets[128]}'",
+        "Experiment.epochs = 3",
+        "Experiment.best_metric = 'val_loss'",
+        "Experiment.phases = [@first/Phase(), @second/Phase()]",
+        "first/Phase.optimizer = 'adam'",
+        "first/Phase.learning_rate = 1e-3",
+        "second/Phase.start_epoch = 2",
+        "second/Phase.optimizer = 'sgd'",
+        "second/Phase.learning_rate = 0.01",
+        "second/Phase.momentum = 0.9",
+        "second/Phase.nesterov = True",
+        "second/Phase.reload_best = True",
+    ]
+    trainer = _trainer(["short_chunk_res.gin", "smoke.gin"], bindings, tmp_path)
+    reloaded = []
+    original = trainer.restore_best
+    trainer.restore_best = lambda: (reloaded.append(int(trainer.state.epoch.numpy())), original())[-1]
+    trainer.train()
+    assert isinstance(trainer._optimizer, keras.optimizers.SGD)
+    assert trainer._optimizer.nesterov and float(trainer._optimizer.learning_rate.numpy()) == pytest.approx(0.01)
+    assert int(trainer.state.phase.numpy()) == 1
+    assert reloaded == [2]
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / CHECKPOINT_DIRNAME)))
+    assert reader.get_tensor("state/phase/.ATTRIBUTES/VARIABLE_VALUE") == 1
+
+
+def test_model_dir_of_another_config_is_refused(datasets, tmp_path):
+    _trainer(["short_chunk_res.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+    with pytest.raises(config_lib.ConfigMismatchError, match="different configuration") as raised:
+        _trainer(["short_chunk_cnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+    assert "short_chunk_cnn" in str(raised.value)
+
+
+def test_crnn_needs_a_96_band_dataset(datasets, tmp_path):
+    with pytest.raises(ValueError, match="96-band"):
+        _trainer(["crnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+
+
+def _train_command(dataset_dir, model_dir, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--config=short_chunk_res.gin",
+        "--config=smoke.gin",
+        f"--dataset_dir={dataset_dir}",
+        f"--model_dir={model_dir}",
+        "--gin_param=Experiment.epochs = 3",
+        "--gin_param=Experiment.steps_per_epoch = 6",
+        *extra,
+    ]
+
+
+def _checkpoint_state(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(model_dir, CHECKPOINT_DIRNAME)))
+    values = {
+        name: int(reader.get_tensor(f"state/{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+        for name in ("global_step", "epoch", "step_in_epoch")
+    }
+    iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/") and "iteration" in k]
+    values["optimizer_iterations"] = int(reader.get_tensor(iterations[0]))
+    return values
+
+
+def test_kill_9_then_the_same_command_resumes(datasets, tmp_path):
+    model_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = _train_command(datasets[128], model_dir)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        latest = tf.train.latest_checkpoint(str(model_dir / CHECKPOINT_DIRNAME))
+        if latest and int(latest.rsplit("-", 1)[1]) >= 8:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "training finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = _checkpoint_state(str(model_dir))
+    assert 8 <= killed["global_step"] < 18
+    assert killed["optimizer_iterations"] == killed["global_step"]
+
+    resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    match = re.search(r"Resumed from .*ckpt-(\d+): epoch (\d+), step (\d+) in epoch, global step (\d+)", resumed.stderr)
+    assert match, resumed.stderr[-3000:]
+    assert int(match.group(4)) == killed["global_step"] and int(match.group(2)) == killed["epoch"]
+    final = _checkpoint_state(str(model_dir))
+    assert final["global_step"] == 18 and final["epoch"] == 3
+    # The optimizer state was restored, not restarted: its step count continued.
+    assert final["optimizer_iterations"] == 18
+
+
+def test_strategy_names():
+    assert strategies.is_chief(strategies.make_strategy("default"))
+    with pytest.raises(ValueError, match="unknown strategy"):
+        strategies.make_strategy("horovod")
+
+
+def test_mirrored_strategy_on_two_cpu_devices(datasets, tmp_path):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    config_lib.parse(
+        ["short_chunk_res.gin", "smoke.gin"],
+        [f"Experiment.dataset_dir = '{datasets[128]}'", "Experiment.batch_size = 4"],
+    )
+    trainer = Trainer(Experiment(), str(tmp_path), strategy)
+    result = trainer.train()
+    assert result.global_step == 4
+    assert np.isfinite(result.best_value)

@@ -1,0 +1,82 @@
+"""Gin configuration: search path, parsing, and the operative config on disk."""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+import gin
+import tensorflow as tf
+
+import configs
+
+CONFIG_FILENAME = "config.gin"
+OPERATIVE_CONFIG_FILENAME = "operative_config.gin"
+
+
+class ConfigMismatchError(ValueError):
+    """A model directory that was trained with a different configuration."""
+
+
+def resolve_config(name: str) -> str:
+    """A config path: an existing file, or a name in the packaged `configs/`."""
+    if tf.io.gfile.exists(name):
+        return name if "://" in name else os.path.abspath(name)
+    packaged = configs.CONFIG_DIR / name
+    if packaged.exists():
+        return str(packaged)
+    available = sorted(p.name for p in configs.CONFIG_DIR.glob("*.gin"))
+    raise FileNotFoundError(f"config {name!r} is neither a file nor one of the packaged configs {available}")
+
+
+def parse(config_files: list[str], bindings: list[str]) -> str:
+    """Parses configs (composed in order) then bindings (which win).
+
+    Returns:
+        The resulting config as gin text (`gin.config_str()`).
+    """
+    gin.clear_config()
+    gin.add_config_file_search_path(str(configs.CONFIG_DIR))
+    files = [resolve_config(c) for c in config_files]
+    # Includes name packaged files relative to configs/; parsing from there
+    # finds them at the first try (gin logs an error for every miss).
+    previous = os.getcwd()
+    os.chdir(configs.CONFIG_DIR)
+    try:
+        gin.parse_config_files_and_bindings(files, bindings)
+    finally:
+        os.chdir(previous)
+    return gin.config_str()
+
+
+def check_or_save(model_dir: str, config_text: str, is_chief: bool = True):
+    """Saves the config to a new model dir; refuses a dir made by another one.
+
+    Raises:
+        ConfigMismatchError: When `model_dir` holds a different `config.gin`.
+    """
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as handle:
+            saved = handle.read()
+        if saved != config_text:
+            diff = "\n".join(
+                difflib.unified_diff(saved.splitlines(), config_text.splitlines(), "model_dir", "this run", lineterm="")
+            )
+            raise ConfigMismatchError(
+                f"{model_dir} was trained with a different configuration; use a new --model_dir or the same "
+                f"config.\n{diff}"
+            )
+        return
+    if is_chief:
+        tf.io.gfile.makedirs(model_dir)
+        with tf.io.gfile.GFile(path, "w") as handle:
+            handle.write(config_text)
+
+
+def save_operative(model_dir: str) -> str:
+    """Writes the operative config (what was actually used) and returns it."""
+    text = gin.operative_config_str()
+    with tf.io.gfile.GFile(os.path.join(model_dir, OPERATIVE_CONFIG_FILENAME), "w") as handle:
+        handle.write(text)
+    return text

@@ -1,0 +1,374 @@
+"""The training loop: distributed, resumable, logged to TensorBoard.
+
+A custom loop rather than `model.fit`, because the Won et al. recipe swaps
+optimizers mid-run and reloads the best weights at each swap, and because a
+killed run must resume with its optimizer state, epoch and step counters,
+schedule phase and best-so-far: all of these live in one `tf.train.Checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import models
+from tfrecords import dataset_info, readers
+from train import metrics as metrics_lib
+from train import summaries
+from train.evaluation import predict_tracks
+from train.experiment import BEST_METRICS, Experiment, Phase
+
+CHECKPOINT_DIRNAME = "checkpoints"
+BEST_DIRNAME = "best"
+
+
+@dataclasses.dataclass
+class RunState:
+    """Counters that a checkpoint carries besides weights and optimizer."""
+
+    epoch: tf.Variable
+    step_in_epoch: tf.Variable
+    global_step: tf.Variable
+    phase: tf.Variable
+    best_value: tf.Variable
+    best_epoch: tf.Variable
+    epochs_without_improvement: tf.Variable
+
+    @classmethod
+    def create(cls, best_mode: str) -> RunState:
+        def counter(name):
+            return tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+
+        initial_best = math.inf if best_mode == "min" else -math.inf
+        return cls(
+            epoch=counter("epoch"),
+            step_in_epoch=counter("step_in_epoch"),
+            global_step=counter("global_step"),
+            phase=counter("phase"),
+            best_value=tf.Variable(initial_best, dtype=tf.float64, trainable=False, name="best_value"),
+            best_epoch=tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch"),
+            epochs_without_improvement=counter("epochs_without_improvement"),
+        )
+
+    def as_dict(self) -> dict[str, tf.Variable]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def make_optimizer(phase: Phase, mixed_precision: str | None) -> keras.optimizers.Optimizer:
+    """The optimizer of a phase (weight decay is applied to the gradients)."""
+    if phase.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(phase.learning_rate)
+    else:
+        optimizer = keras.optimizers.SGD(phase.learning_rate, momentum=phase.momentum, nesterov=phase.nesterov)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _phase_from_checkpoint(path: str) -> int:
+    reader = tf.train.load_checkpoint(path)
+    return int(reader.get_tensor("state/phase/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or early-stopped) run reached."""
+
+    epochs_completed: int
+    global_step: int
+    best_value: float
+    best_epoch: int
+    stopped_early: bool
+
+
+class Trainer:
+    """Trains one experiment in one model directory.
+
+    Args:
+        experiment: The experiment settings.
+        model_dir: Where checkpoints, configs and TensorBoard logs go.
+        strategy: The distribution strategy.
+        is_chief: Whether this process writes checkpoints and summaries.
+        mixed_precision: None, `mixed_float16` or `mixed_bfloat16`.
+        jit_compile: Compile the training step with XLA.
+        profile_steps: Optional (first, last) global steps to profile.
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        model_dir: str,
+        strategy: tf.distribute.Strategy,
+        is_chief: bool = True,
+        mixed_precision: str | None = None,
+        jit_compile: bool = False,
+        profile_steps: tuple[int, int] | None = None,
+    ):
+        self.experiment = experiment
+        self.model_dir = model_dir
+        self.strategy = strategy
+        self.is_chief = is_chief
+        self.mixed_precision = mixed_precision
+        self.jit_compile = jit_compile
+        self.profile_steps = profile_steps
+        self.info = dataset_info.load(experiment.dataset_dir)
+        self.best_mode = BEST_METRICS[experiment.best_metric]
+        n_mels = self.info.log_mel.n_mels
+        if experiment.model_name == "crnn" and n_mels != 96:
+            raise ValueError(f"{experiment.dataset_dir} has {n_mels} mel bands; the CRNN needs a 96-band dataset")
+        keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+        keras.utils.set_random_seed(experiment.seed)
+        with strategy.scope():
+            self.model = models.get_model(
+                experiment.model_name,
+                self.info.num_tags,
+                n_mels=n_mels,
+                num_frames=experiment.crop_frames,
+                vocabulary=list(self.info.vocabulary),
+                **experiment.model_kwargs,
+            )
+            self.state = RunState.create(self.best_mode)
+        self.steps_per_epoch = experiment.steps_per_epoch or max(
+            1, self.info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size
+        )
+        self._optimizer = None
+        self._checkpoint = None
+        self._manager = None
+        self._train_step = None
+        self.last_predictions = None
+        self.writers = summaries.Writers(model_dir, enabled=is_chief)
+
+    # Checkpoints ---------------------------------------------------------
+
+    def _checkpoint_dir(self, name: str) -> str:
+        directory = os.path.join(self.model_dir, name)
+        if self.is_chief:
+            return directory
+        # Non-chief workers must write too (collective ops), but elsewhere.
+        task_id = getattr(self.strategy.cluster_resolver, "task_id", 0)
+        return os.path.join(self.model_dir, "workers", f"worker_{task_id}", name)
+
+    def _set_phase(self, index: int):
+        """Builds the optimizer of phase `index` and a checkpoint around it."""
+        phase = self.experiment.phases[index]
+        with self.strategy.scope():
+            self._optimizer = make_optimizer(phase, self.mixed_precision)
+            self._optimizer.build(self.model.trainable_variables)
+        self.state.phase.assign(index)
+        self._checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self._optimizer, state=tf.train.Checkpoint(**self.state.as_dict())
+        )
+        self._manager = tf.train.CheckpointManager(
+            self._checkpoint, self._checkpoint_dir(CHECKPOINT_DIRNAME), max_to_keep=3
+        )
+        self._train_step = self._make_train_step(phase)
+
+    def _save(self):
+        self._manager.save(checkpoint_number=int(self.state.global_step.numpy()))
+
+    def _save_best(self):
+        tf.train.Checkpoint(model=self.model).write(os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best"))
+
+    def restore_best(self):
+        """Loads the best weights so far into the model."""
+        path = os.path.join(self.model_dir, BEST_DIRNAME, "best")
+        tf.train.Checkpoint(model=self.model).read(path).expect_partial()
+
+    def _restore_or_start(self) -> bool:
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIRNAME))
+        if latest is None:
+            self._set_phase(0)
+            return False
+        self._set_phase(_phase_from_checkpoint(latest))
+        self._checkpoint.read(latest).assert_existing_objects_matched()
+        logging.info(
+            "Resumed from %s: epoch %d, step %d in epoch, global step %d, phase %d, best %s at epoch %d",
+            latest,
+            self.state.epoch.numpy(),
+            self.state.step_in_epoch.numpy(),
+            self.state.global_step.numpy(),
+            self.state.phase.numpy(),
+            self.state.best_value.numpy(),
+            self.state.best_epoch.numpy(),
+        )
+        return True
+
+    # Steps ---------------------------------------------------------------
+
+    def _dataset(self):
+        experiment = self.experiment
+
+        def dataset_fn(input_context):
+            return readers.train_dataset(
+                experiment.dataset_dir,
+                crop_frames=experiment.crop_frames,
+                crops_per_track=experiment.crops_per_track,
+                global_batch_size=experiment.batch_size,
+                shuffle_buffer=experiment.shuffle_buffer,
+                seed=None,
+                spec_augment=experiment.spec_augment,
+                input_context=input_context,
+                cache=experiment.cache_dataset,
+                info=self.info,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def _make_train_step(self, phase: Phase):
+        model, optimizer = self.model, self._optimizer
+        global_batch = self.experiment.batch_size
+        weight_decay = phase.weight_decay
+
+        def replica_step(log_mel, labels):
+            with tf.GradientTape() as tape:
+                probabilities = model(log_mel, training=True)[models.TAGS]
+                per_example = keras.losses.binary_crossentropy(labels, probabilities)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+                scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
+            variables = model.trainable_variables
+            gradients = tape.gradient(scaled, variables)
+            if weight_decay:
+                gradients = [g + weight_decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables, strict=True)]
+            optimizer.apply_gradients(zip(gradients, variables, strict=True))
+            return loss
+
+        if self.jit_compile:  # XLA compiles the per-replica computation.
+            replica_step = tf.function(replica_step, jit_compile=True)
+
+        @tf.function
+        def step(iterator):
+            log_mel, labels = next(iterator)
+            losses = self.strategy.run(replica_step, args=(log_mel, labels))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+        return step
+
+    # Validation ----------------------------------------------------------
+
+    def validate(self, split: str = "valid") -> dict[str, float]:
+        """Validation loss and track-level macro AUCs; logs them to TensorBoard."""
+        predictions = predict_tracks(
+            self.model,
+            self.experiment.dataset_dir,
+            split,
+            self.experiment.crop_frames,
+            self.experiment.eval_num_chunks,
+            info=self.info,
+        )
+        tag_metrics = metrics_lib.tag_metrics(predictions.labels, predictions.scores, list(self.info.vocabulary))
+        results = {
+            "val_loss": predictions.chunk_loss,
+            "val_roc_auc": tag_metrics.macro_roc_auc,
+            "val_pr_auc": tag_metrics.macro_pr_auc,
+        }
+        step = int(self.state.global_step.numpy())
+        self.writers.validation(step, results, tag_metrics, predictions, list(self.info.vocabulary))
+        self.last_predictions = predictions
+        return results
+
+    def _update_best(self, results: dict[str, float], epoch: int) -> bool:
+        value = results[self.experiment.best_metric]
+        best = float(self.state.best_value.numpy())
+        improved = not math.isnan(value) and (value < best if self.best_mode == "min" else value > best)
+        if improved:
+            self.state.best_value.assign(value)
+            self.state.best_epoch.assign(epoch)
+            self.state.epochs_without_improvement.assign(0)
+            self._save_best()
+        else:
+            self.state.epochs_without_improvement.assign_add(1)
+        return improved
+
+    # The loop --------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """Trains until the last epoch or early stopping; resumes if possible."""
+        experiment = self.experiment
+        if not self._restore_or_start():
+            self.writers.spectrograms(experiment, self.info)
+        iterator = iter(self._dataset())
+        stopped_early = False
+        while int(self.state.epoch.numpy()) < experiment.epochs:
+            epoch = int(self.state.epoch.numpy())
+            phase_index = experiment.phase_index(epoch)
+            if phase_index != int(self.state.phase.numpy()):
+                self._enter_phase(phase_index)
+            self._run_epoch(iterator, epoch)
+            validate = (epoch + 1) % experiment.eval_every_epochs == 0 or epoch + 1 == experiment.epochs
+            if validate:
+                results = self.validate()
+                improved = self._update_best(results, epoch)
+                logging.info(
+                    "epoch %d: %s%s", epoch, {k: round(v, 4) for k, v in results.items()}, " (best)" if improved else ""
+                )
+            self.state.epoch.assign_add(1)
+            self.state.step_in_epoch.assign(0)
+            self._save()
+            patience = experiment.early_stopping_patience
+            if patience is not None and int(self.state.epochs_without_improvement.numpy()) >= patience:
+                logging.info("Early stopping: no better %s for %d epochs", experiment.best_metric, patience)
+                stopped_early = True
+                break
+        self.writers.projector(self.last_predictions, list(self.info.vocabulary))
+        self.writers.flush()
+        return TrainResult(
+            epochs_completed=int(self.state.epoch.numpy()),
+            global_step=int(self.state.global_step.numpy()),
+            best_value=float(self.state.best_value.numpy()),
+            best_epoch=int(self.state.best_epoch.numpy()),
+            stopped_early=stopped_early,
+        )
+
+    def _enter_phase(self, index: int):
+        phase = self.experiment.phases[index]
+        if phase.reload_best and int(self.state.best_epoch.numpy()) >= 0:
+            self.restore_best()
+            logging.info("Phase %d: reloaded the best weights (epoch %d)", index, self.state.best_epoch.numpy())
+        self._set_phase(index)
+        logging.info("Phase %d from epoch %d: %s", index, phase.start_epoch, phase)
+        self._save()
+
+    def _run_epoch(self, iterator, epoch: int):
+        experiment = self.experiment
+        progress = keras.utils.Progbar(self.steps_per_epoch, verbose=1 if self.is_chief else 0, unit_name="step")
+        start_step = int(self.state.step_in_epoch.numpy())
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(start_step, self.steps_per_epoch):
+            global_step = int(self.state.global_step.numpy())
+            self._maybe_profile(global_step)
+            loss = float(self._train_step(iterator).numpy())
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {step}")
+            self.state.global_step.assign_add(1)
+            self.state.step_in_epoch.assign(step + 1)
+            window_steps += 1
+            progress.update(step + 1, [("loss", loss)])
+            global_step += 1
+            if global_step % experiment.log_every_steps == 0:
+                elapsed = time.perf_counter() - window_start
+                self.writers.training(
+                    global_step, loss, self._learning_rate(), window_steps / elapsed, experiment.batch_size
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if global_step % experiment.checkpoint_every_steps == 0 and step + 1 < self.steps_per_epoch:
+                self._save()
+
+    def _learning_rate(self) -> float:
+        optimizer = getattr(self._optimizer, "inner_optimizer", self._optimizer)
+        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+    def _maybe_profile(self, global_step: int):
+        if not self.profile_steps or not self.is_chief:
+            return
+        first, last = self.profile_steps
+        if global_step == first:
+            tf.profiler.experimental.start(os.path.join(self.model_dir, "profile"))
+        elif global_step == last:
+            tf.profiler.experimental.stop()
