@@ -19,9 +19,21 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
-# The main job on the bundled demo catalog: audio -> log-mel TFRecords.
+# The main job on the bundled demo catalog: audio -> log-mel TFRecords (128
+# mel bands for the Short-Chunk ResNet, 96 for the CRNN), a short training run
+# of both taggers on the CPU, and their track-level evaluation. Running it
+# again resumes (and finds the runs finished).
+DEMO_SPLIT := --split_by=track --split_fractions=0.5,0.25,0.25
 demo: $(STAMP)
-	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords --split_by=track
+	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords_128 $(DEMO_SPLIT)
+	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords_96 $(DEMO_SPLIT) --n_mels=96
+	$(BIN)/python -m train --config=short_chunk_res.gin --config=demo.gin \
+		--dataset_dir=$(DEMO_OUT)/tfrecords_128 --model_dir=$(DEMO_OUT)/short_chunk_res
+	$(BIN)/python -m train --config=crnn.gin --config=demo.gin --gin_param='Experiment.crop_frames = 938' \
+		--dataset_dir=$(DEMO_OUT)/tfrecords_96 --model_dir=$(DEMO_OUT)/crnn
+	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/short_chunk_res --split=test
+	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/crnn --split=test
+	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

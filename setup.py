@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     # evaluation's pitch-shift/time-stretch robustness study.
     "librosa>=0.10",
     "numpy>=1.26",
+    # Per-tag AUC and robustness plots of the evaluation.
+    "matplotlib>=3.7",
     "pandas>=2.0",
     # Spotify catalog builder (data_prep.spotify).
     "spotipy>=2.23",

@@ -18,6 +18,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import os
 import posixpath
 
 from apache_beam.io.filesystems import FileSystems
@@ -72,6 +73,8 @@ class Catalog:
         num_rows: Number of data rows in the file.
         entries: The valid rows.
         rejections: The invalid rows, with reasons.
+        audio_root: The directory relative audio paths were resolved against.
+        format: `csv` (this module) or `mtat` (`data_prep.mtat`).
     """
 
     source: str
@@ -79,6 +82,8 @@ class Catalog:
     num_rows: int
     entries: tuple[CatalogEntry, ...]
     rejections: tuple[Rejection, ...]
+    audio_root: str = ""
+    format: str = "csv"
 
 
 def read_text(path: str) -> bytes:
@@ -150,6 +155,7 @@ def parse_catalog(text: bytes, source: str, audio_root: str) -> Catalog:
         num_rows=num_rows,
         entries=tuple(entries),
         rejections=tuple(rejections),
+        audio_root=audio_root,
     )
 
 
@@ -207,6 +213,8 @@ def read_catalog(path: str, audio_root: str | None = None) -> Catalog:
     Returns:
         The parsed catalog.
     """
+    if FileSystems.get_scheme(path) is None:
+        path = os.path.abspath(path)
     if audio_root is None:
         audio_root = FileSystems.split(path)[0]
     try:

@@ -137,5 +137,7 @@ def read_mtat(annotations_path: str, audio_root: str, split_dir: str | None = No
         num_rows=len(rows),
         entries=tuple(entries),
         rejections=tuple(rejections),
+        audio_root=audio_root,
+        format="mtat",
     )
     return catalog, vocabulary

@@ -484,7 +484,13 @@ def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_
         compression=config.compression,
         vocabulary=list(vocabulary.tags),
         splits=splits,
-        catalog={"source": catalog.source, "sha256": catalog.sha256, "rows": catalog.num_rows},
+        catalog={
+            "source": catalog.source,
+            "format": catalog.format,
+            "audio_root": catalog.audio_root,
+            "sha256": catalog.sha256,
+            "rows": catalog.num_rows,
+        },
         rejected={
             "count": len(rejections),
             "by_reason": {reason: by_reason[reason] for reason in REASONS if by_reason[reason]},

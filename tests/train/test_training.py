@@ -219,3 +219,93 @@ def test_mirrored_strategy_on_two_cpu_devices(datasets, tmp_path):
     result = trainer.train()
     assert result.global_step == 4
     assert np.isfinite(result.best_value)
+
+
+def _free_ports(count):
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def test_multi_worker_training_on_two_local_processes(datasets, tmp_path):
+    import json
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    model_dir = tmp_path / "multi_worker"
+    command = [
+        sys.executable,
+        "-m",
+        "train",
+        "--config=short_chunk_res.gin",
+        "--config=smoke.gin",
+        f"--dataset_dir={datasets[128]}",
+        f"--model_dir={model_dir}",
+        "--strategy=multi_worker",
+        "--gin_param=Experiment.batch_size = 4",
+    ]
+    processes = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO_ROOT),
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+        }
+        processes.append(
+            subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [p.communicate(timeout=400)[0] for p in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+        assert "trained short_chunk_res for 2 epochs (4 steps)" in output
+    final = _checkpoint_state(str(model_dir))
+    assert final["global_step"] == 4 and final["optimizer_iterations"] == 4
+    assert (model_dir / "workers" / "worker_1" / CHECKPOINT_DIRNAME).is_dir()
+    assert not (model_dir / "workers" / "worker_0").exists()
+    assert list((model_dir / "train").iterdir())  # Summaries come from the chief only.
+
+
+def test_early_stopping_when_the_metric_stops_improving(tmp_path):
+    # Every validation track has every tag: ROC-AUC is undefined (NaN), so no
+    # epoch improves on the first and patience runs out.
+    rng = np.random.default_rng(0)
+    data = {
+        "train": {f"t{i}": (rng.normal(-40, 5, (120, 128)).astype(np.float32), [VOCABULARY[i % 3]]) for i in range(4)},
+        "valid": {f"v{i}": (rng.normal(-40, 5, (120, 128)).astype(np.float32), VOCABULARY) for i in range(2)},
+    }
+    dataset = tmp_path / "data"
+    dataset.mkdir()
+    write_dataset(dataset, data, VOCABULARY, shards_per_split=1)
+    bindings = [
+        f"Experiment.dataset_dir = '{dataset}'",
+        "Experiment.epochs = 10",
+        "Experiment.steps_per_epoch = 1",
+        "Experiment.best_metric = 'val_roc_auc'",
+        "Experiment.early_stopping_patience = 2",
+    ]
+    result = _trainer(["short_chunk_res.gin", "smoke.gin"], bindings, tmp_path / "run").train()
+    assert result.stopped_early and result.epochs_completed == 2 and result.best_epoch == -1
+
+
+def test_mixed_precision_and_xla_training(datasets, tmp_path):
+    try:
+        trainer = _trainer(
+            ["short_chunk_res.gin", "smoke.gin"],
+            [f"Experiment.dataset_dir = '{datasets[128]}'", "Experiment.epochs = 1"],
+            tmp_path,
+            mixed_precision="mixed_bfloat16",
+            jit_compile=True,
+        )
+        assert trainer.model.get_layer("layer1").compute_dtype == "bfloat16"
+        result = trainer.train()
+        assert result.global_step == 2 and np.isfinite(result.best_value)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
