@@ -18,6 +18,7 @@ import struct
 import numpy as np
 import soundfile
 import soxr
+from apache_beam.io.filesystems import FileSystems
 
 
 class AudioError(Exception):
@@ -116,7 +117,15 @@ def _wav_declared_frames(data: bytes) -> int | None:
     return None
 
 
-_MP3_SAMPLES_PER_FRAME = 1152  # MPEG-1 Layer III.
+# Samples per frame by (MPEG version bits, layer bits) of the frame header.
+_MP3_SAMPLES_PER_FRAME = {
+    (0b11, 0b01): 1152,  # MPEG-1 Layer III
+    (0b10, 0b01): 576,  # MPEG-2 Layer III (16, 22.05, 24 kHz)
+    (0b00, 0b01): 576,  # MPEG-2.5 Layer III (8, 11.025, 12 kHz)
+    (0b11, 0b10): 1152,  # MPEG-1 Layer II
+    (0b10, 0b10): 1152,
+    (0b00, 0b10): 1152,
+}
 
 
 def _mp3_declared_frames(data: bytes) -> int | None:
@@ -127,14 +136,19 @@ def _mp3_declared_frames(data: bytes) -> int | None:
     minus three frames: a lower bound that every complete file reaches.
     """
     start = _id3_size(data)
+    frame_header = data[start : start + 4]
+    if len(frame_header) < 4 or frame_header[0] != 0xFF or (frame_header[1] & 0xE0) != 0xE0:
+        return None  # No frame right after the tag: nothing reliable to check.
+    version, layer = (frame_header[1] >> 3) & 0b11, (frame_header[1] >> 1) & 0b11
+    samples_per_frame = _MP3_SAMPLES_PER_FRAME.get((version, layer))
     header = data[start : start + 200]
     for tag in (b"Xing", b"Info"):
         offset = header.find(tag)
-        if offset >= 0 and offset + 12 <= len(header):
+        if samples_per_frame and offset >= 0 and offset + 12 <= len(header):
             flags = struct.unpack_from(">I", header, offset + 4)[0]
             if flags & 1:
                 num_frames = struct.unpack_from(">I", header, offset + 8)[0]
-                return max(0, (num_frames - 3) * _MP3_SAMPLES_PER_FRAME)
+                return max(0, (num_frames - 3) * samples_per_frame)
     return None
 
 
@@ -199,6 +213,33 @@ def decode_audio(source: str | bytes, path: str) -> DecodedAudio:
             )
         return decoded
     raise AudioError("decode_error", path, "; ".join(errors))
+
+
+def open_source(uri: str) -> str | bytes:
+    """What `decode_audio` reads: a local path as it is (libsndfile reads it
+    natively, without the GIL), a remote file's bytes (gs://, s3://, ...).
+
+    Raises:
+        AudioError: `missing_file` or `unreadable_file`.
+    """
+    if FileSystems.get_scheme(uri) in (None, "file"):
+        path = uri.removeprefix("file://")
+        if not os.path.isfile(path):
+            raise AudioError("missing_file", uri, "no such file")
+        if not os.access(path, os.R_OK):
+            raise AudioError("unreadable_file", uri, "permission denied")
+        return path
+    try:
+        with FileSystems.open(uri, compression_type="uncompressed") as handle:
+            return handle.read()
+    except Exception as error:  # noqa: BLE001 - each filesystem raises its own.
+        try:
+            exists = FileSystems.exists(uri)
+        except Exception:  # noqa: BLE001
+            exists = True
+        if not exists:
+            raise AudioError("missing_file", uri, "no such file") from error
+        raise AudioError("unreadable_file", uri, str(error)) from error
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

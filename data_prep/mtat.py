@@ -109,7 +109,7 @@ def read_mtat(annotations_path: str, audio_root: str, split_dir: str | None = No
         if split_of_row is not None:
             split = split_of_row.get(index)
         else:
-            split = split_from_directory(mp3_path) if tags else None
+            split = split_from_directory(mp3_path)
         if not tags:
             rejections.append(Rejection(index + 1, row[0], mp3_path, "no_usable_tag", "no top-50 tag"))
             continue

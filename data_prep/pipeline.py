@@ -23,12 +23,10 @@ import dataclasses
 import json
 import logging
 import math
-import os
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
@@ -37,7 +35,7 @@ from data_prep.catalog import SPLITS, Catalog, CatalogEntry, TagVocabulary, buil
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
 from data_prep.splits import assign_splits, stable_hash
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
 
 METRICS_NAMESPACE = "data_prep"
 STAGING_DIRNAME = "_staging"
@@ -92,8 +90,10 @@ class PreprocessConfig:
             raise ValueError(f"compression must be one of {sorted(_COMPRESSION_SUFFIX)}")
         if self.examples_per_shard < 1:
             raise ValueError("examples_per_shard must be at least 1")
-        if self.min_duration_s * self.log_mel.sample_rate < self.log_mel.n_fft:
-            raise ValueError(f"min_duration_s must cover at least one FFT window ({self.log_mel.n_fft} samples)")
+        if self.min_duration_s * self.log_mel.sample_rate < minimum_num_samples(self.log_mel):
+            raise ValueError(
+                f"min_duration_s must cover at least {minimum_num_samples(self.log_mel)} samples (half an FFT window)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,31 +235,10 @@ class ProcessTrack(beam.DoFn):
         entry = task.entry
         return beam.pvalue.TaggedOutput(self.REJECTED, Rejection(entry.row, entry.track_id, entry.path, reason, detail))
 
-    def _source(self, uri: str) -> str | bytes:
-        """A local path as it is (decoded natively), a remote file's bytes."""
-        if FileSystems.get_scheme(uri) in (None, "file"):
-            path = uri.removeprefix("file://")
-            if not os.path.isfile(path):
-                raise audio.AudioError("missing_file", uri, "no such file")
-            if not os.access(path, os.R_OK):
-                raise audio.AudioError("unreadable_file", uri, "permission denied")
-            return path
-        try:
-            with FileSystems.open(uri, compression_type="uncompressed") as handle:
-                return handle.read()
-        except Exception as error:  # noqa: BLE001 - each filesystem raises its own.
-            try:
-                exists = FileSystems.exists(uri)
-            except Exception:  # noqa: BLE001
-                exists = True
-            if not exists:
-                raise audio.AudioError("missing_file", uri, "no such file") from error
-            raise audio.AudioError("unreadable_file", uri, str(error)) from error
-
     def _process(self, task: TrackTask) -> tuple[bytes, float]:
         config, entry = self._config, task.entry
         spec = config.log_mel
-        waveform, decoded = audio.load_mono(self._source(entry.uri), entry.uri, spec.sample_rate)
+        waveform, decoded = audio.load_mono(audio.open_source(entry.uri), entry.uri, spec.sample_rate)
         if decoded.decoder != "soundfile":
             self._fallback.inc()
         if waveform.size == 0:
@@ -298,8 +277,9 @@ class ProcessTrack(beam.DoFn):
 class WriteShard(beam.DoFn):
     """Writes one shard, sorted by track id, and emits its statistics as JSON.
 
-    The examples are read from the staging files `ProcessTrack` wrote, which
-    are removed once the shard is written.
+    The examples are read from the staging files `ProcessTrack` wrote; they
+    stay until the whole staging folder is removed on publishing, so that a
+    runner may retry this step.
     """
 
     def __init__(self, staging_dir: str, compression: str):
@@ -315,8 +295,6 @@ class WriteShard(beam.DoFn):
             for _, example_path, _, _ in examples:
                 with tf.io.gfile.GFile(example_path, "rb") as handle:
                     writer.write(handle.read())
-        for _, example_path, _, _ in examples:
-            tf.io.gfile.remove(example_path)
         tag_counts = collections.Counter(tag for _, _, _, tags in examples for tag in tags)
         yield json.dumps(
             {

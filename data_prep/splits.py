@@ -45,8 +45,10 @@ def assign_splits(
 ) -> dict[str, str]:
     """Assigns every entry to a split.
 
-    Entries with a split given in the catalog keep it; a group containing such
-    entries goes as a whole to its most common given split.
+    Entries with a split given in the catalog always keep it. The other
+    entries of a group that has given splits follow the group's most common
+    given split (so a catalog that gives conflicting splits within one artist
+    is taken at its word, and the rest of the group stays together).
 
     Args:
         entries: The catalog entries.
@@ -88,8 +90,9 @@ def assign_splits(
     for key, members in groups.items():
         given = collections.Counter(e.split for e in members if e.split is not None)
         if given:
-            split = max(given.items(), key=lambda item: (item[1], -SPLITS.index(item[0])))[0]
-            _place(members, SPLITS.index(split), track_counts, tag_counts, assignment, known)
+            majority = max(given.items(), key=lambda item: (item[1], -SPLITS.index(item[0])))[0]
+            for entry in members:
+                _place([entry], SPLITS.index(entry.split or majority), track_counts, tag_counts, assignment, known)
         else:
             pending.append((key, members))
 

@@ -20,16 +20,9 @@ MODEL_BUILDERS = {
     "short_chunk_res": taggers.build_short_chunk_res,
 }
 
-# Input length of each model in the reference (frames at hop 256).
-DEFAULT_INPUT_FRAMES = {
-    "crnn": taggers.CRNN_FRAMES,
-    "short_chunk_cnn": taggers.SHORT_CHUNK_FRAMES,
-    "short_chunk_res": taggers.SHORT_CHUNK_FRAMES,
-}
 DEFAULT_N_MELS = {"crnn": 96, "short_chunk_cnn": 128, "short_chunk_res": 128}
 
 __all__ = [
-    "DEFAULT_INPUT_FRAMES",
     "DEFAULT_N_MELS",
     "EMBEDDING",
     "MODEL_BUILDERS",

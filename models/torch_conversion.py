@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from absl import logging
 
 import models
 from tfrecords.logmel import LogMelSpec, mel_filterbank
 
 # The MagnaTagATune top-50 vocabulary in the reference's label order
-# (split/mtat/top50_tags.txt of minzwon/sota-music-tagging-models).
-MTAT_TOP50_TAGS = (
-    "guitar classical slow techno strings drums electronic rock fast piano ambient beat violin vocal synth "
-    "female indian opera male singing vocals noVocals harpsichord loud quiet flute woman maleVocal noVocal pop "
-    "soft sitar solo man classic choir voice newAge dance maleVoice femaleVocal beats harp cello noVoice weird "
-    "country femaleVoice metal choral"
-).split()
+# (split/mtat/top50_tags.txt of minzwon/sota-music-tagging-models), spelled as
+# the columns of annotations_final.csv, which `data_prep.mtat` uses.
+MTAT_TOP50_TAGS = [
+    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
+    "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
+    "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal", "pop",
+    "soft", "sitar", "solo", "man", "classic", "choir", "voice", "new age", "dance", "male voice",
+    "female vocal", "beats", "harp", "cello", "no voice", "weird", "country", "female voice", "metal", "choral",
+]  # fmt: skip
 
 # State-dict entries that carry no weights of the Keras models: the
 # torchaudio front end's buffers (checked separately) and batch counters.
@@ -123,7 +126,9 @@ def _check_front_end(state, used, n_mels: int):
     for key in _FRONT_END_KEYS:
         if key in state:
             used.add(key)
-    if "spec.mel_scale.fb" in state:
+    if "spec.mel_scale.fb" not in state:
+        logging.warning("the checkpoint has no spec.mel_scale.fb: its front end cannot be checked")
+    else:
         theirs = state["spec.mel_scale.fb"]
         ours = mel_filterbank(LogMelSpec(n_mels=n_mels))
         if theirs.shape != ours.shape or np.abs(theirs - ours).max() > 1e-4:

@@ -100,9 +100,11 @@ def _files(dataset_dir: str, info: dataset_info_lib.DatasetInfo, split: str) -> 
     return files
 
 
-def _parser(info: dataset_info_lib.DatasetInfo):
+def _parser(info: dataset_info_lib.DatasetInfo, cast_log_mel: bool = True):
     def parse(serialized):
-        return schema.parse_example(serialized, info.num_tags, info.log_mel.n_mels, info.log_mel_dtype)
+        return schema.parse_example(
+            serialized, info.num_tags, info.log_mel.n_mels, info.log_mel_dtype, cast_log_mel=cast_log_mel
+        )
 
     return parse
 
@@ -153,20 +155,24 @@ def train_dataset(
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         if len(files) >= input_context.num_input_pipelines:
+            # Whole files per input pipeline. When the file count is not a
+            # multiple of the pipelines, some see one file more per epoch.
             files_dataset = files_dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         else:
+            # Fewer files than pipelines: every pipeline reads all records in
+            # the same order and keeps every n-th one.
             records_need_sharding = True
-    if not cache:
+    if not cache and not records_need_sharding:
         files_dataset = files_dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     records = files_dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=info.compression),
         cycle_length=min(len(files), 8),
         num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
+        deterministic=deterministic or records_need_sharding,
     )
     if records_need_sharding:
         records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    tracks = records.map(_parser(info), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    tracks = records.map(_parser(info, cast_log_mel=False), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     tracks = tracks.map(lambda parsed: (parsed[schema.LOG_MEL], parsed[schema.LABELS]))
     if cache:
         tracks = tracks.cache()
@@ -180,6 +186,7 @@ def train_dataset(
         log_mel, labels = track
         crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed, floor_db)
         if spec_augment is not None:
+            crops = tf.cast(crops, tf.float32)
             augment_seeds = tf.random.experimental.stateless_split(crop_seed, crops_per_track)
             crops = tf.map_fn(
                 lambda args: spec_augment(args[0], args[1]),
@@ -195,6 +202,7 @@ def train_dataset(
     )
     chunks = chunks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     batches = chunks.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    batches = batches.map(lambda log_mel, labels: (tf.cast(log_mel, tf.float32), labels))
     options = tf.data.Options()
     options.deterministic = deterministic
     if input_context is not None:

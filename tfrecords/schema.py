@@ -112,7 +112,9 @@ def feature_spec(num_tags: int) -> dict:
     }
 
 
-def parse_example(serialized: tf.Tensor, num_tags: int, n_mels: int, log_mel_dtype: str = "float16") -> dict:
+def parse_example(
+    serialized: tf.Tensor, num_tags: int, n_mels: int, log_mel_dtype: str = "float16", cast_log_mel: bool = True
+) -> dict:
     """Parses one serialized example into tensors.
 
     Args:
@@ -120,15 +122,17 @@ def parse_example(serialized: tf.Tensor, num_tags: int, n_mels: int, log_mel_dty
         num_tags: Size of the tag vocabulary.
         n_mels: Number of mel bands (fixes the static shape).
         log_mel_dtype: Storage dtype of the log-mel.
+        cast_log_mel: Cast the log-mel to float32; False keeps the storage
+            dtype, so that readers crop before they cast (less memory traffic).
 
     Returns:
-        A dict with the schema's features; `log_mel` decoded to float32
-        `[frames, n_mels]`, `labels` as float32 `[num_tags]` and `tags` as a
-        dense string vector.
+        A dict with the schema's features; `log_mel` decoded to
+        `[frames, n_mels]` (float32 unless `cast_log_mel` is False),
+        `labels` as float32 `[num_tags]` and `tags` as a dense string vector.
     """
     parsed = tf.io.parse_single_example(serialized, feature_spec(num_tags))
     raw = tf.io.decode_raw(parsed[LOG_MEL], LOG_MEL_DTYPES[log_mel_dtype][1], little_endian=True)
-    log_mel = tf.reshape(tf.cast(raw, tf.float32), [-1, n_mels])
+    log_mel = tf.reshape(tf.cast(raw, tf.float32) if cast_log_mel else raw, [-1, n_mels])
     tf.debugging.assert_equal(
         tf.shape(log_mel, out_type=tf.int64), parsed[LOG_MEL_SHAPE], message="log_mel_shape mismatch"
     )

@@ -1,10 +1,10 @@
 r"""Trains a tagger.
 
 Usage (the bundled demo, after `python -m data_prep --catalog=demo/catalog.csv
---output_dir=demo_output/tfrecords --split_by=track`):
+--output_dir=demo_output/tfrecords_128 --split_by=track --split_fractions=0.5,0.25,0.25`):
 
-    python -m train --config=demo.gin --config=short_chunk_res.gin \
-        --model_dir=/tmp/demo_short_chunk_res
+    python -m train --config=short_chunk_res.gin --config=demo.gin \
+        --dataset_dir=demo_output/tfrecords_128 --model_dir=/tmp/demo_short_chunk_res
     tensorboard --logdir=/tmp/demo_short_chunk_res
 
 The Won et al. (2020) MagnaTagATune recipe, on all local GPUs:

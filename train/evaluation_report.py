@@ -62,14 +62,7 @@ def load_run(model_dir: str, dataset_dir: str | None = None) -> LoadedRun:
         gin.bind_parameter("Experiment.dataset_dir", dataset_dir)
     experiment = Experiment()
     info = dataset_info.load(experiment.dataset_dir)
-    model = models.get_model(
-        experiment.model_name,
-        info.num_tags,
-        n_mels=info.log_mel.n_mels,
-        num_frames=experiment.crop_frames,
-        vocabulary=list(info.vocabulary),
-        **experiment.model_kwargs,
-    )
+    model = experiment.build_model(info)
     best = os.path.join(model_dir, BEST_DIRNAME, "best")
     checkpoint = best if tf.io.gfile.exists(best + ".index") else None
     if checkpoint is None:
@@ -160,8 +153,7 @@ def robustness(run: LoadedRun, split: str, output_dir: str, num_chunks: int = 16
         if track_id not in uris:
             raise KeyError(f"track {track_id!r} is not in the catalog {run.info.catalog['source']}")
         uri = uris[track_id]
-        source = uri if "://" not in uri else catalog_lib.read_text(uri)
-        waveforms[track_id], _ = audio_lib.load_mono(source, uri, spec.sample_rate)
+        waveforms[track_id], _ = audio_lib.load_mono(audio_lib.open_source(uri), uri, spec.sample_rate)
     labels = np.stack([label for _, label in tracks])
     conditions = [("pitch_shift", s) for s in PITCH_SHIFTS] + [("time_stretch", r) for r in TIME_STRETCHES]
     rows = []

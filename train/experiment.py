@@ -71,8 +71,8 @@ class Experiment:
         steps_per_epoch: Steps per epoch; default: every training crop once.
         phases: The optimisation schedule, ordered by start epoch.
         best_metric: `val_loss`, `val_roc_auc` or `val_pr_auc`.
-        early_stopping_patience: Stop after this many epochs without a new
-            best; None never stops early.
+        early_stopping_patience: Stop after this many validations in a row
+            without a new best; None never stops early.
         eval_num_chunks: Evenly spaced chunks per validation track.
         eval_every_epochs: Validate every this many epochs (and at the end).
         checkpoint_every_steps: Save a checkpoint every this many steps
@@ -80,7 +80,8 @@ class Experiment:
         shuffle_buffer: Crops in the training shuffle buffer.
         cache_dataset: Keep the parsed training tracks in memory.
         spec_augment: Optional SpecAugment masking of training crops.
-        seed: Seed of weights initialisation and data order.
+        seed: Seed of the weight initialisation. The training input is not
+            seeded (a seeded tf.data pipeline is deterministic and slower).
         log_every_steps: Scalars to TensorBoard every this many steps.
         num_spectrogram_images: Training crops shown in TensorBoard.
     """
@@ -117,8 +118,30 @@ class Experiment:
         if any(b.start_epoch <= a.start_epoch for a, b in zip(phases, phases[1:], strict=False)):
             raise ValueError("phases must have increasing start epochs")
         object.__setattr__(self, "phases", phases)
-        if self.batch_size < 1 or self.epochs < 1 or self.crop_frames < 1:
-            raise ValueError("batch_size, epochs and crop_frames must be positive")
+        positive = (
+            "batch_size",
+            "epochs",
+            "crop_frames",
+            "crops_per_track",
+            "eval_num_chunks",
+            "eval_every_epochs",
+            "checkpoint_every_steps",
+            "log_every_steps",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Experiment.{name} must be at least 1, got {getattr(self, name)}")
+
+    def build_model(self, info):
+        """The experiment's model for a dataset (its vocabulary and mel bands)."""
+        return models.get_model(
+            self.model_name,
+            info.num_tags,
+            n_mels=info.log_mel.n_mels,
+            num_frames=self.crop_frames,
+            vocabulary=list(info.vocabulary),
+            **self.model_kwargs,
+        )
 
     def phase_index(self, epoch: int) -> int:
         """The index of the phase that epoch `epoch` belongs to."""

@@ -9,6 +9,7 @@ schedule phase and best-so-far: all of these live in one `tf.train.Checkpoint`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -64,7 +65,7 @@ class RunState:
 def make_optimizer(phase: Phase, mixed_precision: str | None) -> keras.optimizers.Optimizer:
     """The optimizer of a phase (weight decay is applied to the gradients)."""
     if phase.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(phase.learning_rate)
+        optimizer = keras.optimizers.Adam(phase.learning_rate, epsilon=1e-8)  # PyTorch's epsilon.
     else:
         optimizer = keras.optimizers.SGD(phase.learning_rate, momentum=phase.momentum, nesterov=phase.nesterov)
     if mixed_precision == "mixed_float16":
@@ -126,14 +127,7 @@ class Trainer:
         keras.mixed_precision.set_global_policy(mixed_precision or "float32")
         keras.utils.set_random_seed(experiment.seed)
         with strategy.scope():
-            self.model = models.get_model(
-                experiment.model_name,
-                self.info.num_tags,
-                n_mels=n_mels,
-                num_frames=experiment.crop_frames,
-                vocabulary=list(self.info.vocabulary),
-                **experiment.model_kwargs,
-            )
+            self.model = experiment.build_model(self.info)
             self.state = RunState.create(self.best_mode)
         self.steps_per_epoch = experiment.steps_per_epoch or max(
             1, self.info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size
@@ -143,6 +137,7 @@ class Trainer:
         self._manager = None
         self._train_step = None
         self.last_predictions = None
+        self._profiling = False
         self.writers = summaries.Writers(model_dir, enabled=is_chief)
 
     # Checkpoints ---------------------------------------------------------
@@ -173,12 +168,52 @@ class Trainer:
     def _save(self):
         self._manager.save(checkpoint_number=int(self.state.global_step.numpy()))
 
+    def _best_checkpoint(self, model: keras.Model) -> tf.train.Checkpoint:
+        """The best weights together with the metric value and epoch they reached."""
+        return tf.train.Checkpoint(model=model, best_value=self.state.best_value, best_epoch=self.state.best_epoch)
+
     def _save_best(self):
-        tf.train.Checkpoint(model=self.model).write(os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best"))
+        self._best_checkpoint(self.model).write(os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best"))
+
+    def export_best_model(self) -> str | None:
+        """Saves the best weights as a float32 `best/model.keras` plus `best/model_info.json`.
+
+        The pair is self-describing (architecture, tag vocabulary, input length,
+        log-mel parameters), so serving needs neither gin nor this package.
+        """
+        best = os.path.join(self.model_dir, BEST_DIRNAME, "best")
+        if not self.is_chief or not tf.io.gfile.exists(best + ".index"):
+            return None
+        policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            model = self.experiment.build_model(self.info)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+        tf.train.Checkpoint(model=model).read(best).expect_partial()
+        reader = tf.train.load_checkpoint(best)  # The values saved with these weights.
+        best_value = float(reader.get_tensor("best_value/.ATTRIBUTES/VARIABLE_VALUE"))
+        best_epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        path = os.path.join(self.model_dir, BEST_DIRNAME, "model.keras")
+        model.save(path)
+        info = {
+            "model_name": self.experiment.model_name,
+            "crop_frames": self.experiment.crop_frames,
+            "vocabulary": list(self.info.vocabulary),
+            "log_mel": {**self.info.log_mel.to_dict(), "fingerprint": self.info.log_mel.fingerprint()},
+            "best_metric": self.experiment.best_metric,
+            "best_value": best_value,
+            "best_epoch": best_epoch,
+            "global_step": int(self.state.global_step.numpy()),
+            "dataset_dir": self.experiment.dataset_dir,
+        }
+        with tf.io.gfile.GFile(os.path.join(self.model_dir, BEST_DIRNAME, "model_info.json"), "w") as handle:
+            json.dump(info, handle, indent=2, sort_keys=True)
+        return path
 
     def restore_best(self):
-        """Loads the best weights so far into the model."""
-        path = os.path.join(self.model_dir, BEST_DIRNAME, "best")
+        """Loads the best weights so far into the model (each worker its own copy)."""
+        path = os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best")
         tf.train.Checkpoint(model=self.model).read(path).expect_partial()
 
     def _restore_or_start(self) -> bool:
@@ -227,15 +262,21 @@ class Trainer:
         weight_decay = phase.weight_decay
 
         def replica_step(log_mel, labels):
+            variables = model.trainable_variables
             with tf.GradientTape() as tape:
                 probabilities = model(log_mel, training=True)[models.TAGS]
                 per_example = keras.losses.binary_crossentropy(labels, probabilities)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
-                scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-            variables = model.trainable_variables
+                total = loss
+                if weight_decay:
+                    # PyTorch's weight_decay adds wd * w to the gradient: the
+                    # gradient of 0.5 * wd * |w|^2. As a loss term it is
+                    # divided by the replica count before the gradients are
+                    # summed, and loss scaling applies to it like the rest.
+                    l2 = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+                    total += tf.nn.scale_regularization_loss(0.5 * weight_decay * l2)
+                scaled = optimizer.scale_loss(total)
             gradients = tape.gradient(scaled, variables)
-            if weight_decay:
-                gradients = [g + weight_decay * tf.cast(v, g.dtype) for g, v in zip(gradients, variables, strict=True)]
             optimizer.apply_gradients(zip(gradients, variables, strict=True))
             return loss
 
@@ -296,6 +337,9 @@ class Trainer:
         iterator = iter(self._dataset())
         stopped_early = False
         while int(self.state.epoch.numpy()) < experiment.epochs:
+            if self._patience_exhausted():  # Also stops a resumed run that had stopped early.
+                stopped_early = True
+                break
             epoch = int(self.state.epoch.numpy())
             phase_index = experiment.phase_index(epoch)
             if phase_index != int(self.state.phase.numpy()):
@@ -311,13 +355,10 @@ class Trainer:
             self.state.epoch.assign_add(1)
             self.state.step_in_epoch.assign(0)
             self._save()
-            patience = experiment.early_stopping_patience
-            if patience is not None and int(self.state.epochs_without_improvement.numpy()) >= patience:
-                logging.info("Early stopping: no better %s for %d epochs", experiment.best_metric, patience)
-                stopped_early = True
-                break
+        self._stop_profiler()
         self.writers.projector(self.last_predictions, list(self.info.vocabulary))
         self.writers.flush()
+        self.export_best_model()
         return TrainResult(
             epochs_completed=int(self.state.epoch.numpy()),
             global_step=int(self.state.global_step.numpy()),
@@ -326,14 +367,37 @@ class Trainer:
             stopped_early=stopped_early,
         )
 
+    def _patience_exhausted(self) -> bool:
+        patience = self.experiment.early_stopping_patience
+        if patience is None or int(self.state.epochs_without_improvement.numpy()) < patience:
+            return False
+        logging.info("Early stopping: no better %s in %d validations", self.experiment.best_metric, patience)
+        return True
+
     def _enter_phase(self, index: int):
         phase = self.experiment.phases[index]
+        previous = self.experiment.phases[int(self.state.phase.numpy())]
         if phase.reload_best and int(self.state.best_epoch.numpy()) >= 0:
             self.restore_best()
             logging.info("Phase %d: reloaded the best weights (epoch %d)", index, self.state.best_epoch.numpy())
-        self._set_phase(index)
+        same_optimizer = (phase.optimizer, phase.momentum, phase.nesterov) == (
+            previous.optimizer,
+            previous.momentum,
+            previous.nesterov,
+        )
+        if same_optimizer:
+            # A learning-rate drop keeps the optimizer and its momentum, as the
+            # reference lowers the rate of its one SGD optimizer in place.
+            self._unwrapped_optimizer().learning_rate.assign(phase.learning_rate)
+            self.state.phase.assign(index)
+            self._train_step = self._make_train_step(phase)
+        else:
+            self._set_phase(index)
         logging.info("Phase %d from epoch %d: %s", index, phase.start_epoch, phase)
         self._save()
+
+    def _unwrapped_optimizer(self):
+        return getattr(self._optimizer, "inner_optimizer", self._optimizer)
 
     def _run_epoch(self, iterator, epoch: int):
         experiment = self.experiment
@@ -361,14 +425,19 @@ class Trainer:
                 self._save()
 
     def _learning_rate(self) -> float:
-        optimizer = getattr(self._optimizer, "inner_optimizer", self._optimizer)
-        return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        return float(keras.ops.convert_to_numpy(self._unwrapped_optimizer().learning_rate))
 
     def _maybe_profile(self, global_step: int):
         if not self.profile_steps or not self.is_chief:
             return
         first, last = self.profile_steps
-        if global_step == first:
+        if first <= global_step < last and not self._profiling:
             tf.profiler.experimental.start(os.path.join(self.model_dir, "profile"))
-        elif global_step == last:
+            self._profiling = True
+        elif global_step >= last:
+            self._stop_profiler()
+
+    def _stop_profiler(self):
+        if self._profiling:
             tf.profiler.experimental.stop()
+            self._profiling = False

@@ -85,6 +85,17 @@ def test_empty_file():
     assert raised.value.reason == "empty"
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 32000, 48000])
+def test_complete_mp3s_of_every_mpeg_version_are_not_truncated(rate):
+    """MPEG-1 (32-48 kHz) frames hold 1152 samples, MPEG-2/2.5 (8-24 kHz) 576."""
+    data = _encode(tone(3.0, rate), rate, "MP3")
+    decoded = audio.decode_audio(data, f"{rate}.mp3")
+    assert decoded.minimum_frames is not None and decoded.samples.shape[0] >= decoded.minimum_frames
+    assert decoded.minimum_frames > 0.9 * 3.0 * rate
+    with pytest.raises(audio.AudioError, match="truncated"):
+        audio.decode_audio(data[: len(data) // 2], f"{rate}.mp3")
+
+
 @pytest.mark.parametrize("fmt", ["WAV", "MP3"])
 def test_truncated_files_are_detected(fmt):
     data = _encode(tone(3.0, 44100, channels=2), 44100, fmt)

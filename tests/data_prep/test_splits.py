@@ -60,6 +60,16 @@ def test_track_split_and_given_split_wins():
     assert len({split_of[e.track_id] for e in entries if e.artist == "Artist 1"}) > 1
     by_artist = assign_splits(entries, ["rock", "jazz", "pop", "rare"], split_by="artist")
     assert {by_artist[e.track_id] for e in entries if e.artist == "Artist 0"} == {"test"}
+    entries[1] = CatalogEntry(
+        row=2, track_id="a0-t1", path="p", uri="p", artist="Artist 0", tags=("rare",), split="valid"
+    )
+    entries[2] = CatalogEntry(
+        row=3, track_id="a0-t2", path="p", uri="p", artist="Artist 0", tags=("rare",), split="valid"
+    )
+    conflicting = assign_splits(entries, ["rock", "jazz", "pop", "rare"], split_by="artist")
+    assert conflicting["a0-t0"] == "test"  # A given split is never overridden ...
+    assert conflicting["a0-t1"] == conflicting["a0-t2"] == "valid"
+    assert {conflicting[e.track_id] for e in entries[3:10]} == {"valid"}  # ... the rest follows the majority.
 
 
 def test_given_requires_every_split_and_bad_arguments():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,6 +17,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import configs
+import models
 from tests.conftest import REPO_ROOT
 from tests.tfrecords.dataset_writer import write_dataset
 from tfrecords.logmel import LogMelSpec
@@ -106,6 +108,15 @@ def test_smoke_training_writes_checkpoints_config_and_summaries(datasets, tmp_pa
     assert (tmp_path / "projector" / "projector_config.pbtxt").exists()
     assert len((tmp_path / "projector" / "metadata.tsv").read_text().splitlines()) == 1 + 4
     assert (tmp_path / "best" / "best.index").exists()
+    exported = keras.saving.load_model(tmp_path / "best" / "model.keras")
+    info = json.loads((tmp_path / "best" / "model_info.json").read_text())
+    assert info["vocabulary"] == VOCABULARY == models.tag_vocabulary(exported)
+    assert info["model_name"] == "short_chunk_res" and info["crop_frames"] == 231
+    trainer.restore_best()
+    probe = np.random.default_rng(0).normal(-40, 5, (1, 231, 128)).astype(np.float32)
+    np.testing.assert_allclose(
+        exported(probe, training=False)["tags"].numpy(), trainer.model(probe, training=False)["tags"].numpy(), atol=1e-6
+    )
 
 
 def test_schedule_switches_optimizer_and_reloads_best(datasets, tmp_path):
@@ -234,8 +245,6 @@ def _free_ports(count):
 
 
 def test_multi_worker_training_on_two_local_processes(datasets, tmp_path):
-    import json
-
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     model_dir = tmp_path / "multi_worker"
