@@ -21,8 +21,9 @@ install: $(STAMP)
 
 # The main job on the bundled demo catalog: audio -> log-mel TFRecords (128
 # mel bands for the Short-Chunk ResNet, 96 for the CRNN), a short training run
-# of both taggers on the CPU, and their track-level evaluation. Running it
-# again resumes (and finds the runs finished).
+# of both taggers on the CPU, their track-level evaluation, and their export
+# as TF Serving SavedModels. Running it again resumes (and finds the runs
+# finished).
 DEMO_SPLIT := --split_by=track --split_fractions=0.5,0.25,0.25
 demo: $(STAMP)
 	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords_128 $(DEMO_SPLIT)
@@ -33,6 +34,9 @@ demo: $(STAMP)
 		--dataset_dir=$(DEMO_OUT)/tfrecords_96 --model_dir=$(DEMO_OUT)/crnn
 	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/short_chunk_res --split=test
 	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/crnn --split=test
+	rm -rf $(DEMO_OUT)/export
+	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/short_chunk_res --export_dir=$(DEMO_OUT)/export/short_chunk_res
+	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn
 	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
 
 lint: $(STAMP)

@@ -40,7 +40,7 @@ INSTALL_REQUIRES = [
     "tensorboard~=2.20.0",
 ]
 
-PACKAGES = ["data_prep", "tfrecords", "models", "train", "configs"]
+PACKAGES = ["data_prep", "tfrecords", "models", "train", "serving", "configs"]
 
 EXTRAS_REQUIRE = {
     # Dataflow runner and GCS filesystem; heavy, so opt-in.

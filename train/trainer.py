@@ -180,9 +180,10 @@ class Trainer:
 
         The pair is self-describing (architecture, tag vocabulary, input length,
         log-mel parameters), so serving needs neither gin nor this package.
+        When no validation ever improved (e.g. a metric undefined on a tiny
+        split), the last weights are saved and `best_epoch` is -1.
         """
-        best = os.path.join(self.model_dir, BEST_DIRNAME, "best")
-        if not self.is_chief or not tf.io.gfile.exists(best + ".index"):
+        if not self.is_chief:
             return None
         policy = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
@@ -190,10 +191,16 @@ class Trainer:
             model = self.experiment.build_model(self.info)
         finally:
             keras.mixed_precision.set_global_policy(policy)
-        tf.train.Checkpoint(model=model).read(best).expect_partial()
-        reader = tf.train.load_checkpoint(best)  # The values saved with these weights.
-        best_value = float(reader.get_tensor("best_value/.ATTRIBUTES/VARIABLE_VALUE"))
-        best_epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        best = os.path.join(self.model_dir, BEST_DIRNAME, "best")
+        if tf.io.gfile.exists(best + ".index"):
+            tf.train.Checkpoint(model=model).read(best).expect_partial()
+            reader = tf.train.load_checkpoint(best)  # The values saved with these weights.
+            best_value = float(reader.get_tensor("best_value/.ATTRIBUTES/VARIABLE_VALUE"))
+            best_epoch = int(reader.get_tensor("best_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        else:
+            model.set_weights(self.model.get_weights())
+            best_value, best_epoch = float("nan"), -1
+        tf.io.gfile.makedirs(os.path.join(self.model_dir, BEST_DIRNAME))
         path = os.path.join(self.model_dir, BEST_DIRNAME, "model.keras")
         model.save(path)
         info = {

@@ -91,7 +91,12 @@ def _tags(directory):
 
 
 def test_smoke_training_writes_checkpoints_config_and_summaries(datasets, tmp_path):
-    trainer = _trainer(["short_chunk_res.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+    trainer = _trainer(
+        ["short_chunk_res.gin", "smoke.gin"],
+        [f"Experiment.dataset_dir = '{datasets[128]}'"],
+        tmp_path,
+        profile_steps=(1, 3),
+    )
     trainer.writers.config(
         (tmp_path / config_lib.CONFIG_FILENAME).read_text(), config_lib.save_operative(str(tmp_path))
     )
@@ -108,6 +113,7 @@ def test_smoke_training_writes_checkpoints_config_and_summaries(datasets, tmp_pa
     assert (tmp_path / "projector" / "projector_config.pbtxt").exists()
     assert len((tmp_path / "projector" / "metadata.tsv").read_text().splitlines()) == 1 + 4
     assert (tmp_path / "best" / "best.index").exists()
+    assert list((tmp_path / "profile").rglob("*.xplane.pb")), "the profiler window wrote no trace"
     exported = keras.saving.load_model(tmp_path / "best" / "model.keras")
     info = json.loads((tmp_path / "best" / "model_info.json").read_text())
     assert info["vocabulary"] == VOCABULARY == models.tag_vocabulary(exported)

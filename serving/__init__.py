@@ -1,0 +1,4 @@
+"""Serving: SavedModel export for TF Serving (and, later, the ScaNN retrieval stage).
+
+Depends on `models` and `tfrecords` (the feature definition), never on `train`.
+"""

@@ -1,0 +1,205 @@
+"""SavedModel export for TF Serving.
+
+The exported graph takes mono 16 kHz waveforms, computes the log-mel with the
+pipeline's own function (`tfrecords.logmel`), cuts each track into evenly
+spaced chunks of the model's input length as the evaluation does, runs the
+tagger and averages over the chunks. Signatures:
+
+| name              | input                                  | outputs                       |
+|-------------------|----------------------------------------|-------------------------------|
+| `serving_default` | `waveform` float32 `[batch, samples]`  | `tags`, `embedding`           |
+| `tags`            | `waveform`                             | `tags`                        |
+| `embed`           | `waveform`                             | `embedding`                   |
+| `log_mel`         | `log_mel` float32 `[batch, frames, n_mels]` | `tags`, `embedding`      |
+
+`tags` are sigmoid probabilities `[batch, num_tags]`; `embedding` is the
+chunk-averaged embedding, L2-normalised, `[batch, dim]`. Waveforms must be at
+least one second long; a batch shares one length (pad shorter tracks with
+zeros, or send them one by one). The tag vocabulary travels as the asset
+`tags.txt`, as the `vocabulary` attribute and in `model_info.json` under
+`assets.extra/`, which also holds TF Serving warm-up requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+import models
+from tfrecords import readers
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+
+MODEL_FILENAME = "model.keras"
+MODEL_INFO_FILENAME = "model_info.json"
+VOCABULARY_ASSET = "tags.txt"
+WARMUP_FILENAME = "tf_serving_warmup_requests"
+MIN_SECONDS = 1.0
+DEFAULT_NUM_CHUNKS = 16
+
+
+class ExportError(ValueError):
+    """A model directory that cannot be exported."""
+
+
+def read_model_info(best_dir: str) -> dict:
+    """The `model_info.json` the trainer writes next to `model.keras`."""
+    path = os.path.join(best_dir, MODEL_INFO_FILENAME)
+    if not tf.io.gfile.exists(path):
+        raise ExportError(f"{best_dir}: no {MODEL_INFO_FILENAME}; train the model to completion first")
+    with tf.io.gfile.GFile(path) as handle:
+        info = json.load(handle)
+    spec_fields = dict(info["log_mel"])
+    fingerprint = spec_fields.pop("fingerprint")
+    if LogMelSpec.from_dict(spec_fields).fingerprint() != fingerprint:
+        raise ExportError(f"{path}: the model was trained on a different log-mel front end ({fingerprint})")
+    return info
+
+
+class TaggerModule(tf.Module):
+    """The serving graph around a trained tagger.
+
+    Args:
+        tagger: A model from `models.get_model`, weights loaded.
+        spec: The log-mel parameters it was trained with.
+        chunk_frames: The tagger's input length in frames.
+        vocabulary: The tag names.
+        num_chunks: Evenly spaced chunks averaged per track.
+        info: Metadata to keep with the model.
+    """
+
+    def __init__(self, tagger, spec: LogMelSpec, chunk_frames: int, vocabulary, num_chunks: int, info: dict):
+        super().__init__(name="tagger")
+        self.tagger = tagger
+        self.spec = spec
+        self.chunk_frames = chunk_frames
+        self.num_chunks = num_chunks
+        # Variables, not constants: only trackable state is saved with the module.
+        self.vocabulary = tf.Variable(list(vocabulary), trainable=False, dtype=tf.string, name="vocabulary")
+        self.model_info = tf.Variable(json.dumps(info, sort_keys=True), trainable=False, name="model_info")
+        self._min_samples = int(MIN_SECONDS * spec.sample_rate)
+
+    def _from_log_mel(self, log_mel):
+        batch = tf.shape(log_mel)[0]
+        chunks = tf.map_fn(
+            lambda track: readers.evenly_spaced_chunks(track, self.chunk_frames, self.num_chunks, self.spec.floor_db),
+            log_mel,
+            fn_output_signature=tf.TensorSpec([self.num_chunks, self.chunk_frames, self.spec.n_mels], tf.float32),
+        )
+        flat = tf.reshape(chunks, [-1, self.chunk_frames, self.spec.n_mels])
+        outputs = self.tagger(flat, training=False)
+        tags = tf.reduce_mean(tf.reshape(outputs[models.TAGS], [batch, self.num_chunks, -1]), axis=1)
+        embedding = tf.reduce_mean(tf.reshape(outputs[models.EMBEDDING], [batch, self.num_chunks, -1]), axis=1)
+        return {"tags": tags, "embedding": tf.math.l2_normalize(embedding, axis=-1)}
+
+    def _from_waveform(self, waveform):
+        tf.debugging.assert_greater_equal(
+            tf.shape(waveform)[1],
+            self._min_samples,
+            message=f"waveforms must be at least {MIN_SECONDS} s at {self.spec.sample_rate} Hz",
+        )
+        return self._from_log_mel(log_mel_spectrogram(waveform, self.spec))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
+    def serve(self, waveform):
+        return self._from_waveform(waveform)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
+    def tags(self, waveform):
+        return {"tags": self._from_waveform(waveform)["tags"]}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32, name="waveform")])
+    def embed(self, waveform):
+        return {"embedding": self._from_waveform(waveform)["embedding"]}
+
+    def log_mel_signature(self):
+        n_mels = self.spec.n_mels
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32, name="log_mel")])
+        def from_log_mel(log_mel):
+            return self._from_log_mel(log_mel)
+
+        return from_log_mel
+
+
+def next_version(export_base: str) -> int:
+    """One more than the highest numeric version folder under `export_base`."""
+    if not tf.io.gfile.isdir(export_base):
+        return 1
+    versions = [int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_base) if name.rstrip("/").isdigit()]
+    return max(versions, default=0) + 1
+
+
+def warmup_requests(model_name: str, sample_rate: int, seconds=(1.0, 30.0)) -> list[bytes]:
+    """TF Serving warm-up records: one Predict request per typical input length."""
+    records = []
+    for duration in seconds:
+        request = predict_pb2.PredictRequest(
+            model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+        )
+        waveform = np.zeros((1, int(duration * sample_rate)), np.float32)
+        request.inputs["waveform"].CopyFrom(tf.make_tensor_proto(waveform))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+def export(model_dir: str, export_base: str, version: int | None = None, num_chunks: int = DEFAULT_NUM_CHUNKS) -> str:
+    """Exports `MODEL_DIR/best/model.keras` as `EXPORT_BASE/<version>/`.
+
+    Args:
+        model_dir: A directory written by `python -m train`.
+        export_base: The model's folder in a TF Serving model base path.
+        version: The version number; default: one more than the highest.
+        num_chunks: Chunks averaged per track in the serving graph.
+
+    Returns:
+        The version directory. It is written next to it first and renamed,
+        so TF Serving never sees a half-written version.
+    """
+    best_dir = os.path.join(model_dir, "best")
+    info = read_model_info(best_dir)
+    model_path = os.path.join(best_dir, MODEL_FILENAME)
+    if not tf.io.gfile.exists(model_path):
+        raise ExportError(f"{best_dir}: no {MODEL_FILENAME}")
+    with tempfile.TemporaryDirectory() as local:
+        local_model = os.path.join(local, MODEL_FILENAME)
+        tf.io.gfile.copy(model_path, local_model, overwrite=True)
+        tagger = keras.saving.load_model(local_model)
+    spec = LogMelSpec.from_dict({k: v for k, v in info["log_mel"].items() if k != "fingerprint"})
+    vocabulary = info["vocabulary"]
+    if models.tag_vocabulary(tagger) not in (None, vocabulary):
+        raise ExportError(f"{model_path}: its vocabulary differs from {MODEL_INFO_FILENAME}")
+    module = TaggerModule(tagger, spec, info["crop_frames"], vocabulary, num_chunks, {**info, "num_chunks": num_chunks})
+    version = version or next_version(export_base)
+    final = os.path.join(export_base, str(version))
+    if tf.io.gfile.exists(final):
+        raise ExportError(f"{final} exists; versions are immutable, pick another --version")
+    staging = os.path.join(export_base, f".tmp-{version}")
+    if tf.io.gfile.exists(staging):
+        tf.io.gfile.rmtree(staging)
+    vocabulary_file = os.path.join(tempfile.mkdtemp(), VOCABULARY_ASSET)
+    with open(vocabulary_file, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(vocabulary) + "\n")
+    module.vocabulary_asset = tf.saved_model.Asset(vocabulary_file)
+    signatures = {
+        "serving_default": module.serve,
+        "tags": module.tags,
+        "embed": module.embed,
+        "log_mel": module.log_mel_signature(),
+    }
+    tf.saved_model.save(module, staging, signatures=signatures)
+    extra = os.path.join(staging, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILENAME)) as writer:
+        for record in warmup_requests(os.path.basename(os.path.normpath(export_base)), spec.sample_rate):
+            writer.write(record)
+    with tf.io.gfile.GFile(os.path.join(extra, MODEL_INFO_FILENAME), "w") as handle:
+        json.dump({**info, "num_chunks": num_chunks}, handle, indent=2, sort_keys=True)
+    tf.io.gfile.rename(staging, final)
+    return final
