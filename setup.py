@@ -37,6 +37,9 @@ INSTALL_REQUIRES = [
     "absl-py>=1.4",
     # TF Serving protos and gRPC stubs for the serving client; must match TF.
     "tensorflow-serving-api~=2.20.0",
+    # The serving client's transports (gRPC and REST).
+    "grpcio>=1.60",
+    "requests>=2.31",
     "tensorboard~=2.20.0",
 ]
 
@@ -51,6 +54,7 @@ EXTRAS_REQUIRE = {
         "pytest>=8",
         "pytest-xdist>=3.5",
         "ruff>=0.6",
+        "pyyaml>=6",  # The deployment-file tests parse docker-compose.yml and kubernetes.yaml.
         # The converter's tests run the PyTorch reference architectures. The
         # pin is the CPU build the project's CI machines carry (2.13.0+cpu);
         # an unpinned resolve may pick a CUDA build with gigabytes of deps.
