@@ -44,6 +44,18 @@ def _short_chunk_embedding(x, n_channels: int):
     return layers.ReLU(name="relu")(x)
 
 
+# Channel multipliers of the seven short-chunk blocks (x n_channels).
+_SHORT_CHUNK_PLAN = (1, 1, 2, 2, 2, 2, 4)
+
+
+def _short_chunk_model(name, make_block, num_tags, n_mels, num_frames, n_channels, dropout, vocabulary):
+    inputs, x = _spectrogram_input(n_mels, num_frames)
+    for index, multiplier in enumerate(_SHORT_CHUNK_PLAN, start=1):
+        x = make_block(n_channels * multiplier, f"layer{index}")(x)
+    outputs = _outputs(_short_chunk_embedding(x, n_channels), dropout, num_tags, vocabulary)
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_short_chunk_res(
     num_tags: int,
     n_mels: int = 128,
@@ -58,11 +70,11 @@ def build_short_chunk_res(
     `n_channels=128`), global max pool, Dense 512 -> BN -> ReLU -> Dropout
     -> Dense num_tags -> sigmoid. 12,104,244 trainable parameters for 50 tags.
     """
-    inputs, x = _spectrogram_input(n_mels, num_frames)
-    for index, multiplier in enumerate((1, 1, 2, 2, 2, 2, 4), start=1):
-        x = ResBlock(n_channels * multiplier, stride=2, name=f"layer{index}")(x)
-    outputs = _outputs(_short_chunk_embedding(x, n_channels), dropout, num_tags, vocabulary)
-    return keras.Model(inputs, outputs, name="short_chunk_res")
+    return _short_chunk_model(
+        "short_chunk_res",
+        lambda filters, name: ResBlock(filters, stride=2, name=name),
+        num_tags, n_mels, num_frames, n_channels, dropout, vocabulary,
+    )  # fmt: skip
 
 
 def build_short_chunk_cnn(
@@ -73,12 +85,12 @@ def build_short_chunk_cnn(
     dropout: float = 0.5,
     vocabulary: list[str] | None = None,
 ) -> keras.Model:
-    """Short-chunk CNN (`ShortChunkCNN`): seven `ConvBlock`s with 2x2 pools."""
-    inputs, x = _spectrogram_input(n_mels, num_frames)
-    for index, multiplier in enumerate((1, 1, 2, 2, 2, 2, 4), start=1):
-        x = ConvBlock(n_channels * multiplier, pool_size=2, name=f"layer{index}")(x)
-    outputs = _outputs(_short_chunk_embedding(x, n_channels), dropout, num_tags, vocabulary)
-    return keras.Model(inputs, outputs, name="short_chunk_cnn")
+    """Short-chunk CNN (`ShortChunkCNN`): seven `ConvBlock`s with 2x2 pools, needs >= 128 frames."""
+    return _short_chunk_model(
+        "short_chunk_cnn",
+        lambda filters, name: ConvBlock(filters, pool_size=2, name=name),
+        num_tags, n_mels, num_frames, n_channels, dropout, vocabulary,
+    )  # fmt: skip
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
