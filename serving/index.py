@@ -1,0 +1,211 @@
+"""The ScaNN index of track embeddings: build, search, update, save and load.
+
+Embeddings are L2-normalised and scored by dot product (cosine similarity).
+The configuration follows ScaNN's rules of thumb (docs/algorithms.md):
+brute force below 20k tracks, asymmetric hashing (AH, 2 dimensions per
+block) + exact re-scoring below 100k, and a tree partition (about sqrt(n)
+leaves) + AH + re-scoring above. An index remembers the model and the
+embedding size it was built with, and refuses to load for another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import numpy as np
+from scann.scann_ops.py import scann_ops_pybind
+
+FORMAT_VERSION = 1
+METADATA_FILENAME = "index.json"
+SEARCHER_DIRNAME = "scann"
+KINDS = ("brute_force", "ah", "tree_ah")
+BRUTE_FORCE_BELOW = 20_000
+AH_BELOW = 100_000
+
+
+class IndexMismatchError(ValueError):
+    """An index built for another model or embedding size than expected."""
+
+
+def choose_kind(num_items: int) -> str:
+    """ScaNN's rule of thumb for the searcher configuration by size."""
+    if num_items < BRUTE_FORCE_BELOW:
+        return "brute_force"
+    return "ah" if num_items < AH_BELOW else "tree_ah"
+
+
+def normalise(embeddings: np.ndarray, what: str = "embeddings") -> np.ndarray:
+    """L2-normalised float32 rows; zero or non-finite rows are an error."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2:
+        raise ValueError(f"{what} must be [items, dim], got shape {embeddings.shape}")
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    bad = ~np.isfinite(norms[:, 0]) | (norms[:, 0] == 0)
+    if bad.any():
+        raise ValueError(f"{what}: rows {np.flatnonzero(bad)[:5].tolist()} are zero or not finite")
+    return embeddings / norms
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexInfo:
+    """What an index was built with.
+
+    Attributes:
+        model: Identifies the embedding model (e.g. export path and version).
+        embedding_dim: Size of the embeddings.
+        kind: `brute_force`, `ah` or `tree_ah`.
+        num_leaves: Tree leaves (`tree_ah` only).
+        leaves_to_search: Leaves searched per query (`tree_ah` only).
+        reorder: Candidates re-scored exactly (`ah` and `tree_ah`).
+        format_version: Version of the saved layout.
+    """
+
+    model: str
+    embedding_dim: int
+    kind: str
+    num_leaves: int = 0
+    leaves_to_search: int = 0
+    reorder: int = 0
+    format_version: int = FORMAT_VERSION
+
+
+def _builder(embeddings: np.ndarray, info: IndexInfo, num_neighbors: int):
+    builder = scann_ops_pybind.builder(embeddings, num_neighbors, "dot_product")
+    sample = min(len(embeddings), 100_000)
+    if info.kind == "brute_force":
+        return builder.score_brute_force()
+    if info.kind == "tree_ah":
+        builder = builder.tree(
+            num_leaves=info.num_leaves, num_leaves_to_search=info.leaves_to_search, training_sample_size=sample
+        )
+    return builder.score_ah(2, anisotropic_quantization_threshold=0.2, training_sample_size=sample).reorder(
+        info.reorder
+    )
+
+
+class TrackIndex:
+    """A ScaNN searcher over track ids.
+
+    Build with `TrackIndex.build`, load with `TrackIndex.load`.
+    """
+
+    def __init__(self, searcher, info: IndexInfo):
+        self._searcher = searcher
+        self.info = info
+
+    @classmethod
+    def build(
+        cls,
+        track_ids: list[str],
+        embeddings: np.ndarray,
+        model: str,
+        kind: str = "auto",
+        num_neighbors: int = 10,
+        leaves_searched_fraction: float = 0.2,
+    ) -> TrackIndex:
+        """Builds an index.
+
+        Args:
+            track_ids: Unique ids, one per embedding row.
+            embeddings: `[items, dim]`; normalised here.
+            model: Identifies the model that made the embeddings.
+            kind: `auto` (by size, ScaNN's guidance) or one of `KINDS`.
+            num_neighbors: Default number of results per query.
+            leaves_searched_fraction: Share of the tree's leaves searched per
+                query (`tree_ah`): the recall/speed trade-off.
+        """
+        track_ids = [str(t) for t in track_ids]
+        embeddings = normalise(embeddings)
+        if len(track_ids) != len(embeddings):
+            raise ValueError(f"{len(track_ids)} ids for {len(embeddings)} embeddings")
+        if len(set(track_ids)) != len(track_ids):
+            raise ValueError("track ids must be unique")
+        if not track_ids:
+            raise ValueError("cannot build an index of no tracks")
+        kind = choose_kind(len(track_ids)) if kind == "auto" else kind
+        if kind not in KINDS:
+            raise ValueError(f"kind must be auto or one of {KINDS}, got {kind!r}")
+        num_leaves = max(2, int(math.sqrt(len(track_ids)))) if kind == "tree_ah" else 0
+        info = IndexInfo(
+            model=model,
+            embedding_dim=int(embeddings.shape[1]),
+            kind=kind,
+            num_leaves=min(num_leaves, len(track_ids)),
+            leaves_to_search=max(1, round(num_leaves * leaves_searched_fraction)) if kind == "tree_ah" else 0,
+            reorder=max(100, 10 * num_neighbors) if kind != "brute_force" else 0,
+        )
+        searcher = _builder(embeddings, info, num_neighbors).build(docids=list(track_ids))
+        return cls(searcher, info)
+
+    def __len__(self) -> int:
+        return self._searcher.size()
+
+    def __contains__(self, track_id: str) -> bool:
+        return track_id in self._searcher.docids
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
+        """The `k` most similar tracks of each query, best first, as (id, cosine)."""
+        queries = normalise(np.atleast_2d(queries), "queries")
+        self._check_dim(queries.shape[1])
+        k = min(k, len(self))
+        if k == 0:
+            return [[] for _ in queries]
+        reorder = max(self.info.reorder, k) if self.info.reorder else None
+        ids, scores = self._searcher.search_batched(queries, final_num_neighbors=k, pre_reorder_num_neighbors=reorder)
+        return [
+            [(str(i), float(s)) for i, s in zip(row_ids, row_scores, strict=True)]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+    def upsert(self, track_ids: list[str], embeddings: np.ndarray):
+        """Adds new tracks and replaces the embeddings of known ones."""
+        track_ids = [str(t) for t in track_ids]
+        embeddings = normalise(embeddings)
+        self._check_dim(embeddings.shape[1])
+        if len(set(track_ids)) != len(track_ids) or len(track_ids) != len(embeddings):
+            raise ValueError("upsert needs unique ids, one per embedding")
+        self._searcher.upsert(track_ids, embeddings)
+
+    def delete(self, track_ids: list[str]):
+        """Removes tracks; unknown ids are an error naming them."""
+        unknown = [t for t in track_ids if t not in self]
+        if unknown:
+            raise KeyError(f"not in the index: {unknown[:5]}")
+        self._searcher.delete(list(track_ids))
+
+    def _check_dim(self, dim: int):
+        if dim != self.info.embedding_dim:
+            raise IndexMismatchError(
+                f"embeddings of size {dim} for an index of size {self.info.embedding_dim} (model {self.info.model})"
+            )
+
+    def save(self, directory: str):
+        """Writes the searcher (with relative paths, so the folder can move) and its info."""
+        searcher_dir = os.path.join(directory, SEARCHER_DIRNAME)
+        os.makedirs(searcher_dir, exist_ok=True)
+        self._searcher.serialize(searcher_dir, relative_path=True)
+        with open(os.path.join(directory, METADATA_FILENAME), "w", encoding="utf-8") as handle:
+            json.dump({**dataclasses.asdict(self.info), "num_items": len(self)}, handle, indent=2, sort_keys=True)
+
+    @classmethod
+    def load(cls, directory: str, expected_model: str | None = None, expected_dim: int | None = None) -> TrackIndex:
+        """Loads an index, refusing one made for another model or embedding size."""
+        with open(os.path.join(directory, METADATA_FILENAME), encoding="utf-8") as handle:
+            fields = json.load(handle)
+        fields.pop("num_items", None)
+        info = IndexInfo(**fields)
+        if info.format_version != FORMAT_VERSION:
+            raise IndexMismatchError(f"{directory}: index format {info.format_version}, expected {FORMAT_VERSION}")
+        if expected_model is not None and info.model != expected_model:
+            raise IndexMismatchError(
+                f"{directory} was built with model {info.model!r}, not {expected_model!r}: rebuild the index"
+            )
+        if expected_dim is not None and info.embedding_dim != expected_dim:
+            raise IndexMismatchError(
+                f"{directory} holds {info.embedding_dim}-d embeddings, the model makes {expected_dim}-d ones"
+            )
+        searcher = scann_ops_pybind.load_searcher(os.path.join(directory, SEARCHER_DIRNAME))
+        return cls(searcher, info)
