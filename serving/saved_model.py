@@ -47,18 +47,17 @@ class ExportError(ValueError):
     """A model directory that cannot be exported."""
 
 
-def read_model_info(best_dir: str) -> dict:
-    """The `model_info.json` the trainer writes next to `model.keras`."""
+def read_model_info(best_dir: str) -> tuple[dict, LogMelSpec]:
+    """The `model_info.json` the trainer writes next to `model.keras`, and its log-mel parameters."""
     path = os.path.join(best_dir, MODEL_INFO_FILENAME)
     if not tf.io.gfile.exists(path):
         raise ExportError(f"{best_dir}: no {MODEL_INFO_FILENAME}; train the model to completion first")
     with tf.io.gfile.GFile(path) as handle:
         info = json.load(handle)
-    spec_fields = dict(info["log_mel"])
-    fingerprint = spec_fields.pop("fingerprint")
-    if LogMelSpec.from_dict(spec_fields).fingerprint() != fingerprint:
-        raise ExportError(f"{path}: the model was trained on a different log-mel front end ({fingerprint})")
-    return info
+    try:
+        return info, LogMelSpec.from_fingerprinted_dict(info["log_mel"], path)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
 
 
 class TaggerModule(tf.Module):
@@ -163,7 +162,7 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
         so TF Serving never sees a half-written version.
     """
     best_dir = os.path.join(model_dir, "best")
-    info = read_model_info(best_dir)
+    info, spec = read_model_info(best_dir)
     model_path = os.path.join(best_dir, MODEL_FILENAME)
     if not tf.io.gfile.exists(model_path):
         raise ExportError(f"{best_dir}: no {MODEL_FILENAME}")
@@ -171,7 +170,6 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
         local_model = os.path.join(local, MODEL_FILENAME)
         tf.io.gfile.copy(model_path, local_model, overwrite=True)
         tagger = keras.saving.load_model(local_model)
-    spec = LogMelSpec.from_dict({k: v for k, v in info["log_mel"].items() if k != "fingerprint"})
     vocabulary = info["vocabulary"]
     if models.tag_vocabulary(tagger) not in (None, vocabulary):
         raise ExportError(f"{model_path}: its vocabulary differs from {MODEL_INFO_FILENAME}")
@@ -183,17 +181,18 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
     staging = os.path.join(export_base, f".tmp-{version}")
     if tf.io.gfile.exists(staging):
         tf.io.gfile.rmtree(staging)
-    vocabulary_file = os.path.join(tempfile.mkdtemp(), VOCABULARY_ASSET)
-    with open(vocabulary_file, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(vocabulary) + "\n")
-    module.vocabulary_asset = tf.saved_model.Asset(vocabulary_file)
     signatures = {
         "serving_default": module.serve,
         "tags": module.tags,
         "embed": module.embed,
         "log_mel": module.log_mel_signature(),
     }
-    tf.saved_model.save(module, staging, signatures=signatures)
+    with tempfile.TemporaryDirectory() as local:  # The asset is copied into the SavedModel.
+        vocabulary_file = os.path.join(local, VOCABULARY_ASSET)
+        with open(vocabulary_file, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(vocabulary) + "\n")
+        module.vocabulary_asset = tf.saved_model.Asset(vocabulary_file)
+        tf.saved_model.save(module, staging, signatures=signatures)
     extra = os.path.join(staging, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILENAME)) as writer:

@@ -77,7 +77,7 @@ class DatasetInfo:
     def to_json(self) -> str:
         payload = {
             "format_version": self.format_version,
-            "log_mel": {**self.log_mel.to_dict(), "fingerprint": self.log_mel.fingerprint()},
+            "log_mel": self.log_mel.to_fingerprinted_dict(),
             "log_mel_dtype": self.log_mel_dtype,
             "compression": self.compression,
             "vocabulary": list(self.vocabulary),
@@ -97,15 +97,7 @@ class DatasetInfo:
                 f"{source}: format_version {payload.get('format_version')} is not supported "
                 f"(this code reads version {FORMAT_VERSION})"
             )
-        log_mel_fields = dict(payload["log_mel"])
-        fingerprint = log_mel_fields.pop("fingerprint")
-        spec = LogMelSpec.from_dict(log_mel_fields)
-        if spec.fingerprint() != fingerprint:
-            raise ValueError(
-                f"{source}: the log-mel fingerprint {fingerprint} does not match this code's "
-                f"{spec.fingerprint()}: the dataset was made by a different log-mel implementation; "
-                "preprocess it again"
-            )
+        spec = LogMelSpec.from_fingerprinted_dict(payload["log_mel"], source)
         return cls(
             log_mel=spec,
             log_mel_dtype=payload["log_mel_dtype"],

@@ -106,6 +106,24 @@ class LogMelSpec:
             raise ValueError(f"unknown log-mel parameters: {sorted(unknown)}")
         return cls(**values)
 
+    def to_fingerprinted_dict(self) -> dict:
+        """`to_dict` plus the fingerprint, as stored next to data and models."""
+        return {**self.to_dict(), "fingerprint": self.fingerprint()}
+
+    @classmethod
+    def from_fingerprinted_dict(cls, values: dict, source: str) -> LogMelSpec:
+        """Inverse of `to_fingerprinted_dict`; a fingerprint that this code
+        does not reproduce (another log-mel implementation) is an error."""
+        fields = dict(values)
+        fingerprint = fields.pop("fingerprint")
+        spec = cls.from_dict(fields)
+        if spec.fingerprint() != fingerprint:
+            raise ValueError(
+                f"{source}: the log-mel fingerprint {fingerprint} does not match this code's {spec.fingerprint()}: "
+                "it was made by a different log-mel implementation"
+            )
+        return spec
+
     def fingerprint(self) -> str:
         """A short stable hash of the parameters and the implementation."""
         payload = json.dumps(

@@ -207,7 +207,7 @@ class Trainer:
             "model_name": self.experiment.model_name,
             "crop_frames": self.experiment.crop_frames,
             "vocabulary": list(self.info.vocabulary),
-            "log_mel": {**self.info.log_mel.to_dict(), "fingerprint": self.info.log_mel.fingerprint()},
+            "log_mel": self.info.log_mel.to_fingerprinted_dict(),
             "best_metric": self.experiment.best_metric,
             "best_value": best_value,
             "best_epoch": best_epoch,
