@@ -47,6 +47,7 @@ test: lint
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m benchmarks
 
 clean:

@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     # Preprocessing pipeline; 2.60 is the first release supporting Python 3.12
     # and the DirectRunner's multi-processing mode as used here.
     "apache-beam>=2.60",
+    # Beam's TFRecord sink (the index builder's staging files) needs a CRC32C
+    # implementation; this is what the `apache-beam[tfrecord]` extra installs.
+    "google-crc32c>=1.1",
     # Decoding: libsndfile >= 1.1 (bundled in soundfile >= 0.13 wheels) reads
     # MP3 and Opus, which older wheels cannot.
     "soundfile>=0.13",
@@ -46,6 +49,8 @@ INSTALL_REQUIRES = [
 PACKAGES = ["data_prep", "tfrecords", "models", "train", "serving", "configs"]
 
 EXTRAS_REQUIRE = {
+    # benchmarks.index_search compares ScaNN with faiss's HNSW.
+    "bench": ["faiss-cpu>=1.8"],
     # Dataflow runner and GCS filesystem; heavy, so opt-in.
     "dataflow": ["apache-beam[gcp]>=2.60"],
     # Converting the reference's PyTorch checkpoints (models.convert_torch).

@@ -10,7 +10,9 @@ of the Beam pipeline against a librosa loop; about 3 minutes on 2 cores) and
 `tfrecords.readers.train_dataset` against the research system's `.npy`
 loader; under 2 minutes); `model_inference` is
 `benchmarks.model_inference` (Short-Chunk ResNet tracks per second on the CPU
-against the PyTorch reference architecture; about 1 minute). Each writes only its own section, so one can be
+against the PyTorch reference architecture; about 1 minute); `index_search` is
+`benchmarks.index_search` (ScaNN against NumPy brute force and faiss HNSW on
+1M clustered 512-d vectors; about 10 minutes, 8 GB of memory). Each writes only its own section, so one can be
 rerun alone. Their flags (`--workers`, `--copies`, `--measure_s`, ...) are
 accepted here too; see each module's docstring.
 """
@@ -23,12 +25,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
 
-from benchmarks import model_inference, preprocess_throughput, reader_throughput, report  # noqa: E402
+from benchmarks import index_search, model_inference, preprocess_throughput, reader_throughput, report  # noqa: E402
 
 BENCHMARKS = {
     "preprocess": preprocess_throughput.run_benchmark,
     "reader": reader_throughput.run_benchmark,
     "model_inference": model_inference.run_benchmark,
+    "index_search": index_search.run_benchmark,
 }
 
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"The benchmarks to run, comma-separated: {list(BENCHMARKS)}.")

@@ -10,6 +10,7 @@ reported, so a pipeline can reject the file with a reason instead of dying.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -240,6 +241,18 @@ def open_source(uri: str) -> str | bytes:
         if not exists:
             raise AudioError("missing_file", uri, "no such file") from error
         raise AudioError("unreadable_file", uri, str(error)) from error
+
+
+def content_sha256(source: str | bytes) -> str:
+    """SHA-256 of an audio file's bytes (what `open_source` returned): equal hashes are exact duplicates."""
+    digest = hashlib.sha256()
+    if isinstance(source, bytes):
+        digest.update(source)
+        return digest.hexdigest()
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:

@@ -194,6 +194,43 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
     return tasks, rejections, vocabulary
 
 
+def load_checked_waveform(
+    entry: CatalogEntry, sample_rate: int, min_duration_s: float, silence_threshold_dbfs: float
+) -> tuple[np.ndarray, audio.DecodedAudio]:
+    """Decodes a catalog track to a mono waveform and checks it is usable.
+
+    Args:
+        entry: The catalog row.
+        sample_rate: The target sample rate in Hz.
+        min_duration_s: Shorter audio is rejected (`too_short`).
+        silence_threshold_dbfs: Audio whose peak is below is rejected (`silent`).
+
+    Returns:
+        The waveform and the decoded source.
+
+    Raises:
+        audio.AudioError: With the rejection reason (see `rejections.REASONS`),
+            naming the file.
+    """
+    waveform, decoded = audio.load_mono(audio.open_source(entry.uri), entry.uri, sample_rate)
+    if waveform.size == 0:
+        raise audio.AudioError("empty", entry.uri, "the file decodes to 0 samples")
+    seconds = waveform.size / sample_rate
+    if seconds < min_duration_s:
+        raise audio.AudioError("too_short", entry.uri, f"{seconds:.3f} s < minimum {min_duration_s} s")
+    if entry.duration_s is not None and seconds < entry.duration_s - max(0.5, 0.02 * entry.duration_s):
+        raise audio.AudioError(
+            "truncated", entry.uri, f"decodes to {seconds:.2f} s but the catalog says {entry.duration_s} s"
+        )
+    peak = float(np.max(np.abs(waveform)))
+    peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+    if peak_dbfs < silence_threshold_dbfs:
+        raise audio.AudioError(
+            "silent", entry.uri, f"peak level {peak_dbfs:.1f} dBFS < threshold {silence_threshold_dbfs} dBFS"
+        )
+    return waveform, decoded
+
+
 class ProcessTrack(beam.DoFn):
     """Reads one track's audio and emits its serialized example or a rejection."""
 
@@ -238,24 +275,12 @@ class ProcessTrack(beam.DoFn):
     def _process(self, task: TrackTask) -> tuple[bytes, float]:
         config, entry = self._config, task.entry
         spec = config.log_mel
-        waveform, decoded = audio.load_mono(audio.open_source(entry.uri), entry.uri, spec.sample_rate)
+        waveform, decoded = load_checked_waveform(
+            entry, spec.sample_rate, config.min_duration_s, config.silence_threshold_dbfs
+        )
         if decoded.decoder != "soundfile":
             self._fallback.inc()
-        if waveform.size == 0:
-            raise audio.AudioError("empty", entry.uri, "the file decodes to 0 samples")
         seconds = waveform.size / spec.sample_rate
-        if seconds < config.min_duration_s:
-            raise audio.AudioError("too_short", entry.uri, f"{seconds:.3f} s < minimum {config.min_duration_s} s")
-        if entry.duration_s is not None and seconds < entry.duration_s - max(0.5, 0.02 * entry.duration_s):
-            raise audio.AudioError(
-                "truncated", entry.uri, f"decodes to {seconds:.2f} s but the catalog says {entry.duration_s} s"
-            )
-        peak = float(np.max(np.abs(waveform)))
-        peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
-        if peak_dbfs < config.silence_threshold_dbfs:
-            raise audio.AudioError(
-                "silent", entry.uri, f"peak level {peak_dbfs:.1f} dBFS < threshold {config.silence_threshold_dbfs} dBFS"
-            )
         log_mel = self._log_mel(tf.constant(waveform)).numpy()
         if not np.all(np.isfinite(log_mel)):
             raise audio.AudioError("non_finite", entry.uri, "the log-mel contains NaN or infinity")

@@ -19,6 +19,9 @@ REASONS = {
     "too_short": "the audio is shorter than the minimum duration",
     "silent": "the audio's peak level is below the silence threshold",
     "non_finite": "the decoded samples or the log-mel contain NaN or infinity",
+    # Raised by the index builder (serving.indexing), which reuses these reports.
+    "model_error": "the exported model refused the track's input",
+    "incomplete_features": "the track is missing from one of the datasets the models need",
 }
 
 CSV_COLUMNS = ("row", "track_id", "path", "reason", "detail")

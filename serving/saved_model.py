@@ -173,7 +173,9 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
     vocabulary = info["vocabulary"]
     if models.tag_vocabulary(tagger) not in (None, vocabulary):
         raise ExportError(f"{model_path}: its vocabulary differs from {MODEL_INFO_FILENAME}")
-    module = TaggerModule(tagger, spec, info["crop_frames"], vocabulary, num_chunks, {**info, "num_chunks": num_chunks})
+    probe = tagger(np.zeros((1, info["crop_frames"], spec.n_mels), np.float32), training=False)
+    info = {**info, "num_chunks": num_chunks, "embedding_dim": int(probe[models.EMBEDDING].shape[-1])}
+    module = TaggerModule(tagger, spec, info["crop_frames"], vocabulary, num_chunks, info)
     version = version or next_version(export_base)
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):
@@ -199,6 +201,6 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
         for record in warmup_requests(os.path.basename(os.path.normpath(export_base)), spec.sample_rate):
             writer.write(record)
     with tf.io.gfile.GFile(os.path.join(extra, MODEL_INFO_FILENAME), "w") as handle:
-        json.dump({**info, "num_chunks": num_chunks}, handle, indent=2, sort_keys=True)
+        json.dump(info, handle, indent=2, sort_keys=True)
     tf.io.gfile.rename(staging, final)
     return final

@@ -1,4 +1,4 @@
-"""A trained and exported demo model shared by the serving tests."""
+"""Trained and exported demo models, and a demo index, shared by the serving tests."""
 
 from __future__ import annotations
 
@@ -6,25 +6,70 @@ import pytest
 import tensorflow as tf
 
 from data_prep import catalog, pipeline
-from serving import saved_model
+from serving import exported_model, indexing, saved_model
+from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
 from train.experiment import Experiment
 from train.trainer import Trainer
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, demo_catalog):
-    """Two demo tracks through the real pipeline (float32 storage) and a smoke run."""
-    root = tmp_path_factory.mktemp("export")
-    parsed = catalog.read_catalog(str(demo_catalog))
-    parsed = catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[::6][:3], (), parsed.audio_root)
+def _train_and_export(root, parsed, model_config: str, n_mels: int, name: str):
+    """The tracks through the real pipeline (float32 storage), a smoke run and an export."""
+    data = root / f"data_{n_mels}"
     config = pipeline.PreprocessConfig(
-        output_dir=str(root / "data"), split_by="track", split_fractions=(1, 1, 1), log_mel_dtype="float32"
+        output_dir=str(data),
+        split_by="track",
+        split_fractions=(1, 1, 1),
+        log_mel_dtype="float32",
+        log_mel=LogMelSpec(n_mels=n_mels),
     )
     pipeline.run(parsed, config, ["--direct_running_mode=in_memory"])
-    text = config_lib.parse(["short_chunk_res.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{root / 'data'}'"])
-    config_lib.check_or_save(str(root / "run"), text)
-    Trainer(Experiment(), str(root / "run"), tf.distribute.get_strategy()).train()
-    export_base = root / "export" / "short_chunk_res"
-    path = saved_model.export(str(root / "run"), str(export_base), num_chunks=4)
-    return root, parsed, export_base, path
+    text = config_lib.parse([model_config, "smoke.gin"], [f"Experiment.dataset_dir = '{data}'"])
+    run = root / f"run_{name}"
+    config_lib.check_or_save(str(run), text)
+    Trainer(Experiment(), str(run), tf.distribute.get_strategy()).train()
+    export_base = root / "export" / name
+    return data, export_base, saved_model.export(str(run), str(export_base), num_chunks=4)
+
+
+@pytest.fixture(scope="session")
+def demo_subset(demo_catalog):
+    """Three demo tracks, one from each of three albums."""
+    parsed = catalog.read_catalog(str(demo_catalog))
+    return catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[::6][:3], (), parsed.audio_root)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, demo_subset):
+    """A Short-Chunk ResNet trained briefly on three demo tracks (128 mel bands) and exported."""
+    root = tmp_path_factory.mktemp("export")
+    data, export_base, path = _train_and_export(root, demo_subset, "short_chunk_res.gin", 128, "short_chunk_res")
+    return root, demo_subset, export_base, path
+
+
+@pytest.fixture(scope="session")
+def trained_crnn(trained):
+    """A CRNN trained briefly on the same tracks at 96 mel bands, exported next to the ResNet."""
+    root, parsed, _, _ = trained
+    return _train_and_export(root, parsed, "crnn.gin", 96, "crnn")
+
+
+@pytest.fixture(scope="session")
+def model_refs(trained, trained_crnn) -> dict[str, exported_model.ModelRef]:
+    return {
+        indexing.EMBEDDING_ROLE: exported_model.resolve(str(trained[2])),
+        indexing.TAG_ROLE: exported_model.resolve(str(trained_crnn[1])),
+    }
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory, demo_catalog, model_refs):
+    """The whole demo catalog embedded by the real Beam job into a saved index."""
+    index_dir = tmp_path_factory.mktemp("index") / "demo"
+    summary = indexing.build_index(
+        str(index_dir),
+        model_refs,
+        catalog=catalog.read_catalog(str(demo_catalog)),
+        pipeline_args=["--direct_running_mode=in_memory"],
+    )
+    return index_dir, summary

@@ -1,0 +1,94 @@
+r"""Embeds a catalog with the exported models and builds (or updates) its ScaNN index.
+
+Usage (after `make demo`):
+
+    python -m serving.build_index --export_dir=demo_output/export \
+        --data=demo/catalog.csv --index_dir=demo_output/index
+
+embeds every track of the catalog CSV with the latest exports of
+`--embedding_model` (ranking, default `short_chunk_res`) and `--tag_model`
+(stage 1 tags, default `crnn`; `--tag_model=` for none) in a Beam job
+(DirectRunner on all cores unless Beam flags say otherwise, e.g.
+`--runner=DataflowRunner ...`), then writes the index to `--index_dir` with
+`rejected.csv`. `--data` may instead name TFRecord datasets
+(`--data=demo_output/tfrecords_128,demo_output/tfrecords_96`): each model
+reads the one with its log-mel parameters. Add or replace tracks in an
+existing index with `--update`; remove some with `--delete=ID,ID`.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+from data_prep import catalog as catalog_lib  # noqa: E402
+from serving import exported_model, index, indexing  # noqa: E402
+
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The serving base path holding the exported models.")
+_EMBEDDING_MODEL = flags.DEFINE_string("embedding_model", "short_chunk_res", "The ranking model's folder name.")
+_TAG_MODEL = flags.DEFINE_string("tag_model", "crnn", "The stage-1 tag model's folder name ('' for none).")
+_EMBEDDING_VERSION = flags.DEFINE_integer("embedding_version", None, "Version of the ranking model (default latest).")
+_TAG_VERSION = flags.DEFINE_integer("tag_version", None, "Version of the tag model (default latest).")
+_DATA = flags.DEFINE_list("data", None, "A catalog CSV, or TFRecord dataset directories (comma-separated).")
+_AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio paths (default: the CSV's folder).")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", required=True)
+_UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the existing index (ScaNN upsert).")
+_DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
+_KIND = flags.DEFINE_enum("kind", "auto", ["auto", *index.KINDS], "ScaNN configuration; auto chooses by size.")
+_LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
+
+
+def _models() -> dict[str, exported_model.ModelRef]:
+    refs = {
+        indexing.EMBEDDING_ROLE: exported_model.resolve(
+            os.path.join(_EXPORT_DIR.value, _EMBEDDING_MODEL.value), _EMBEDDING_VERSION.value
+        )
+    }
+    if _TAG_MODEL.value:
+        refs[indexing.TAG_ROLE] = exported_model.resolve(
+            os.path.join(_EXPORT_DIR.value, _TAG_MODEL.value), _TAG_VERSION.value
+        )
+    return refs
+
+
+def main(argv):
+    pipeline_args = argv[1:]
+    logging.get_absl_handler()  # Beam's workers forward their INFO lines; keep warnings.
+    std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
+    if _DELETE.value:
+        if _DATA.value:
+            raise app.UsageError("--delete cannot be combined with --data")
+        left = indexing.delete_tracks(_INDEX_DIR.value, _DELETE.value)
+        print(f"deleted {len(_DELETE.value)} tracks from {_INDEX_DIR.value}; {left} left")
+        return
+    if not _DATA.value or not _EXPORT_DIR.value:
+        raise app.UsageError("--data and --export_dir are required (or --delete)")
+    catalog, dataset_dirs = None, None
+    if len(_DATA.value) == 1 and _DATA.value[0].lower().endswith(".csv"):
+        catalog = catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value)
+    else:
+        dataset_dirs = _DATA.value
+    summary = indexing.build_index(
+        _INDEX_DIR.value,
+        _models(),
+        catalog=catalog,
+        dataset_dirs=dataset_dirs,
+        update=_UPDATE.value,
+        kind=_KIND.value,
+        leaves_searched_fraction=_LEAVES.value,
+        pipeline_args=pipeline_args,
+    )
+    print(summary.render())
+
+
+def _parse_flags(argv):
+    """Parses our flags and hands everything else to Beam."""
+    return flags.FLAGS(argv, known_only=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,158 @@
+"""Exported taggers as the recommender uses them: identified, loaded and called.
+
+A `ModelRef` pins one version of one exported model (name, version and the
+SavedModel's checksum), so that an index records exactly which models made
+its embeddings and tag probabilities, and a query can check it uses the same.
+
+    ref = resolve("demo_output/export/short_chunk_res")   # the latest version
+    model = LoadedModel(ref)
+    model.from_waveform(waveform)  # {"tags": [num_tags], "embedding": [dim]}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from serving import saved_model
+from tfrecords.logmel import LogMelSpec
+
+
+class ModelMismatchError(ValueError):
+    """A model other than the one an index was built with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """One version of an exported model.
+
+    Attributes:
+        name: The model's name (its folder in the serving base path, and its
+            name in TF Serving's model config).
+        version: The numeric version folder.
+        path: The version folder, as found when resolved.
+        checksum: The SavedModel's checksum (`fingerprint.pb`).
+        model_name: The architecture (`crnn`, `short_chunk_res`, ...).
+        vocabulary: The tag names, in output order.
+        embedding_dim: Size of the embedding output.
+        log_mel_fingerprint: Fingerprint of the log-mel parameters it expects.
+        sample_rate: The waveform sample rate it expects.
+    """
+
+    name: str
+    version: int
+    path: str
+    checksum: str
+    model_name: str
+    vocabulary: tuple[str, ...]
+    embedding_dim: int
+    log_mel_fingerprint: str
+    sample_rate: int
+
+    @property
+    def key(self) -> str:
+        """`name/version@checksum`: what an index records and checks."""
+        return f"{self.name}/{self.version}@{self.checksum}"
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "vocabulary": list(self.vocabulary)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelRef:
+        return cls(**{**values, "vocabulary": tuple(values["vocabulary"])})
+
+    def check_same(self, other: ModelRef, role: str):
+        """Raises `ModelMismatchError` naming both when `other` is another model."""
+        if (self.name, self.version, self.checksum) != (other.name, other.version, other.checksum):
+            raise ModelMismatchError(
+                f"the {role} model is {other.key} ({other.path}) but the index was built with {self.key} "
+                f"({self.path}): use that version or rebuild the index"
+            )
+
+
+def _versions(export_base: str) -> list[int]:
+    if not tf.io.gfile.isdir(export_base):
+        return []
+    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(export_base) if name.rstrip("/").isdigit())
+
+
+def resolve(path: str, version: int | None = None) -> ModelRef:
+    """Identifies an exported model.
+
+    Args:
+        path: A model's folder in a serving base path (`EXPORT/<name>`, the
+            latest version is taken, as TF Serving does) or a version folder
+            (`EXPORT/<name>/<version>`).
+        version: A version to take from `EXPORT/<name>` instead of the latest.
+
+    Raises:
+        FileNotFoundError: No exported version there, naming the path.
+    """
+    path = os.path.normpath(path)
+    if os.path.basename(path).isdigit() and tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        export_base, version = os.path.dirname(path), int(os.path.basename(path))
+    else:
+        export_base = path
+        versions = _versions(export_base)
+        if not versions:
+            raise FileNotFoundError(
+                f"{export_base}: no exported version (expected numeric folders from serving.export)"
+            )
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise FileNotFoundError(f"{export_base}: no version {version} (found {versions})")
+    version_dir = os.path.join(export_base, str(version))
+    info_path = os.path.join(version_dir, "assets.extra", saved_model.MODEL_INFO_FILENAME)
+    if not tf.io.gfile.exists(info_path):
+        raise FileNotFoundError(f"{version_dir}: no assets.extra/{saved_model.MODEL_INFO_FILENAME}; not an export")
+    with tf.io.gfile.GFile(info_path) as handle:
+        info = json.load(handle)
+    spec = LogMelSpec.from_fingerprinted_dict(info["log_mel"], info_path)
+    fingerprint = tf.saved_model.experimental.read_fingerprint(version_dir)
+    return ModelRef(
+        name=os.path.basename(export_base),
+        version=version,
+        path=os.path.abspath(version_dir),
+        checksum=f"{fingerprint.saved_model_checksum:x}",
+        model_name=info["model_name"],
+        vocabulary=tuple(info["vocabulary"]),
+        embedding_dim=int(info["embedding_dim"]),
+        log_mel_fingerprint=spec.fingerprint(),
+        sample_rate=spec.sample_rate,
+    )
+
+
+class LoadedModel:
+    """An exported model loaded in this process, one track per call.
+
+    Args:
+        ref: The model to load (from `resolve`).
+    """
+
+    def __init__(self, ref: ModelRef):
+        self.ref = ref
+        self._loaded = tf.saved_model.load(ref.path)
+        self._waveform = self._loaded.signatures["serving_default"]
+        self._log_mel = self._loaded.signatures["log_mel"]
+        self.min_samples = int(saved_model.MIN_SECONDS * ref.sample_rate)
+
+    def from_waveform(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        """Tags `[num_tags]` and embedding `[dim]` of a mono waveform at the model's rate."""
+        waveform = np.asarray(waveform, np.float32)
+        if waveform.ndim != 1 or waveform.size < self.min_samples:
+            raise ValueError(
+                f"expected a mono waveform of at least {saved_model.MIN_SECONDS} s ({self.min_samples} samples), "
+                f"got shape {waveform.shape}"
+            )
+        outputs = self._waveform(waveform=tf.constant(waveform[np.newaxis]))
+        return {name: value.numpy()[0] for name, value in outputs.items()}
+
+    def from_log_mel(self, log_mel: np.ndarray) -> dict[str, np.ndarray]:
+        """Tags and embedding of one track's log-mel `[frames, n_mels]` (as the pipeline stores it)."""
+        outputs = self._log_mel(log_mel=tf.constant(np.asarray(log_mel, np.float32)[np.newaxis]))
+        return {name: value.numpy()[0] for name, value in outputs.items()}

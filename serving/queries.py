@@ -1,0 +1,87 @@
+"""Queries against a catalog index: from audio or a catalog track, rendered as a table, JSON or a tag chart.
+
+catalog = CatalogIndex.load("demo_output/index")
+recommender = Recommender(catalog)
+query = audio_query("song.mp3", LocalEmbedder(catalog.embedding_model, catalog.tag_model))
+result = recommender.recommend(query, k=10)
+print(render_table(result))
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+
+from data_prep import audio
+from serving.recommender import Query, RecommendationResult
+from serving.saved_model import MIN_SECONDS
+
+
+def audio_query(path: str, embedder) -> Query:
+    """Decodes an audio file (any format `data_prep.audio` reads) and embeds it.
+
+    Args:
+        path: The audio file (local path or URI).
+        embedder: A `LocalEmbedder` or `RemoteEmbedder`.
+
+    Raises:
+        data_prep.audio.AudioError: Missing, unreadable or undecodable, or
+            shorter than the models' minimum; the message names the file.
+    """
+    source = audio.open_source(path)
+    waveform, _ = audio.load_mono(source, path, embedder.sample_rate)
+    if waveform.size < MIN_SECONDS * embedder.sample_rate:
+        raise audio.AudioError(
+            "too_short", path, f"{waveform.size / embedder.sample_rate:.2f} s; at least {MIN_SECONDS} s is needed"
+        )
+    embedding, tags = embedder.features(waveform)
+    return Query(embedding=embedding, tag_probabilities=tags, content_sha256=audio.content_sha256(source))
+
+
+def _cell(text: str, width: int) -> str:
+    return textwrap.shorten(text, width, placeholder="…").ljust(width) if text else "-".ljust(width)
+
+
+def render_table(result: RecommendationResult, query_label: str = "") -> str:
+    """A plain-text table of the results with their explanations and the notes."""
+    lines = []
+    if query_label:
+        lines.append(f"query: {query_label}")
+    if result.query_tags:
+        lines.append("query tags: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
+    lines.append(
+        f"{'#':>3}  {'score':>6}  {_cell('artist', 24)}  {_cell('title', 32)}  {_cell('shared tags', 28)}  track id"
+    )
+    for r in result.recommendations:
+        shared = ", ".join(t.tag for t in r.shared_tags)
+        lines.append(
+            f"{r.rank:>3}  {r.score:6.3f}  {_cell(r.track.artist, 24)}  {_cell(r.track.title, 32)}  "
+            f"{_cell(shared, 28)}  {r.track.track_id}"
+        )
+    lines += [f"note: {note}" for note in result.notes]
+    return "\n".join(lines)
+
+
+def render_json(result: RecommendationResult, query_label: str = "") -> str:
+    return json.dumps({"query": query_label, **result.to_dict()}, indent=2, ensure_ascii=False)
+
+
+def write_tag_chart(path: str, probabilities: np.ndarray, vocabulary, top: int = 10, title: str = "") -> None:
+    """A horizontal bar chart (PNG) of the query's most probable tags."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    probabilities = np.asarray(probabilities, np.float32)
+    order = np.argsort(-probabilities, kind="stable")[:top][::-1]
+    figure, axes = pyplot.subplots(figsize=(6, 0.35 * len(order) + 1.2))
+    axes.barh([vocabulary[i] for i in order], probabilities[order], color="#3b6ea5")
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("probability")
+    axes.set_title(title or "top tags")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)

@@ -1,0 +1,115 @@
+"""The catalog index on disk: round trip, relocation, in-place updates and model checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from serving.catalog_index import CatalogIndex, TrackRecord
+from serving.exported_model import ModelRef
+from serving.index import IndexMismatchError
+
+VOCABULARY = ("a", "b", "c")
+
+
+def _ref(name="ranker", dim=8, checksum="c1", vocabulary=VOCABULARY) -> ModelRef:
+    return ModelRef(name, 1, f"/x/{name}/1", checksum, name, tuple(vocabulary), dim, "fp", 16000)
+
+
+def _data(num, seed=0, prefix="t"):
+    rng = np.random.default_rng(seed)
+    tracks = [
+        TrackRecord(f"{prefix}{i}", artist=f"artist {i}", title=f"tïtle {i}", content_sha256=f"{prefix}{i}")
+        for i in range(num)
+    ]
+    return tracks, rng.normal(size=(num, 8)).astype(np.float32), rng.uniform(size=(num, 3)).astype(np.float32)
+
+
+def _build(num=50):
+    tracks, embeddings, probabilities = _data(num)
+    return CatalogIndex.build(tracks, embeddings, probabilities, _ref(), _ref("tagger", dim=4))
+
+
+def _results(index, queries, k=5):
+    return index.searcher.search(queries, k)
+
+
+def test_round_trip_and_relocation(tmp_path):
+    index = _build()
+    queries = np.random.default_rng(9).normal(size=(6, 8)).astype(np.float32)
+    index.save(str(tmp_path / "index"))
+    shutil.move(str(tmp_path / "index"), str(tmp_path / "moved"))
+    loaded = CatalogIndex.load(str(tmp_path / "moved"))
+    assert loaded.tracks == index.tracks
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+    np.testing.assert_array_equal(loaded.tag_probabilities, index.tag_probabilities)
+    assert loaded.embedding_model == index.embedding_model and loaded.tag_model == index.tag_model
+    assert _results(loaded, queries) == _results(index, queries)
+    assert loaded.info()["num_tracks"] == 50 and loaded.info()["searcher"]["kind"] == "brute_force"
+
+
+def test_upsert_and_delete_without_rebuild_survive_a_save(tmp_path):
+    index = _build()
+    new_tracks, new_embeddings, new_probabilities = _data(5, seed=1, prefix="new")
+    replaced = dataclasses.replace(index.tracks[3], title="retitled")
+    replaced_embedding = -index.embeddings[3]
+    index.upsert(
+        [*new_tracks, replaced],
+        np.concatenate([new_embeddings, replaced_embedding[np.newaxis]]),
+        np.concatenate([new_probabilities, np.zeros((1, 3), np.float32)]),
+    )
+    assert len(index) == len(index.searcher) == 55
+    assert index.track("t3").title == "retitled"
+    np.testing.assert_allclose(index.tag_probabilities[index.row("t3")], 0.0)
+    for track, embedding in zip(new_tracks, new_embeddings, strict=True):
+        assert index.searcher.search(embedding, 1)[0][0][0] == track.track_id
+    assert index.searcher.search(replaced_embedding, 1)[0][0][0] == "t3"
+    index.delete(["t0", "new2"])
+    assert "t0" not in index and "new2" not in index and len(index) == len(index.searcher) == 53
+    index.save(str(tmp_path / "index"))
+    loaded = CatalogIndex.load(str(tmp_path / "index"))
+    assert [t.track_id for t in loaded.tracks] == [t.track_id for t in index.tracks]
+    for row, track in enumerate(loaded.tracks):  # Every row still belongs to its track.
+        assert loaded.searcher.search(loaded.embeddings[row], 1)[0][0][0] == track.track_id
+    with pytest.raises(KeyError, match="nope"):
+        loaded.delete(["nope"])
+
+
+def test_save_replaces_the_index_and_keeps_other_files(tmp_path):
+    directory = tmp_path / "index"
+    _build(20).save(str(directory))
+    (directory / "rejected.csv").write_text("row,track_id,path,reason,detail\n")
+    _build(30).save(str(directory))
+    assert len(CatalogIndex.load(str(directory))) == 30
+    assert (directory / "rejected.csv").exists()
+    assert sorted(os.listdir(tmp_path)) == ["index"]  # No staging or old copy left behind.
+
+
+def test_loading_for_other_models_fails_naming_both(tmp_path):
+    _build().save(str(tmp_path / "index"))
+    other = _ref(checksum="c2")
+    with pytest.raises(IndexMismatchError, match=r"ranker/1@c1.*ranker/1@c2"):
+        CatalogIndex.load(str(tmp_path / "index"), expected_embedding_model=other)
+    with pytest.raises(IndexMismatchError, match=r"tagger/1@c1.*tagger/2@c1"):
+        CatalogIndex.load(str(tmp_path / "index"), expected_tag_model=dataclasses.replace(_ref("tagger", 4), version=2))
+    with pytest.raises(FileNotFoundError, match="build_index"):
+        CatalogIndex.load(str(tmp_path / "nothing"))
+
+
+def test_rows_must_fit_the_models():
+    tracks, embeddings, probabilities = _data(4)
+    with pytest.raises(IndexMismatchError, match="16-d"):
+        CatalogIndex.build(tracks, embeddings, probabilities, _ref(dim=16), _ref("tagger"))
+    with pytest.raises(IndexMismatchError, match="2 tags"):
+        CatalogIndex.build(tracks, embeddings, probabilities, _ref(), _ref("tagger", vocabulary=("a", "b")))
+    with pytest.raises(ValueError, match="tag probabilities go with a tag model"):
+        CatalogIndex.build(tracks, embeddings, probabilities, _ref(), None)
+    with pytest.raises(ValueError, match="unique"):
+        CatalogIndex.build(tracks + tracks[:1], np.concatenate([embeddings, embeddings[:1]]), None, _ref(), None)
+    index = CatalogIndex.build(tracks, embeddings, None, _ref(), None)
+    with pytest.raises(IndexMismatchError, match="embeddings"):
+        index.upsert(tracks[:1], np.zeros((1, 3), np.float32) + 1, None)
