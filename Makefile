@@ -21,10 +21,12 @@ install: $(STAMP)
 
 # The main job on the bundled demo catalog: audio -> log-mel TFRecords (128
 # mel bands for the Short-Chunk ResNet, 96 for the CRNN), a short training run
-# of both taggers on the CPU, their track-level evaluation, and their export
-# as TF Serving SavedModels. Running it again resumes (and finds the runs
-# finished).
+# of both taggers on the CPU, their track-level evaluation, their export
+# as TF Serving SavedModels, the ScaNN index of the catalog, and the top 5
+# recommendations for a few demo tracks and for an audio file. Running it
+# again resumes (and finds the runs finished).
 DEMO_SPLIT := --split_by=track --split_fractions=0.5,0.25,0.25
+DEMO_QUERIES := hyperrogue--hr3-caves dave-gnukem--escape-looping pekka-kana-2--intro
 demo: $(STAMP)
 	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords_128 $(DEMO_SPLIT)
 	$(BIN)/python -m data_prep --catalog=demo/catalog.csv --output_dir=$(DEMO_OUT)/tfrecords_96 $(DEMO_SPLIT) --n_mels=96
@@ -37,6 +39,11 @@ demo: $(STAMP)
 	rm -rf $(DEMO_OUT)/export
 	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/short_chunk_res --export_dir=$(DEMO_OUT)/export/short_chunk_res
 	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn
+	$(BIN)/python -m serving.build_index --export_dir=$(DEMO_OUT)/export --data=demo/catalog.csv --index_dir=$(DEMO_OUT)/index
+	for track in $(DEMO_QUERIES); do \
+		$(BIN)/python -m serving.query --index_dir=$(DEMO_OUT)/index --track_id=$$track --k=5 || exit 1; echo; done
+	$(BIN)/python -m serving.query --index_dir=$(DEMO_OUT)/index --audio=demo/audio/starfighter--death.mp3 --k=5 \
+		--tags_png=$(DEMO_OUT)/query_tags.png
 	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
 
 lint: $(STAMP)

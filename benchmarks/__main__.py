@@ -12,7 +12,9 @@ loader; under 2 minutes); `model_inference` is
 `benchmarks.model_inference` (Short-Chunk ResNet tracks per second on the CPU
 against the PyTorch reference architecture; about 1 minute); `index_search` is
 `benchmarks.index_search` (ScaNN against NumPy brute force and faiss HNSW on
-1M clustered 512-d vectors; about 10 minutes, 8 GB of memory). Each writes only its own section, so one can be
+1M clustered 512-d vectors; about 5 minutes, 8 GB of memory);
+`recommend_latency` is `benchmarks.recommend_latency` (end-to-end latency of
+one 30 s MP3 query on a 10,000-track index, broken down; about 5 minutes). Each writes only its own section, so one can be
 rerun alone. Their flags (`--workers`, `--copies`, `--measure_s`, ...) are
 accepted here too; see each module's docstring.
 """
@@ -25,13 +27,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
 
-from benchmarks import index_search, model_inference, preprocess_throughput, reader_throughput, report  # noqa: E402
+from benchmarks import (  # noqa: E402
+    index_search,
+    model_inference,
+    preprocess_throughput,
+    reader_throughput,
+    recommend_latency,
+    report,
+)
 
 BENCHMARKS = {
     "preprocess": preprocess_throughput.run_benchmark,
     "reader": reader_throughput.run_benchmark,
     "model_inference": model_inference.run_benchmark,
     "index_search": index_search.run_benchmark,
+    "recommend_latency": recommend_latency.run_benchmark,
 }
 
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"The benchmarks to run, comma-separated: {list(BENCHMARKS)}.")

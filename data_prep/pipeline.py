@@ -385,9 +385,10 @@ def _read_json_lines(path: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _counters(result) -> dict[str, int]:
+def beam_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
+    """The committed Beam counters of a finished pipeline in `namespace` ({} where the runner has none)."""
     try:
-        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(namespace))
     except Exception:  # noqa: BLE001 - not every runner reports metrics.
         return {}
     counters = collections.Counter()
@@ -453,7 +454,7 @@ def run(
 
     info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
     _publish(output_dir, staging_dir, shard_stats, rejections, info)
-    return Summary(info=info, rejections=rejections, counters=_counters(result))
+    return Summary(info=info, rejections=rejections, counters=beam_counters(result))
 
 
 def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_info.DatasetInfo:

@@ -37,7 +37,7 @@ from apache_beam.utils import shared
 
 from data_prep import audio
 from data_prep.catalog import Catalog, CatalogEntry
-from data_prep.pipeline import default_pipeline_options, load_checked_waveform
+from data_prep.pipeline import beam_counters, default_pipeline_options, load_checked_waveform
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
 from serving.catalog_index import CatalogIndex, TrackRecord
 from serving.exported_model import LoadedModel, ModelRef
@@ -299,17 +299,6 @@ def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], refs: dict[str
     _write_outputs(joined.joined, joined[JoinRoles.REJECTED], staging_dir)
 
 
-def _counters(result) -> dict[str, int]:
-    try:
-        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    except Exception:  # noqa: BLE001 - not every runner reports metrics.
-        return {}
-    counters = collections.Counter()
-    for counter in query["counters"]:
-        counters[counter.key.metric.name] += counter.committed or 0
-    return dict(counters)
-
-
 def _read_staging(staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
     features = []
     for path in sorted(tf.io.gfile.glob(os.path.join(staging_dir, "features*.tfrecord"))):
@@ -382,7 +371,7 @@ def embed(
         raise RuntimeError(
             f"counts do not reconcile: {num_input} tracks in, {len(features)} embedded + {len(rejections)} rejected"
         )
-    return EmbeddingRun(features, rejections, num_input, _counters(result))
+    return EmbeddingRun(features, rejections, num_input, beam_counters(result, METRICS_NAMESPACE))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from absl import app, flags  # noqa: E402
 from data_prep import audio  # noqa: E402
 from serving import queries  # noqa: E402
 from serving.catalog_index import CatalogIndex  # noqa: E402
+from serving.client import ServingError  # noqa: E402
 from serving.embedders import LocalEmbedder, RemoteEmbedder  # noqa: E402
 from serving.recommender import Recommender, TagFilter  # noqa: E402
 
@@ -60,20 +61,21 @@ def main(argv):
     del argv
     if (_AUDIO.value is None) == (_TRACK_ID.value is None):
         raise app.UsageError("give exactly one of --audio and --track_id")
-    catalog = CatalogIndex.load(_INDEX_DIR.value)
-    tag_filter = TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value) if _TAG_FILTER.value and catalog.tag_model else None
-    recommender = Recommender(catalog, tag_filter)
     try:
+        catalog = CatalogIndex.load(_INDEX_DIR.value)
+        use_tags = _TAG_FILTER.value and catalog.tag_model is not None
+        tag_filter = TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value) if use_tags else None
+        recommender = Recommender(catalog, tag_filter)
         query, label = _query(catalog, recommender)
-    except (audio.AudioError, KeyError) as error:
-        sys.exit(f"error: {error}")
-    result = recommender.recommend(
-        query,
-        _K.value,
-        tag_filter=tag_filter,
-        rank_by_embedding=_EMBEDDING_RANK.value,
-        max_per_artist=_MAX_PER_ARTIST.value,
-    )
+        result = recommender.recommend(
+            query,
+            _K.value,
+            tag_filter=tag_filter,
+            rank_by_embedding=_EMBEDDING_RANK.value,
+            max_per_artist=_MAX_PER_ARTIST.value,
+        )
+    except (audio.AudioError, KeyError, ValueError, FileNotFoundError, ServingError) as error:
+        sys.exit(f"error: {error.args[0] if isinstance(error, KeyError) else error}")
     render = queries.render_json if _FORMAT.value == "json" else queries.render_table
     print(render(result, label))
     if _TAGS_PNG.value:
@@ -82,6 +84,7 @@ def main(argv):
         queries.write_tag_chart(
             _TAGS_PNG.value, query.tag_probabilities, catalog.vocabulary, title=f"top tags: {label}"
         )
+        print(f"tag chart: {_TAGS_PNG.value}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""End-to-end recommendation latency for one 30 s MP3 on a 10,000-track index.
+
+The path measured is what `python -m serving.query --audio=...` and the web
+service run per request, warm (models loaded, index in memory): decode the
+MP3 and resample to 16 kHz (`data_prep.audio`), hash it, run the exported
+ranking model (Short-Chunk ResNet, waveform signature: log-mel front end,
+N evenly spaced chunks, chunk averaging) and the exported tag model (CRNN,
+one 29 s chunk), then both recommendation stages on the index
+(`serving.recommender`). The models are the real architectures with
+untrained weights (latency does not depend on the weights), exported by
+`serving.saved_model`; the index holds 10,000 synthetic clustered 512-d
+embeddings with random tag probabilities (brute force, as ScaNN's guidance
+picks below 20k).
+
+Each request is timed by stage: decode (+ hash), both models (waveform
+signatures), search (the two recommendation stages). The front end
+(`tfrecords.logmel` for both models) runs inside the models' graphs, so it is
+timed alone on the same waveform and subtracted from the models' time to give
+the forward passes. Everything but the forward passes is the overhead the
+target bounds.
+
+Usage:
+
+    python -m benchmarks --only=recommend_latency [--latency_runs=30]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import keras
+import numpy as np
+import soundfile
+import tensorflow as tf
+from absl import flags
+
+import models
+from benchmarks import report
+from benchmarks.index_search import ClusteredUnitVectors
+from data_prep import audio
+from serving import exported_model, saved_model
+from serving.catalog_index import CatalogIndex, TrackRecord
+from serving.recommender import Query, Recommender, TagFilter
+from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+
+SECTION = "recommend_latency"
+CATALOG_SIZE = 10_000
+CHUNKS = (1, 4, 16)
+NUM_TAGS = 50
+QUERY_SECONDS = 30.0
+TARGET_OVERHEAD = 0.25
+MODELS = {"short_chunk_res": (128, 231), "crnn": (96, 1813)}  # name: (n_mels, crop_frames)
+
+_RUNS = flags.DEFINE_integer("latency_runs", 30, "Timed requests per setting of the recommend_latency benchmark.")
+
+
+def _export(work_dir: str, name: str, num_chunks: int) -> exported_model.ModelRef:
+    """An untrained tagger saved as the trainer does, then exported for serving."""
+    n_mels, crop_frames = MODELS[name]
+    best = os.path.join(work_dir, f"run_{name}", "best")
+    if not os.path.exists(os.path.join(best, saved_model.MODEL_FILENAME)):
+        os.makedirs(best, exist_ok=True)
+        vocabulary = [f"tag{i:02d}" for i in range(NUM_TAGS)]
+        models.get_model(name, num_tags=NUM_TAGS, n_mels=n_mels, vocabulary=vocabulary).save(
+            os.path.join(best, saved_model.MODEL_FILENAME)
+        )
+        info = {
+            "model_name": name,
+            "crop_frames": crop_frames,
+            "vocabulary": vocabulary,
+            "log_mel": LogMelSpec(n_mels=n_mels).to_fingerprinted_dict(),
+        }
+        with open(os.path.join(best, saved_model.MODEL_INFO_FILENAME), "w", encoding="utf-8") as handle:
+            json.dump(info, handle)
+    path = saved_model.export(
+        os.path.dirname(best), os.path.join(work_dir, f"export_{num_chunks}", name), 1, num_chunks
+    )
+    return exported_model.resolve(path)
+
+
+def _query_mp3(work_dir: str) -> str:
+    """A 30 s, 128 kbit/s-class MP3 made from the bundled demo audio (real music)."""
+    demo = sorted((report.REPO_ROOT / "demo" / "audio").glob("*.mp3"))
+    pieces, sample_rate = [], 44100
+    for path in demo:
+        waveform, _ = audio.load_mono(str(path), str(path), sample_rate)
+        pieces.append(waveform)
+        if sum(p.size for p in pieces) >= QUERY_SECONDS * sample_rate:
+            break
+    waveform = np.concatenate(pieces)[: int(QUERY_SECONDS * sample_rate)]
+    path = os.path.join(work_dir, "query.mp3")
+    soundfile.write(path, waveform, sample_rate, format="MP3")
+    return path
+
+
+def _catalog(embedding_ref, tag_ref) -> CatalogIndex:
+    embeddings = ClusteredUnitVectors(dim=embedding_ref.embedding_dim).sample(CATALOG_SIZE, seed=3)
+    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(CATALOG_SIZE, NUM_TAGS)).astype(np.float32)
+    tracks = [
+        TrackRecord(f"track{i:05d}", artist=f"artist {i % 997}", title=f"title {i}", content_sha256=f"{i:064x}")
+        for i in range(CATALOG_SIZE)
+    ]
+    return CatalogIndex.build(tracks, embeddings, probabilities, embedding_ref, tag_ref)
+
+
+def _timings(function, runs: int) -> np.ndarray:
+    """Milliseconds per call of `function` after 3 warm-up calls."""
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return np.array(times) * 1000.0
+
+
+class _Request:
+    """One warm recommendation request for an audio file, timed by stage (what `queries.audio_query` and
+    `Recommender.recommend` do, inlined so that each stage's time is taken inside the same request)."""
+
+    def __init__(self, mp3: str, embedding_model, tag_model, recommender: Recommender):
+        self.mp3 = mp3
+        self.embedding_model = embedding_model
+        self.tag_model = tag_model
+        self.recommender = recommender
+
+    def __call__(self) -> tuple[float, float, float, float]:
+        """Milliseconds for decode + hash, both models (front end included), search, and the whole request."""
+        start = time.perf_counter()
+        source = audio.open_source(self.mp3)
+        waveform, _ = audio.load_mono(source, self.mp3, 16000)
+        content_sha256 = audio.content_sha256(source)
+        decoded = time.perf_counter()
+        embedding = self.embedding_model.from_waveform(waveform)["embedding"]
+        tags = self.tag_model.from_waveform(waveform)["tags"]
+        embedded = time.perf_counter()
+        query = Query(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
+        result = self.recommender.recommend(query, 10)
+        done = time.perf_counter()
+        assert len(result.recommendations) == 10
+        return tuple(1000.0 * t for t in (decoded - start, embedded - decoded, done - embedded, done - start))
+
+
+def _measure(work_dir: str, mp3: str, num_chunks: int, tag_ref, runs: int) -> dict[str, float]:
+    embedding_ref = _export(work_dir, "short_chunk_res", num_chunks)
+    catalog = _catalog(embedding_ref, tag_ref)
+    loaded = {"short_chunk_res": exported_model.LoadedModel(embedding_ref), "crnn": exported_model.LoadedModel(tag_ref)}
+    request = _Request(mp3, loaded["short_chunk_res"], loaded["crnn"], Recommender(catalog, TagFilter(0.3, 3)))
+    for _ in range(3):
+        request()
+    stages = np.array([request() for _ in range(runs)])
+    # The front end alone, on the same waveform, for both models (it runs inside their graphs).
+    waveform, _ = audio.load_mono(mp3, mp3, 16000)
+    front_ends = [
+        tf.function(
+            lambda w, spec=LogMelSpec(n_mels=n_mels): log_mel_spectrogram(w, spec),
+            input_signature=[tf.TensorSpec([None], tf.float32)],
+        )
+        for n_mels, _ in MODELS.values()
+    ]
+    front_end = _timings(lambda: [f(tf.constant(waveform)).numpy() for f in front_ends], runs)
+    medians = np.median(stages, axis=0)
+    return {
+        "p50": float(np.median(stages[:, 3])),
+        "p99": float(np.percentile(stages[:, 3], 99)),
+        "decode": float(medians[0]),
+        "models": float(medians[1]),
+        "front end": float(np.median(front_end)),
+        "search": float(medians[2]),
+    }
+
+
+def run_benchmark(command: str) -> report.Section:
+    """Runs the benchmark and returns its section of BENCHMARKS.md."""
+    load_at_start = report.load_average()
+    keras.utils.set_random_seed(0)
+    rows, verdicts = [], []
+    with tempfile.TemporaryDirectory() as work_dir:
+        mp3 = _query_mp3(work_dir)
+        tag_ref = _export(work_dir, "crnn", 1)
+        for num_chunks in CHUNKS:
+            figures = _measure(work_dir, mp3, num_chunks, tag_ref, _RUNS.value)
+            forward = figures["models"] - figures["front end"]
+            overhead = figures["p50"] - forward
+            share = overhead / figures["p50"]
+            verdicts.append(share <= TARGET_OVERHEAD)
+            rows.append(
+                (
+                    num_chunks,
+                    f"{figures['p50']:.0f}",
+                    f"{figures['p99']:.0f}",
+                    f"{figures['decode']:.1f}",
+                    f"{figures['models']:.0f}",
+                    f"{figures['front end']:.1f}",
+                    f"{forward:.0f}",
+                    f"{figures['search']:.1f}",
+                    f"{overhead:.0f} ({share:.0%})",
+                )
+            )
+    table = report.markdown_table(
+        [
+            "ResNet chunks",
+            "end-to-end p50 (ms)",
+            "p99 (ms)",
+            "decode + hash",
+            "both models",
+            "of which front end",
+            "forward passes",
+            "search, 2 stages",
+            "p50 minus forward passes (share of p50)",
+        ],
+        rows,
+    )
+    notes = [
+        f"One warm request = decode a {QUERY_SECONDS:.0f} s MP3 (44.1 kHz, made from the bundled demo audio) -> "
+        "16 kHz -> Short-Chunk ResNet (N chunks of 3.7 s) and CRNN (one 29 s chunk) SavedModels in-process -> "
+        f"tag filter + ranking over {CATALOG_SIZE:,} tracks -> top 10. {_RUNS.value} timed requests per row after "
+        "3 warm-up ones. Decode, models and search are medians (ms) of each stage timed inside the same requests; "
+        "the front end (log-mel for both models, part of the models' graphs) is timed alone on the same waveform, "
+        "and the forward passes are the models' time minus it.",
+        "Baseline: the forward passes themselves, measured in the same run; the last column is everything else "
+        "(decode, front end, search, glue) as a share of the end-to-end p50.",
+        f"Target: everything but the forward passes <= {TARGET_OVERHEAD:.0%} of p50 -> "
+        + ", ".join(f"{n} chunks: **{'met' if ok else 'not met'}**" for n, ok in zip(CHUNKS, verdicts, strict=True))
+        + ".",
+        report.load_note(load_at_start),
+    ]
+    return report.Section(
+        name=SECTION,
+        title=f"End-to-end recommendation latency (30 s MP3, {CATALOG_SIZE:,}-track index)",
+        command=command,
+        table=table,
+        notes=notes,
+    )

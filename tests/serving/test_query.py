@@ -1,0 +1,139 @@
+"""`python -m serving.query` on real audio files, in-process and through a TF Serving stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_prep import catalog
+from serving import queries, saved_model
+from serving.catalog_index import CatalogIndex
+from serving.embedders import LocalEmbedder, RemoteEmbedder
+from serving.exported_model import ModelMismatchError
+from serving.recommender import Recommender, TagFilter
+from tests.conftest import REPO_ROOT
+from tests.serving import tf_serving_standin
+
+
+def _query(*flags, timeout=300):
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.query", *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    return done
+
+
+@pytest.fixture(scope="module")
+def entries(demo_catalog):
+    return {e.track_id: e for e in catalog.read_catalog(str(demo_catalog)).entries}
+
+
+@pytest.fixture(scope="module")
+def standin_models(model_refs):
+    return {ref.name: {ref.version: tf.saved_model.load(ref.path)} for ref in model_refs.values()}
+
+
+def test_audio_query_prints_json_results_and_a_tag_chart(tmp_path, demo_index, entries):
+    query_entry = next(iter(entries.values()))
+    chart = tmp_path / "tags.png"
+    done = _query(
+        f"--index_dir={demo_index[0]}",
+        f"--audio={query_entry.uri}",
+        "--k=5",
+        "--format=json",
+        f"--tags_png={chart}",
+        "--tag_threshold=0.0",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    ids = [r["track_id"] for r in result["recommendations"]]
+    assert len(ids) == 5 == result["found"] and len(set(ids)) == 5
+    assert query_entry.track_id not in ids  # The same file is an exact duplicate of the query.
+    for r in result["recommendations"]:
+        assert (r["artist"], r["title"], r["path"]) == tuple(
+            getattr(entries[r["track_id"]], f) for f in ("artist", "title", "path")
+        )
+        assert r["explanation"].startswith(f"similarity {r['score']:.3f}")
+    scores = [r["score"] for r in result["recommendations"]]
+    assert scores == sorted(scores, reverse=True)
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_track_query_prints_a_table(demo_index, entries):
+    track_id = sorted(entries)[3]
+    done = _query(f"--index_dir={demo_index[0]}", f"--track_id={track_id}", "--k=4", "--max_per_artist=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"query: track {track_id}"
+    rows = [line for line in lines if line[:3].strip().isdigit()]
+    artists = [entries[row.split()[-1]].artist for row in rows]
+    assert 1 <= len(rows) <= 4 and len(set(artists)) == len(artists)
+    assert track_id not in [row.split()[-1] for row in rows]
+
+
+def test_errors_name_the_problem(tmp_path, demo_index):
+    not_audio = tmp_path / "song.mp3"
+    not_audio.write_text("not audio at all")
+    done = _query(f"--index_dir={demo_index[0]}", f"--audio={not_audio}")
+    assert done.returncode != 0 and str(not_audio) in done.stderr and "decode_error" in done.stderr
+    done = _query(f"--index_dir={demo_index[0]}", "--track_id=no-such-track")
+    assert done.returncode != 0 and "unknown track id 'no-such-track'" in done.stderr
+
+
+def test_through_tf_serving_gives_the_in_process_results(demo_index, entries, standin_models):
+    query_entry = list(entries.values())[7]
+    flags = [f"--index_dir={demo_index[0]}", f"--audio={query_entry.uri}", "--k=6", "--format=json", "--notag_filter"]
+    local = _query(*flags)
+    assert local.returncode == 0, local.stderr[-3000:]
+    with tf_serving_standin.grpc_server(standin_models) as (address, service):
+        remote = _query(*flags, f"--server={address}")
+        assert remote.returncode == 0, remote.stderr[-3000:]
+        requested = {
+            (r.model_spec.name, r.model_spec.version.value, r.model_spec.signature_name) for r in service.requests
+        }
+    assert requested == {("short_chunk_res", 1, "embed"), ("crnn", 1, "tags")}
+    local_results, remote_results = json.loads(local.stdout), json.loads(remote.stdout)
+    assert [r["track_id"] for r in remote_results["recommendations"]] == [
+        r["track_id"] for r in local_results["recommendations"]
+    ]
+    np.testing.assert_allclose(
+        [r["score"] for r in remote_results["recommendations"]],
+        [r["score"] for r in local_results["recommendations"]],
+        atol=1e-5,
+    )
+
+
+def test_rest_embedder_equals_local_embedder(demo_index, entries, standin_models):
+    index = CatalogIndex.load(str(demo_index[0]))
+    local = LocalEmbedder(index.embedding_model, index.tag_model)
+    path = list(entries.values())[2].uri
+    expected = queries.audio_query(path, local)
+    with tf_serving_standin.rest_server(standin_models) as address:
+        remote = queries.audio_query(path, RemoteEmbedder(address, index.embedding_model, index.tag_model, "rest"))
+    np.testing.assert_allclose(remote.embedding, expected.embedding, atol=1e-5)
+    np.testing.assert_allclose(remote.tag_probabilities, expected.tag_probabilities, atol=1e-5)
+    assert remote.content_sha256 == expected.content_sha256
+    result = Recommender(index, TagFilter(0.0, 2)).recommend(expected, 3)
+    assert len(result.recommendations) == 3
+
+
+def test_a_moved_or_changed_export_is_checked(tmp_path, demo_index, trained):
+    index = CatalogIndex.load(str(demo_index[0]))
+    with pytest.raises(FileNotFoundError, match="no exported version|not an export"):
+        LocalEmbedder(index.embedding_model, None, export_dir=str(tmp_path))
+    # Another export under the same name and version (here: fewer chunks per track) has another checksum.
+    saved_model.export(
+        str(trained[0] / "run_short_chunk_res"), str(tmp_path / "short_chunk_res"), version=1, num_chunks=2
+    )
+    with pytest.raises(ModelMismatchError, match=r"short_chunk_res/1@\w+ .*index was built with short_chunk_res/1@"):
+        LocalEmbedder(index.embedding_model, None, export_dir=str(tmp_path))
+    moved = tmp_path / "moved"
+    shutil.copytree(os.path.dirname(index.embedding_model.path), moved / "short_chunk_res")
+    embedder = LocalEmbedder(index.embedding_model, None, export_dir=str(moved))
+    assert embedder.features(np.zeros(16000, np.float32))[1] is None
