@@ -44,6 +44,7 @@ demo: $(STAMP)
 		$(BIN)/python -m serving.query --index_dir=$(DEMO_OUT)/index --track_id=$$track --k=5 || exit 1; echo; done
 	$(BIN)/python -m serving.query --index_dir=$(DEMO_OUT)/index --audio=demo/audio/starfighter--death.mp3 --k=5 \
 		--tags_png=$(DEMO_OUT)/query_tags.png
+	$(BIN)/python -m serving.evaluate_retrieval --index_dir=$(DEMO_OUT)/index --catalog=demo/catalog.csv --k=3
 	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
 
 lint: $(STAMP)

@@ -195,7 +195,11 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
 
 
 def load_checked_waveform(
-    entry: CatalogEntry, sample_rate: int, min_duration_s: float, silence_threshold_dbfs: float
+    entry: CatalogEntry,
+    sample_rate: int,
+    min_duration_s: float,
+    silence_threshold_dbfs: float,
+    source: str | bytes | None = None,
 ) -> tuple[np.ndarray, audio.DecodedAudio]:
     """Decodes a catalog track to a mono waveform and checks it is usable.
 
@@ -204,6 +208,8 @@ def load_checked_waveform(
         sample_rate: The target sample rate in Hz.
         min_duration_s: Shorter audio is rejected (`too_short`).
         silence_threshold_dbfs: Audio whose peak is below is rejected (`silent`).
+        source: What `audio.open_source(entry.uri)` returned, if the caller
+            already opened it (a remote file is then not read twice).
 
     Returns:
         The waveform and the decoded source.
@@ -212,7 +218,8 @@ def load_checked_waveform(
         audio.AudioError: With the rejection reason (see `rejections.REASONS`),
             naming the file.
     """
-    waveform, decoded = audio.load_mono(audio.open_source(entry.uri), entry.uri, sample_rate)
+    source = audio.open_source(entry.uri) if source is None else source
+    waveform, decoded = audio.load_mono(source, entry.uri, sample_rate)
     if waveform.size == 0:
         raise audio.AudioError("empty", entry.uri, "the file decodes to 0 samples")
     seconds = waveform.size / sample_rate

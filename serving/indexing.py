@@ -41,6 +41,7 @@ from data_prep.pipeline import beam_counters, default_pipeline_options, load_che
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
 from serving.catalog_index import CatalogIndex, TrackRecord
 from serving.exported_model import LoadedModel, ModelRef
+from serving.index import choose_kind
 from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
@@ -133,7 +134,7 @@ class EmbedAudio(_EmbedDoFn):
         sample_rate = next(iter(self._refs.values())).sample_rate
         try:
             source = audio.open_source(entry.uri)
-            waveform, _ = load_checked_waveform(entry, sample_rate, MIN_DURATION_S, SILENCE_THRESHOLD_DBFS)
+            waveform, _ = load_checked_waveform(entry, sample_rate, MIN_DURATION_S, SILENCE_THRESHOLD_DBFS, source)
             content_sha256 = audio.content_sha256(source)
         except audio.AudioError as error:
             yield self._reject(entry.row, entry.track_id, entry.path, error.reason, error.detail)
@@ -351,7 +352,7 @@ def embed(
         raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
     staging_dir = os.path.join(work_dir, STAGING_DIRNAME)
     shutil.rmtree(staging_dir, ignore_errors=True)
-    os.makedirs(staging_dir)
+    os.makedirs(staging_dir)  # The index folder is local: ScaNN serializes to local files.
     pipeline = beam.Pipeline(options=default_pipeline_options(list(pipeline_args or [])))
     if catalog is not None:
         _catalog_pipeline(pipeline, catalog, refs, staging_dir)
@@ -399,6 +400,12 @@ class BuildSummary:
         ]
         if self.rejections:
             lines.append(f"  rejected tracks and reasons: {os.path.join(self.index_dir, REJECTED_FILENAME)}")
+        suggested = choose_kind(self.num_tracks)
+        if suggested != self.searcher_kind:
+            lines.append(
+                f"  note: ScaNN's guidance for {self.num_tracks} tracks is `{suggested}`, this index is "
+                f"`{self.searcher_kind}` (set by --kind, or kept through --update); rebuild without them to follow it"
+            )
         return "\n".join(lines)
 
 
@@ -437,8 +444,11 @@ def build_index(
         existing = CatalogIndex.load(index_dir, refs[EMBEDDING_ROLE], refs.get(TAG_ROLE))
         if (existing.tag_model is None) != (TAG_ROLE not in refs):
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
-    os.makedirs(os.path.dirname(os.path.abspath(index_dir)), exist_ok=True)
-    run = embed(refs, os.path.dirname(os.path.abspath(index_dir)), catalog, dataset_dirs, pipeline_args)
+    work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
+    try:
+        run = embed(refs, work_dir, catalog, dataset_dirs, pipeline_args)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
     tracks, embeddings, tags = _stack(run.features, TAG_ROLE in refs)
     if existing is not None:
         if tracks:

@@ -22,13 +22,13 @@ def test_versions_and_files(trained, tmp_path):
     assert path == str(export_base / "1")
     assert sorted(os.listdir(export_base)) == ["1"]
     assert (export_base / "1" / "assets" / saved_model.VOCABULARY_ASSET).read_text().split("\n")[:-1] == list(
-        dataset_info.load(str(root / "data")).vocabulary
+        dataset_info.load(str(root / "data_128")).vocabulary
     )
     copy = tmp_path / "short_chunk_res"
     shutil.copytree(export_base, copy)
-    assert saved_model.export(str(root / "run"), str(copy), num_chunks=4) == str(copy / "2")
+    assert saved_model.export(str(root / "run_short_chunk_res"), str(copy), num_chunks=4) == str(copy / "2")
     with pytest.raises(saved_model.ExportError, match="immutable"):
-        saved_model.export(str(root / "run"), str(copy), version=2)
+        saved_model.export(str(root / "run_short_chunk_res"), str(copy), version=2)
 
 
 def test_signatures_and_shapes(trained):
@@ -64,10 +64,10 @@ def test_parity_with_the_keras_model_on_the_pipeline_log_mel(trained):
     root, parsed, _, path = trained
     import keras
 
-    keras_model = keras.saving.load_model(root / "run" / "best" / "model.keras")
+    keras_model = keras.saving.load_model(root / "run_short_chunk_res" / "best" / "model.keras")
     loaded = tf.saved_model.load(path)
-    info = dataset_info.load(str(root / "data"))
-    for item in readers.eval_dataset(str(root / "data"), split="train", chunk_frames=231, num_chunks=4, info=info):
+    info = dataset_info.load(str(root / "data_128"))
+    for item in readers.eval_dataset(str(root / "data_128"), split="train", chunk_frames=231, num_chunks=4, info=info):
         track_id = item[schema.TRACK_ID].numpy().decode()
         entry = next(e for e in parsed.entries if e.track_id == track_id)
         waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
