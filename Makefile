@@ -23,8 +23,9 @@ install: $(STAMP)
 # mel bands for the Short-Chunk ResNet, 96 for the CRNN), a short training run
 # of both taggers on the CPU, their track-level evaluation, their export
 # as TF Serving SavedModels, the ScaNN index of the catalog, and the top 5
-# recommendations for a few demo tracks and for an audio file. Running it
-# again resumes (and finds the runs finished).
+# recommendations for a few demo tracks and for an audio file; it ends by
+# printing how to start the web app on the demo index. Running it again
+# resumes (and finds the runs finished).
 DEMO_SPLIT := --split_by=track --split_fractions=0.5,0.25,0.25
 DEMO_QUERIES := hyperrogue--hr3-caves dave-gnukem--escape-looping pekka-kana-2--intro
 demo: $(STAMP)
@@ -46,6 +47,7 @@ demo: $(STAMP)
 		--tags_png=$(DEMO_OUT)/query_tags.png
 	$(BIN)/python -m serving.evaluate_retrieval --index_dir=$(DEMO_OUT)/index --catalog=demo/catalog.csv --k=3
 	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
+	@echo "Web app: $(BIN)/python -m serving.app --index_dir=$(DEMO_OUT)/index --audio_root=demo  (then open http://127.0.0.1:8080/)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

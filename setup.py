@@ -44,6 +44,14 @@ INSTALL_REQUIRES = [
     "grpcio>=1.60",
     "requests>=2.31",
     "tensorboard~=2.20.0",
+    # The web service (serving.app): FastAPI for the HTTP API and its OpenAPI
+    # schema (query-parameter models need >= 0.115), uvicorn to serve it,
+    # python-multipart's streaming parser for uploads (the
+    # `python_multipart` module name from 0.0.13), prometheus-client for /metrics.
+    "fastapi>=0.115",
+    "uvicorn>=0.30",
+    "python-multipart>=0.0.13",
+    "prometheus-client>=0.20",
 ]
 
 PACKAGES = ["data_prep", "tfrecords", "models", "train", "serving", "configs"]
@@ -64,6 +72,14 @@ EXTRAS_REQUIRE = {
         # pin is the CPU build the project's CI machines carry (2.13.0+cpu);
         # an unpinned resolve may pick a CUDA build with gigabytes of deps.
         "torch==2.13.0",
+        # serving.app's tests: HTTP client (also the load generator of
+        # benchmarks.app_load), schema-driven fuzzing, and the page in headless
+        # Chromium (Debian's `chromium`, which .ci/run installs; Playwright's
+        # own browser downloads are not used).
+        "httpx>=0.27",
+        "schemathesis>=4.0,<5",
+        "hypothesis>=6.100",
+        "playwright>=1.45",
     ],
 }
 
@@ -76,7 +92,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=[f"{name}*" for name in PACKAGES]),
-    package_data={"configs": ["*.gin", "*/*.gin"]},
+    package_data={"configs": ["*.gin", "*/*.gin"], "serving.app": ["static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
 )

@@ -14,7 +14,10 @@ against the PyTorch reference architecture; about 1 minute); `index_search` is
 `benchmarks.index_search` (ScaNN against NumPy brute force and faiss HNSW on
 1M clustered 512-d vectors; about 5 minutes, 8 GB of memory);
 `recommend_latency` is `benchmarks.recommend_latency` (end-to-end latency of
-one 30 s MP3 query on a 10,000-track index, broken down; about 5 minutes). Each writes only its own section, so one can be
+one 30 s MP3 query on a 10,000-track index, broken down; about 5 minutes);
+`app_load` is `benchmarks.app_load` (the web service under 16 concurrent
+clients for 30 s against a 1-client baseline; about 1.5 minutes; needs
+`make demo` first). Each writes only its own section, so one can be
 rerun alone. Their flags (`--workers`, `--copies`, `--measure_s`, ...) are
 accepted here too; see each module's docstring.
 """
@@ -28,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
 
 from benchmarks import (  # noqa: E402
+    app_load,
     index_search,
     model_inference,
     preprocess_throughput,
@@ -42,6 +46,7 @@ BENCHMARKS = {
     "model_inference": model_inference.run_benchmark,
     "index_search": index_search.run_benchmark,
     "recommend_latency": recommend_latency.run_benchmark,
+    "app_load": app_load.run_benchmark,
 }
 
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"The benchmarks to run, comma-separated: {list(BENCHMARKS)}.")

@@ -160,7 +160,8 @@ class Recommender:
             exact duplicate of the query.
 
     A recommender reads the catalog as it was when created: make a new one
-    after `CatalogIndex.upsert` or `delete`.
+    after `CatalogIndex.upsert` or `delete`. `recommend` may be called from
+    several threads at once.
     """
 
     def __init__(
@@ -190,9 +191,17 @@ class Recommender:
         )
 
     def _catalog_tag_sets(self, tag_filter: TagFilter) -> np.ndarray:
-        if tag_filter not in self._tag_sets:
-            self._tag_sets = {tag_filter: tag_filter.tag_sets(self.catalog.tag_probabilities)}
-        return self._tag_sets[tag_filter]
+        """The catalog's tag sets under `tag_filter`, cached for the last filter used.
+
+        Safe to call from several threads: the cache is read once and replaced
+        whole, never mutated, so a caller always gets the sets of its filter.
+        """
+        cached = self._tag_sets
+        if tag_filter in cached:
+            return cached[tag_filter]
+        members = tag_filter.tag_sets(self.catalog.tag_probabilities)
+        self._tag_sets = {tag_filter: members}
+        return members
 
     def recommend(
         self,
@@ -228,7 +237,7 @@ class Recommender:
         query_embedding = query_embedding / np.linalg.norm(query_embedding)
         allowed = self._excluded_mask(query, query_embedding)
         query_tags: tuple[tuple[str, float], ...] = ()
-        query_members = None
+        query_members = catalog_members = None
         if tag_filter is not None:
             if query.tag_probabilities is None:
                 raise ValueError("the query has no tag probabilities for the tag filter")
@@ -243,7 +252,8 @@ class Recommender:
                 )
                 query_members = None
             else:
-                allowed &= (self._catalog_tag_sets(tag_filter) & query_members).any(axis=1)
+                catalog_members = self._catalog_tag_sets(tag_filter)
+                allowed &= (catalog_members & query_members).any(axis=1)
         num_candidates = int(allowed.sum())
         if rank_by_embedding:
             ranked = self._rank_by_embedding(query_embedding, allowed, k, max_per_artist)
@@ -252,7 +262,7 @@ class Recommender:
             ranked = self._rank_by_tags(probabilities, query_embedding, allowed, k, max_per_artist)
         recommendations = tuple(
             Recommendation(
-                rank, self.catalog.tracks[row], score, self._shared_tags(query, query_members, row, tag_filter)
+                rank, self.catalog.tracks[row], score, self._shared_tags(query, query_members, catalog_members, row)
             )
             for rank, (row, score) in enumerate(ranked, start=1)
         )
@@ -331,10 +341,10 @@ class Recommender:
                 break
         return state["taken"]
 
-    def _shared_tags(self, query: Query, query_members, row: int, tag_filter) -> tuple[SharedTag, ...]:
-        if query_members is None or tag_filter is None:
+    def _shared_tags(self, query: Query, query_members, catalog_members, row: int) -> tuple[SharedTag, ...]:
+        if query_members is None:
             return ()
-        track_members = self._catalog_tag_sets(tag_filter)[row]
+        track_members = catalog_members[row]
         probabilities = self.catalog.tag_probabilities[row]
         return tuple(
             SharedTag(self.catalog.vocabulary[i], float(query.tag_probabilities[i]), float(probabilities[i]))

@@ -11,6 +11,8 @@ not belong together.
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 import pytest
 
@@ -288,3 +290,22 @@ def test_bad_requests_are_refused():
         recommender.recommend(query, 3, max_per_artist=0)
     with pytest.raises(KeyError, match="unknown track id 'nope'"):
         recommender.query_for_track("nope")
+
+
+def test_concurrent_calls_with_different_filters_agree_with_sequential_ones():
+    catalog = _catalog()
+    recommender = Recommender(catalog)
+    filters = [TagFilter(0.3, 5), TagFilter(0.5, 3), TagFilter(0.7, 1), TagFilter(0.9, 2)]
+    queries = [recommender.query_for_track(t.track_id) for t in catalog.tracks[:10]]
+    jobs = [(q, f) for q in queries for f in filters] * 5
+
+    def run(job):
+        query, tag_filter = job
+        return [
+            (r.track.track_id, r.shared_tags)
+            for r in recommender.recommend(query, 5, tag_filter=tag_filter).recommendations
+        ]
+
+    expected = [run(job) for job in jobs]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(run, jobs)) == expected

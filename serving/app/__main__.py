@@ -1,0 +1,102 @@
+r"""Serves recommendations over HTTP: a JSON API, a page to try it in a browser, Prometheus metrics.
+
+Usage (after `make demo`):
+
+    python -m serving.app --index_dir=demo_output/index --audio_root=demo
+    # open http://127.0.0.1:8080/ ; the API's OpenAPI schema is at /openapi.json:
+    curl -F audio=@demo/audio/starfighter--death.mp3 'http://127.0.0.1:8080/recommend?k=5'
+    curl 'http://127.0.0.1:8080/tracks/hyperrogue--hr3-caves/similar?k=5&max_per_artist=1'
+    curl -r 0-1023 -o head.mp3 http://127.0.0.1:8080/tracks/hyperrogue--hr3-caves/audio
+    python -m serving.app --index_dir=demo_output/index --server=localhost:8500   # embed through TF Serving
+
+embeds uploads with the exact model versions the index was built with, in
+this process from the SavedModels by default (`--export_dir` if they moved)
+or through TF Serving with `--server` (gRPC; `--protocol=rest` for port
+8501). `--audio_root` is the folder the catalog's track paths are relative
+to (the catalog CSV's folder; `demo` for the demo): without it the service
+plays no catalog audio and results carry no `audio_url`. It binds to
+127.0.0.1 unless `--host` says otherwise; `--port=0` takes a free port. The
+first line printed is `serving http://HOST:PORT/` once the index and models
+are loaded and warm. One process serves everything (the models are loaded
+once); `--inference_threads` uploads are embedded at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from serving.app.service import AppConfig, create_app, listen  # noqa: E402
+from serving.client import ServingError  # noqa: E402
+from serving.exported_model import ModelMismatchError  # noqa: E402
+from serving.index import IndexMismatchError  # noqa: E402
+from serving.recommender import TagFilter  # noqa: E402
+
+_INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where the exports are, if they moved since the index was built.")
+_SERVER = flags.DEFINE_string("server", None, "TF Serving host:port; default: run the SavedModels in-process.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "How to talk to --server.")
+_AUDIO_ROOT = flags.DEFINE_string(
+    "audio_root", None, "The folder the catalog's track paths are relative to; default: serve no catalog audio."
+)
+_HOST = flags.DEFINE_string("host", "127.0.0.1", "The address to listen on (0.0.0.0: every interface).")
+_PORT = flags.DEFINE_integer(
+    "port", 8080, "The port to listen on (0: any free port).", lower_bound=0, upper_bound=65535
+)
+_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", 50.0, "Largest upload accepted, in MiB.", lower_bound=0.001)
+_MAX_DURATION_S = flags.DEFINE_float("max_duration_s", 600.0, "Longest audio accepted, in seconds.", lower_bound=1.0)
+_INFERENCE_THREADS = flags.DEFINE_integer(
+    "inference_threads", 2, "Uploads decoded and embedded at once.", lower_bound=1
+)
+_MAX_PENDING = flags.DEFINE_integer(
+    "max_pending_uploads", 32, "Uploads received or processed at once; more are answered 503.", lower_bound=1
+)
+_UPLOAD_DIR = flags.DEFINE_string(
+    "upload_dir", None, "Where to create the private folder for uploads; default: the system's temporary folder."
+)
+_TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage 1's default minimum tag probability.")
+_TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1's default number of tags per track.")
+_ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def main(argv):
+    del argv
+    import uvicorn  # After absl parsed the flags: uvicorn configures logging on import of its config.
+
+    try:
+        config = AppConfig(
+            index_dir=_INDEX_DIR.value,
+            export_dir=_EXPORT_DIR.value,
+            server=_SERVER.value,
+            protocol=_PROTOCOL.value,
+            audio_root=_AUDIO_ROOT.value,
+            max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
+            max_duration_s=_MAX_DURATION_S.value,
+            inference_threads=_INFERENCE_THREADS.value,
+            max_pending_uploads=_MAX_PENDING.value,
+            upload_parent_dir=_UPLOAD_DIR.value,
+            tag_filter=TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value),
+        )
+        web_app = create_app(config)
+        sock = listen(_HOST.value, _PORT.value)
+    except (FileNotFoundError, IndexMismatchError, ModelMismatchError, ServingError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    print(f"serving {_url(sock)} (index {config.index_dir}, {len(web_app.state.service.catalog)} tracks)", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(web_app, access_log=_ACCESS_LOG.value, timeout_graceful_shutdown=5, log_level="info")
+    )
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,119 @@
+"""Request parameters and response bodies of the web service (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+from pydantic import Field
+
+MAX_K = 100
+MAX_PAGE = 500
+TOP_TAGS = 10
+
+
+class RecommendParams(pydantic.BaseModel):
+    """How to recommend: the query parameters of `POST /recommend` and `GET /tracks/{track_id}/similar`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    k: int = Field(10, ge=1, le=MAX_K, description="Number of recommendations.")
+    tag_filter: bool = Field(
+        True, description="Stage 1: keep only tracks sharing a confident tag with the query (if the index has tags)."
+    )
+    tag_threshold: float | None = Field(
+        None, ge=0.0, le=1.0, description="Stage 1: minimum tag probability (default: the service's)."
+    )
+    tag_top_n: int | None = Field(
+        None, ge=1, le=MAX_K, description="Stage 1: at most this many tags per track (default: the service's)."
+    )
+    embedding_rank: bool = Field(True, description="Stage 2: rank by embedding similarity (else by tag similarity).")
+    max_per_artist: int | None = Field(None, ge=1, le=MAX_K, description="At most this many results per artist.")
+
+
+class TrackPageParams(pydantic.BaseModel):
+    """The query parameters of `GET /tracks`."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    limit: int = Field(50, ge=1, le=MAX_PAGE, description="Tracks per page.")
+    offset: int = Field(0, ge=0, description="Tracks to skip.")
+    q: str | None = Field(
+        None, max_length=200, description="Only tracks whose id, artist, title or album contains this (any case)."
+    )
+
+
+class TagProbability(pydantic.BaseModel):
+    tag: str
+    probability: float
+
+
+class SharedTag(pydantic.BaseModel):
+    tag: str
+    query_probability: float
+    track_probability: float
+
+
+class Track(pydantic.BaseModel):
+    """A catalog track."""
+
+    track_id: str
+    artist: str
+    title: str
+    album: str
+    duration_s: float
+    audio_url: str | None = Field(description="Where to play it (`/tracks/{track_id}/audio`); null if not served.")
+
+
+class Recommendation(Track):
+    rank: int
+    score: float = Field(description="Cosine similarity of the embeddings (of the tag probabilities without stage 2).")
+    shared_tags: list[SharedTag]
+    explanation: str
+
+
+class QueryInfo(pydantic.BaseModel):
+    """What the recommendations are for."""
+
+    kind: Literal["upload", "track"]
+    track_id: str | None = None
+    filename: str | None = None
+    duration_s: float | None = None
+    top_tags: list[TagProbability] = Field(description=f"The query's {TOP_TAGS} most probable tags, best first.")
+
+
+class RecommendResponse(pydantic.BaseModel):
+    query: QueryInfo
+    k: int
+    found: int
+    query_tags: list[TagProbability] = Field(description="The query's tag set used by stage 1.")
+    num_candidates: int
+    notes: list[str]
+    recommendations: list[Recommendation]
+    timings_ms: dict[str, float] = Field(description="Time per stage: decode, embed, search.")
+
+
+class TrackPage(pydantic.BaseModel):
+    total: int = Field(description="Tracks matching `q` (all tracks without it).")
+    offset: int
+    limit: int
+    tracks: list[Track]
+
+
+class ModelInfo(pydantic.BaseModel):
+    name: str
+    version: int
+    checksum: str
+    architecture: str
+
+
+class Health(pydantic.BaseModel):
+    status: Literal["ok"]
+    tracks: int
+    searcher: str
+    embedding_model: ModelInfo
+    tag_model: ModelInfo | None
+    embedder: str = Field(description="`in-process` or `tf-serving HOST:PORT (PROTOCOL)`.")
+    audio_served: bool
+    max_upload_bytes: int
+    max_duration_s: float
