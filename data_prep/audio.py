@@ -27,7 +27,7 @@ class AudioError(Exception):
 
     Attributes:
         reason: A short machine-readable reason (`missing_file`,
-            `decode_error`, `empty`, `truncated`, `non_finite`).
+            `decode_error`, `empty`, `truncated`, `non_finite`, `too_long`).
         path: The file the error is about.
     """
 
@@ -89,9 +89,21 @@ def _id3_size(data: bytes) -> int:
     return 10 + ((size[0] << 21) | (size[1] << 14) | (size[2] << 7) | size[3])
 
 
-def _decode_with_soundfile(source: str | bytes) -> DecodedAudio:
+class _TooLongError(Exception):
+    """More audio than the caller's maximum: decoding stopped there."""
+
+
+def _frame_limit(max_seconds: float | None, sample_rate: int) -> int | None:
+    return None if max_seconds is None else int(max_seconds * sample_rate)
+
+
+def _decode_with_soundfile(source: str | bytes, max_seconds: float | None = None) -> DecodedAudio:
     with soundfile.SoundFile(_open_source(source)) as audio_file:
-        samples = audio_file.read(dtype="float32", always_2d=True)
+        limit = _frame_limit(max_seconds, audio_file.samplerate)
+        # One frame past the limit tells "too long" from "exactly the limit" without reading on.
+        samples = audio_file.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
+        if limit is not None and samples.shape[0] > limit:
+            raise _TooLongError()
         if audio_file.format == "WAV":
             minimum = _wav_declared_frames(_header_bytes(source))
         elif audio_file.format == "MP3":
@@ -153,7 +165,7 @@ def _mp3_declared_frames(data: bytes) -> int | None:
     return None
 
 
-def _decode_with_pyav(source: str | bytes) -> DecodedAudio:
+def _decode_with_pyav(source: str | bytes, max_seconds: float | None = None) -> DecodedAudio:
     import av  # Imported lazily: only needed for files libsndfile rejects.
 
     with av.open(_open_source(source), mode="r") as container:
@@ -161,10 +173,14 @@ def _decode_with_pyav(source: str | bytes) -> DecodedAudio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]
         resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
-        chunks = []
+        limit = _frame_limit(max_seconds, stream.rate)
+        chunks, num_frames = [], 0
         for frame in container.decode(stream):
             for converted in resampler.resample(frame):
                 chunks.append(converted.to_ndarray())
+                num_frames += chunks[-1].shape[1]
+            if limit is not None and num_frames > limit:
+                raise _TooLongError()
         for converted in resampler.resample(None):
             chunks.append(converted.to_ndarray())
         channels = stream.channels
@@ -179,12 +195,15 @@ def _decode_with_pyav(source: str | bytes) -> DecodedAudio:
 _BYTESIO_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
-def decode_audio(source: str | bytes, path: str) -> DecodedAudio:
+def decode_audio(source: str | bytes, path: str, max_seconds: float | None = None) -> DecodedAudio:
     """Decodes an audio file.
 
     Args:
         source: A local file path, or the file's bytes (for remote files).
         path: The file's name or URI, used in error messages.
+        max_seconds: Stop decoding past this much audio and raise `too_long`
+            (bounds the memory a file can make a service spend, whatever its
+            header says); None decodes everything.
 
     Returns:
         The decoded audio with all its channels at its own sample rate.
@@ -192,7 +211,8 @@ def decode_audio(source: str | bytes, path: str) -> DecodedAudio:
     Raises:
         AudioError: `empty` for a zero-byte file, `decode_error` when neither
             decoder can read it, `truncated` when the decoded length falls
-            short of what the container header announces.
+            short of what the container header announces, `too_long` past
+            `max_seconds`.
     """
     size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
     if size == 0:
@@ -200,7 +220,9 @@ def decode_audio(source: str | bytes, path: str) -> DecodedAudio:
     errors = []
     for decode in (_decode_with_soundfile, _decode_with_pyav):
         try:
-            decoded = decode(source)
+            decoded = decode(source, max_seconds)
+        except _TooLongError:
+            raise AudioError("too_long", path, f"the audio lasts more than the maximum of {max_seconds:g} s") from None
         except Exception as error:  # noqa: BLE001 - each decoder raises its own types.
             message = _BYTESIO_REPR.sub("the file", str(error))
             errors.append(f"{decode.__name__.removeprefix('_decode_with_')}: {message}")
@@ -277,13 +299,16 @@ def resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.nda
     return soxr.resample(waveform, source_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def load_mono(source: str | bytes, path: str, sample_rate: int) -> tuple[np.ndarray, DecodedAudio]:
+def load_mono(
+    source: str | bytes, path: str, sample_rate: int, max_seconds: float | None = None
+) -> tuple[np.ndarray, DecodedAudio]:
     """Decodes, downmixes and resamples an audio file.
 
     Args:
         source: A local file path or the file's bytes.
         path: The file's name, for error messages.
         sample_rate: The target sample rate in Hz.
+        max_seconds: See `decode_audio`.
 
     Returns:
         The mono float32 waveform at `sample_rate` and the decoded source.
@@ -292,7 +317,7 @@ def load_mono(source: str | bytes, path: str, sample_rate: int) -> tuple[np.ndar
         AudioError: See `decode_audio`; also `non_finite` when the
             decoded samples contain NaN or infinity.
     """
-    decoded = decode_audio(source, path)
+    decoded = decode_audio(source, path, max_seconds)
     if decoded.samples.size and not np.all(np.isfinite(decoded.samples)):
         bad = int(np.count_nonzero(~np.isfinite(decoded.samples)))
         raise AudioError("non_finite", path, f"{bad} decoded samples are NaN or infinite")

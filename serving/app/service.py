@@ -309,7 +309,8 @@ class RecommendationService:
         if declared is not None and declared > self.config.max_duration_s:
             raise self._too_long(upload, declared)
         sample_rate = self.embedder.sample_rate
-        waveform, decoded = audio.load_mono(upload.path, upload.filename, sample_rate)
+        # Decoding stops past the limit, whatever the header claimed.
+        waveform, decoded = audio.load_mono(upload.path, upload.filename, sample_rate, self.config.max_duration_s)
         if decoded.duration_s > self.config.max_duration_s:
             raise self._too_long(upload, decoded.duration_s)
         if waveform.size < MIN_SECONDS * sample_rate:

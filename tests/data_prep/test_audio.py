@@ -135,3 +135,17 @@ def test_resample_keeps_duration_and_pitch(rate):
     assert abs(resampled.size - 32000) <= 1
     spectrum = np.abs(np.fft.rfft(resampled))
     assert abs(np.argmax(spectrum) * 16000 / resampled.size - 1000.0) < 2.0
+
+
+@pytest.mark.parametrize("container", ["wav", "m4a"])
+def test_decoding_stops_past_the_maximum_duration(tmp_path, container):
+    samples = tone(3.0, 22050, channels=2)
+    data = _encode(samples, 22050, "WAV") if container == "wav" else _encode_m4a(samples, 22050)
+    path = tmp_path / f"long.{container}"
+    path.write_bytes(data)
+    with pytest.raises(audio.AudioError, match="more than the maximum of 2 s") as raised:
+        audio.load_mono(str(path), str(path), 16000, max_seconds=2.0)
+    assert raised.value.reason == "too_long" and raised.value.path == str(path)
+    waveform, decoded = audio.load_mono(str(path), str(path), 16000, max_seconds=3.5)
+    assert decoded.decoder == ("soundfile" if container == "wav" else "pyav")
+    assert abs(waveform.size / 16000 - 3.0) < 0.1
