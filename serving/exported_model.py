@@ -12,6 +12,7 @@ its embeddings and tag probabilities, and a query can check it uses the same.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -35,7 +36,7 @@ class ModelRef:
             name in TF Serving's model config).
         version: The numeric version folder.
         path: The version folder, as found when resolved.
-        checksum: The SavedModel's checksum (`fingerprint.pb`).
+        checksum: Identifies the program and weights (`fingerprint_checksum`).
         model_name: The architecture (`crnn`, `short_chunk_res`, ...).
         vocabulary: The tag names, in output order.
         embedding_dim: Size of the embedding output.
@@ -118,13 +119,29 @@ def resolve(path: str, version: int | None = None) -> ModelRef:
         name=os.path.basename(export_base),
         version=version,
         path=os.path.abspath(version_dir),
-        checksum=f"{fingerprint.saved_model_checksum:x}",
+        checksum=fingerprint_checksum(fingerprint),
         model_name=info["model_name"],
         vocabulary=tuple(info["vocabulary"]),
         embedding_dim=int(info["embedding_dim"]),
         log_mel_fingerprint=spec.fingerprint(),
         sample_rate=spec.sample_rate,
     )
+
+
+def fingerprint_checksum(fingerprint) -> str:
+    """A model's identity from its SavedModel fingerprint: program, signatures, object graph and weights.
+
+    Not `saved_model_checksum`: it hashes the serialized file, whose function
+    names differ between two exports of the same model from one process, and
+    it does not cover the weights (`checkpoint_hash` does).
+    """
+    parts = (
+        fingerprint.graph_def_program_hash,
+        fingerprint.signature_def_hash,
+        fingerprint.saved_object_graph_hash,
+        fingerprint.checkpoint_hash,
+    )
+    return hashlib.sha256(":".join(str(part) for part in parts).encode()).hexdigest()[:16]
 
 
 class LoadedModel:
