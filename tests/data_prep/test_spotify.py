@@ -21,7 +21,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 
 import pytest
 import soundfile
@@ -597,13 +596,11 @@ def test_binary_end_to_end(tmp_path):
         assert "SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET" in missing.stderr
         env.update(SPOTIPY_CLIENT_ID=CLIENT_ID, SPOTIPY_CLIENT_SECRET=CLIENT_SECRET)
         args = [f"--search={QUERY}", "--search_page_size=4", "--labels=genres", "--retry_backoff_s=0.01", *common]
-        started = time.monotonic()
         completed = _run_binary(args, env)
         searches = [
             t for (_, path, _), t in zip(fake.requests, fake.request_times, strict=True) if path == "/v1/search"
         ]
     assert completed.returncode == 0, completed.stderr
-    assert time.monotonic() - started >= 1.0
     assert searches[1] - searches[0] >= 0.95  # The real sleep honours Retry-After: 1.
     assert "labels (genres): genres: top " in completed.stdout and "spotify_features" not in completed.stdout
     assert "tracks collected:         9" in completed.stdout and f"catalog: {tmp_path}/catalog.csv" in completed.stdout
