@@ -163,13 +163,17 @@ class CatalogIndex:
         self.searcher.upsert([t.track_id for t in tracks], embeddings)
 
     def delete(self, track_ids: list[str]):
-        """Removes tracks (unknown ids are a `KeyError` naming them) from the catalog and the ScaNN index."""
+        """Removes tracks from the catalog and the ScaNN index.
+
+        Unknown ids are a `KeyError` and repeated ids a `ValueError`, naming
+        them; nothing is removed then.
+        """
         unknown = [t for t in track_ids if t not in self._rows]
         if unknown:
             raise KeyError(f"unknown track ids {unknown[:5]}")
+        self.searcher.delete(list(track_ids))  # Checks repeats before changing anything.
         gone = {self._rows[t] for t in track_ids}
         keep = [row for row in range(len(self.tracks)) if row not in gone]
-        self.searcher.delete(list(track_ids))
         self.tracks = [self.tracks[row] for row in keep]
         self.embeddings = self.embeddings[keep]
         if self.tag_probabilities is not None:
@@ -188,11 +192,17 @@ class CatalogIndex:
         }
 
     def save(self, directory: str):
-        """Writes the index into `directory`, replacing what is there only once complete."""
+        """Writes the index into `directory`, replacing what is there only once complete.
+
+        The new index is written next to the old one (`DIR.tmp`), then the old
+        one is moved aside (`DIR.old`) and the new one into place; if that
+        swap fails, the old one is moved back. A swap interrupted by a crash
+        leaves `DIR.old`, which the next `save` or `load` restores first.
+        """
         directory = os.path.normpath(directory)
         staging, previous = f"{directory}.tmp", f"{directory}.old"
-        for path in (staging, previous):
-            shutil.rmtree(path, ignore_errors=True)
+        _recover(directory)
+        shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
         with open(os.path.join(staging, TRACKS_FILENAME), "w", encoding="utf-8") as handle:
             for track in self.tracks:
@@ -203,14 +213,21 @@ class CatalogIndex:
         self.searcher.save(os.path.join(staging, SEARCHER_DIRNAME))
         with open(os.path.join(staging, INFO_FILENAME), "w", encoding="utf-8") as handle:
             json.dump(self.info(), handle, indent=2, sort_keys=True)
+        if not os.path.isdir(directory):
+            os.rename(staging, directory)
+            return
         # Keep files that are not ours (e.g. the build's rejected.csv) when replacing.
-        if os.path.isdir(directory):
-            for name in os.listdir(directory):
-                source = os.path.join(directory, name)
-                if os.path.isfile(source) and not os.path.exists(os.path.join(staging, name)):
-                    shutil.copy2(source, staging)
-            os.rename(directory, previous)
-        os.rename(staging, directory)
+        for name in os.listdir(directory):
+            source = os.path.join(directory, name)
+            if os.path.isfile(source) and not os.path.exists(os.path.join(staging, name)):
+                shutil.copy2(source, staging)
+        shutil.rmtree(previous, ignore_errors=True)  # Only a completed swap's leftover: _recover ran.
+        os.rename(directory, previous)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            os.rename(previous, directory)
+            raise
         shutil.rmtree(previous, ignore_errors=True)
 
     @classmethod
@@ -227,6 +244,7 @@ class CatalogIndex:
             IndexMismatchError: Another format, model or embedding size; the
                 message names what the index holds and what was expected.
         """
+        _recover(directory)
         info_path = os.path.join(directory, INFO_FILENAME)
         if not os.path.exists(info_path):
             raise FileNotFoundError(f"{directory}: no {INFO_FILENAME}; build one with `python -m serving.build_index`")
@@ -250,11 +268,20 @@ class CatalogIndex:
         searcher = TrackIndex.load(
             os.path.join(directory, SEARCHER_DIRNAME), embedding_model.key, embedding_model.embedding_dim
         )
-        if len(searcher) != len(tracks):
+        if len(searcher) != len(tracks) or set(searcher.track_ids) != {t.track_id for t in tracks}:
             raise IndexMismatchError(
-                f"{directory}: the searcher holds {len(searcher)} tracks, tracks.jsonl {len(tracks)}"
+                f"{directory}: the searcher's {len(searcher)} track ids do not match the {len(tracks)} of "
+                f"{TRACKS_FILENAME}: the index is damaged, rebuild it"
             )
         return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+
+
+def _recover(directory: str):
+    """Puts back an index that a crash left moved aside (`DIR.old`) during a save."""
+    directory = os.path.normpath(directory)
+    previous = f"{directory}.old"
+    if not os.path.isdir(directory) and os.path.isdir(previous):
+        os.rename(previous, directory)
 
 
 def _check_model(directory: str, role: str, built: ModelRef | None, expected: ModelRef):

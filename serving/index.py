@@ -184,11 +184,23 @@ class TrackIndex:
         self._searcher.upsert(track_ids, embeddings)
 
     def delete(self, track_ids: list[str]):
-        """Removes tracks; unknown ids are an error naming them."""
-        unknown = [t for t in track_ids if t not in self]
+        """Removes tracks; unknown or repeated ids are an error naming them (and nothing is removed)."""
+        track_ids = [str(t) for t in track_ids]
+        repeated = sorted({t for t in track_ids if track_ids.count(t) > 1})
+        if repeated:
+            # ScaNN's wrapper would drop the first copy from its id list, fail on the second and leave its
+            # vectors and ids misaligned.
+            raise ValueError(f"track ids repeated in one delete: {repeated[:5]}")
+        known = set(self._searcher.docids)
+        unknown = [t for t in track_ids if t not in known]
         if unknown:
             raise KeyError(f"not in the index: {unknown[:5]}")
-        self._searcher.delete(list(track_ids))
+        self._searcher.delete(track_ids)
+
+    @property
+    def track_ids(self) -> list[str]:
+        """The ids the searcher returns, in its internal order."""
+        return [str(t) for t in self._searcher.docids]
 
     def _check_dim(self, dim: int):
         if dim != self.info.embedding_dim:

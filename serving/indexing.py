@@ -144,6 +144,10 @@ class EmbedAudio(_EmbedDoFn):
         except (ValueError, tf.errors.InvalidArgumentError) as error:
             yield self._reject(entry.row, entry.track_id, entry.path, "model_error", str(error).splitlines()[0])
             return
+        problem = unusable_outputs(outputs)
+        if problem:
+            yield self._reject(entry.row, entry.track_id, entry.path, "model_error", problem)
+            return
         self._embedded.inc()
         track = TrackRecord(
             track_id=entry.track_id,
@@ -155,6 +159,18 @@ class EmbedAudio(_EmbedDoFn):
             content_sha256=content_sha256,
         )
         yield _features(track, outputs)
+
+
+def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
+    """Why a track's model outputs cannot be indexed (non-finite values, a zero embedding), or None."""
+    for role, values in sorted(outputs.items()):
+        for name, value in sorted(values.items()):
+            if not np.all(np.isfinite(value)):
+                return f"the {role} model's {name} output is not finite"
+    embedding = outputs.get(EMBEDDING_ROLE, {}).get("embedding")
+    if embedding is not None and not np.any(embedding):
+        return "the embedding model's embedding is all zeros"
+    return None
 
 
 def _features(track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
@@ -184,6 +200,10 @@ class EmbedLogMel(_EmbedDoFn):
             detail = f"{self._dataset_dir}: {str(error).splitlines()[0]}"
             yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", detail))
             return
+        problem = unusable_outputs(outputs)
+        if problem:
+            yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", f"{self._dataset_dir}: {problem}"))
+            return
         track = TrackRecord(
             track_id=track_id,
             artist=example[schema.ARTIST],
@@ -211,14 +231,20 @@ class JoinRoles(beam.DoFn):
 
     def process(self, keyed):
         track_id, parts = keyed
-        outputs, track, errors = {}, None, []
+        outputs, track, errors, copies = {}, None, [], collections.Counter()
         for part_outputs, part_track, error in parts:
             outputs.update(part_outputs)
+            copies.update(part_outputs.keys())
             errors += [error] if error else []
             if EMBEDDING_ROLE in part_outputs:
                 track = part_track
         if errors:
             yield self._reject(errors[0])
+            return
+        repeated = [role for role, count in copies.items() if count > 1]
+        if repeated:
+            detail = "; ".join(f"{copies[r]} examples in {self._dataset_of_role[r]}" for r in repeated)
+            yield self._reject(Rejection(0, track_id, "", "duplicate_track_id", detail))
             return
         missing = [role for role in self._roles if role not in outputs]
         if missing:
@@ -256,20 +282,27 @@ def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[s
     """The dataset each model reads: the one whose log-mel fingerprint is the model's.
 
     Raises:
-        ValueError: A model with no matching dataset, naming the fingerprints.
+        ValueError: A model with no matching dataset or with several (which
+            one would be indexed is ambiguous), or a dataset no model reads
+            (its tracks would be left out): the message names the datasets
+            and fingerprints.
     """
     fingerprints = {d: dataset_info.load(d).log_mel.fingerprint() for d in dataset_dirs}
+    found = ", ".join(f"{d}: {f}" for d, f in fingerprints.items())
     chosen = {}
     for role, ref in refs.items():
         matching = [d for d, f in fingerprints.items() if f == ref.log_mel_fingerprint]
-        if not matching:
-            found = ", ".join(f"{d}: {f}" for d, f in fingerprints.items())
+        if len(matching) != 1:
+            problem = "no dataset has" if not matching else f"{len(matching)} datasets ({', '.join(matching)}) have"
             raise ValueError(
-                f"no dataset has the log-mel parameters of the {role} model {ref.key} (fingerprint "
-                f"{ref.log_mel_fingerprint}); datasets: {found}. Preprocess one with the model's parameters or "
-                "index from the catalog CSV"
+                f"{problem} the log-mel parameters of the {role} model {ref.key} (fingerprint "
+                f"{ref.log_mel_fingerprint}); datasets: {found}. Give one dataset per model (preprocess with "
+                "the model's parameters), or index from the catalog CSV"
             )
         chosen[role] = matching[0]
+    unused = sorted(set(dataset_dirs) - set(chosen.values()))
+    if unused:
+        raise ValueError(f"no model reads {', '.join(unused)} (its log-mel parameters match none); datasets: {found}")
     return chosen
 
 

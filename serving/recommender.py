@@ -13,8 +13,8 @@ been searched (the result then says how many it found). Without stage 2,
 candidates are ranked by the cosine similarity of their tag probabilities.
 
 Excluded from results: the query track itself, exact duplicates of the query
-(same content hash, or embedding cosine ≥ `duplicate_cosine`) and of results
-already returned; optionally more than `max_per_artist` tracks per artist.
+and of results already returned (same content hash, or embedding cosine ≥
+`duplicate_cosine`); optionally more than `max_per_artist` tracks per artist.
 
 Every result is looked up by its track id in the catalog, and its score is
 recomputed from the stored embedding of that id, so ids, scores and metadata
@@ -234,6 +234,10 @@ class Recommender:
             raise ValueError("both stages are off: nothing to rank by")
         notes = []
         query_embedding = np.asarray(query.embedding, np.float32)
+        if not np.all(np.isfinite(query_embedding)) or not np.any(query_embedding):
+            raise ValueError("the query embedding is zero or not finite")
+        if query.tag_probabilities is not None and not np.all(np.isfinite(query.tag_probabilities)):
+            raise ValueError("the query's tag probabilities are not finite")
         query_embedding = query_embedding / np.linalg.norm(query_embedding)
         allowed = self._excluded_mask(query, query_embedding)
         query_tags: tuple[tuple[str, float], ...] = ()
@@ -289,6 +293,12 @@ class Recommender:
             return False
         if track.content_sha256 and track.content_sha256 in state["hashes"]:
             return False
+        taken_rows = [taken_row for taken_row, _ in state["taken"]]
+        if (
+            taken_rows
+            and np.max(self.catalog.embeddings[taken_rows] @ self.catalog.embeddings[row]) >= self.duplicate_cosine
+        ):
+            return False  # The same audio as a result already taken (another file or encoding).
         if max_per_artist is not None and track.artist and state["artists"].get(track.artist, 0) >= max_per_artist:
             return False
         state["hashes"].add(track.content_sha256)

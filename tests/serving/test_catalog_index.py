@@ -113,3 +113,35 @@ def test_rows_must_fit_the_models():
     index = CatalogIndex.build(tracks, embeddings, None, _ref(), None)
     with pytest.raises(IndexMismatchError, match="embeddings"):
         index.upsert(tracks[:1], np.zeros((1, 3), np.float32) + 1, None)
+
+
+def test_a_delete_with_repeated_ids_changes_nothing():
+    index = _build(10)
+    with pytest.raises(ValueError, match=r"repeated.*t3"):
+        index.delete(["t3", "t3"])
+    assert len(index) == len(index.searcher) == 10 and "t3" in index
+    for row, track in enumerate(index.tracks):  # ScaNN's ids and vectors still agree.
+        assert index.searcher.search(index.embeddings[row], 1)[0][0][0] == track.track_id
+
+
+def test_an_interrupted_swap_is_recovered(tmp_path):
+    directory = tmp_path / "index"
+    _build(20).save(str(directory))
+    os.rename(directory, str(directory) + ".old")  # A crash between the two renames of a later save.
+    assert len(CatalogIndex.load(str(directory))) == 20
+    assert sorted(os.listdir(tmp_path)) == ["index"]
+    os.rename(directory, str(directory) + ".old")
+    _build(30).save(str(directory))  # The next save restores, then replaces.
+    assert len(CatalogIndex.load(str(directory))) == 30 and sorted(os.listdir(tmp_path)) == ["index"]
+
+
+def test_a_searcher_that_disagrees_with_the_tracks_is_refused(tmp_path):
+    _build(20).save(str(tmp_path / "a"))
+    _build(20).save(str(tmp_path / "b"))
+    # Same count, other ids: the searcher of an index of other tracks.
+    other = CatalogIndex.build(*_data(20, prefix="u"), _ref(), _ref("tagger", dim=4))
+    other.save(str(tmp_path / "c"))
+    shutil.rmtree(tmp_path / "a" / "searcher")
+    shutil.copytree(tmp_path / "c" / "searcher", tmp_path / "a" / "searcher")
+    with pytest.raises(IndexMismatchError, match="damaged"):
+        CatalogIndex.load(str(tmp_path / "a"))

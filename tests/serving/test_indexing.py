@@ -146,3 +146,27 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(tmp_path, dem
     swapped = {indexing.EMBEDDING_ROLE: model_refs[indexing.TAG_ROLE], indexing.TAG_ROLE: model_refs[indexing.TAG_ROLE]}
     with pytest.raises(IndexMismatchError, match="short_chunk_res/1@.*crnn/1@"):
         indexing.build_index(str(index_dir), swapped, catalog=subset, update=True)
+
+
+def test_datasets_must_map_one_to_one_onto_the_models(tmp_path, trained, trained_crnn, model_refs):
+    data_128, data_96 = trained[0] / "data_128", trained_crnn[0]
+    copy = tmp_path / "another_128"
+    shutil.copytree(data_128, copy)
+    with pytest.raises(ValueError, match=r"2 datasets .* have the log-mel parameters of the embedding model"):
+        indexing.match_datasets([str(data_128), str(copy), str(data_96)], model_refs)
+    only_embedding = {indexing.EMBEDDING_ROLE: model_refs[indexing.EMBEDDING_ROLE]}
+    with pytest.raises(ValueError, match=rf"no model reads {data_96}"):
+        indexing.match_datasets([str(data_128), str(data_96)], only_embedding)
+    assert indexing.match_datasets([str(data_96), str(data_128)], model_refs) == {
+        indexing.EMBEDDING_ROLE: str(data_128),
+        indexing.TAG_ROLE: str(data_96),
+    }
+
+
+def test_unusable_model_outputs_are_named():
+    good = {"embedding": {"embedding": np.ones(4, np.float32)}, "tag": {"tags": np.full(3, 0.5, np.float32)}}
+    assert indexing.unusable_outputs(good) is None
+    zero = {**good, "embedding": {"embedding": np.zeros(4, np.float32)}}
+    assert indexing.unusable_outputs(zero) == "the embedding model's embedding is all zeros"
+    nan = {**good, "tag": {"tags": np.array([0.5, np.nan, 0.1], np.float32)}}
+    assert indexing.unusable_outputs(nan) == "the tag model's tags output is not finite"

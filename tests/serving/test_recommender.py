@@ -200,15 +200,22 @@ def test_the_query_and_exact_duplicates_are_excluded():
         TrackRecord("twin-a", artist="x", content_sha256="twin"),
         TrackRecord("twin-b", artist="y", content_sha256="twin"),
     ]
-    extra = [same_file, same_audio, *twins]
-    embeddings = np.stack([catalog.embeddings[row], catalog.embeddings[row], close, close])
-    probabilities = np.repeat(catalog.tag_probabilities[row][np.newaxis], 4, axis=0)
+    # The same audio under two more hashes (e.g. two encodings), a little further away: only one may appear.
+    further = _unit(catalog.embeddings[row] + 0.2 * np.random.default_rng(4).normal(size=DIM))
+    encodings = [
+        TrackRecord("enc-a", artist="p", content_sha256="e1"),
+        TrackRecord("enc-b", artist="q", content_sha256="e2"),
+    ]
+    extra = [same_file, same_audio, *twins, *encodings]
+    embeddings = np.stack([catalog.embeddings[row], catalog.embeddings[row], close, close, further, further])
+    probabilities = np.repeat(catalog.tag_probabilities[row][np.newaxis], 6, axis=0)
     catalog.upsert(extra, embeddings, probabilities)
     recommender = Recommender(catalog, None)
     result = recommender.recommend(recommender.query_for_track(base.track_id), k=10)
     ids = [r.track.track_id for r in result.recommendations]
     assert base.track_id not in ids and "dup-file" not in ids and "dup-audio" not in ids
     assert ids[0] in ("twin-a", "twin-b") and len({"twin-a", "twin-b"} & set(ids)) == 1
+    assert len({"enc-a", "enc-b"} & set(ids)) == 1
     # A query from audio (no track id) with the same bytes as a catalog track.
     from_audio = Query(catalog.embeddings[row] * 2.0, content_sha256=base.content_sha256)
     ids = [r.track.track_id for r in recommender.recommend(from_audio, k=10).recommendations]
@@ -309,3 +316,14 @@ def test_concurrent_calls_with_different_filters_agree_with_sequential_ones():
     expected = [run(job) for job in jobs]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert list(pool.map(run, jobs)) == expected
+
+
+def test_a_query_that_is_not_finite_is_refused():
+    catalog = _catalog(num_tracks=10)
+    recommender = Recommender(catalog)
+    with pytest.raises(ValueError, match="embedding is zero or not finite"):
+        recommender.recommend(Query(np.zeros(DIM), np.full(len(VOCABULARY), 0.5)), 3)
+    with pytest.raises(ValueError, match="embedding is zero or not finite"):
+        recommender.recommend(Query(np.full(DIM, np.nan), np.full(len(VOCABULARY), 0.5)), 3)
+    with pytest.raises(ValueError, match="tag probabilities are not finite"):
+        recommender.recommend(Query(np.ones(DIM), np.array([0.5, np.nan, 0.1, 0.1, 0.1])), 3)
