@@ -8,8 +8,10 @@ comparing floats for equality.
 
 Stage 2 (embedding rank): the ScaNN index returns the nearest tracks by
 cosine similarity; results outside the candidates are dropped, so the search
-over-fetches and widens until `k` results are found or the whole index has
-been searched (the result then says how many it found). Without stage 2,
+over-fetches and widens (4x at a time, up to 4096 results) until `k` results
+are found; candidates it has not reached by then are scored exactly from
+their stored embeddings, so every candidate can be found. When fewer than
+`k` exist, the result says how many it found. Without stage 2,
 candidates are ranked by the cosine similarity of their tag probabilities.
 
 Excluded from results: the query track itself, exact duplicates of the query
@@ -31,6 +33,7 @@ from serving.catalog_index import CatalogIndex, TrackRecord
 
 DEFAULT_DUPLICATE_COSINE = 0.9999
 OVERFETCH = 4
+MAX_SEARCH_RESULTS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +312,10 @@ class Recommender:
     def _rank_by_embedding(self, query_embedding, allowed, k, max_per_artist) -> list[tuple[int, float]]:
         state = {"hashes": set(), "artists": {}, "taken": []}
         seen = np.zeros(len(self.catalog), bool)
-        fetch = min(len(self.catalog), OVERFETCH * (k + 1))
+        # Widening stops at `limit` results: past that, a selective tag filter is
+        # cheaper (and exact) to finish by scoring the remaining candidates directly.
+        limit = min(len(self.catalog), max(MAX_SEARCH_RESULTS, OVERFETCH * OVERFETCH * (k + 1)))
+        fetch = min(limit, OVERFETCH * (k + 1))
         while True:
             for track_id, _ in self.catalog.searcher.search(query_embedding, fetch)[0]:
                 row = self.catalog.row(track_id)
@@ -321,11 +327,11 @@ class Recommender:
                     self._accept(row, score, score, state, max_per_artist)
                     if len(state["taken"]) == k:
                         return _best_first(state["taken"])
-            if fetch >= len(self.catalog):
+            if fetch >= limit:
                 break
-            fetch = min(len(self.catalog), fetch * OVERFETCH)
-        # An approximate searcher may not return every track even when asked
-        # for all: score the candidates it never returned exactly.
+            fetch = min(limit, fetch * OVERFETCH)
+        # Candidates the search did not reach (or that an approximate searcher
+        # never returns): scored exactly from their stored embeddings.
         rest = np.flatnonzero(allowed & ~seen)
         if rest.size:
             scores = self.catalog.embeddings[rest] @ query_embedding

@@ -137,9 +137,9 @@ def test_a_new_audio_query_uses_its_own_tags_and_embedding():
     _check_consistent(catalog, query, result, TagFilter(0.5, 2))
 
 
-def test_over_fetch_finds_candidates_far_from_the_query():
+@pytest.mark.parametrize("num", [200, 6000])  # Found by widening the search / by the exact pass past its limit.
+def test_over_fetch_finds_candidates_far_from_the_query(num):
     """The query's nearest neighbours all fail the tag filter; the few candidates are far away."""
-    num = 200
     rng = np.random.default_rng(1)
     query_direction = _unit(rng.normal(size=DIM))
     embeddings = _unit(query_direction + 0.3 * rng.normal(size=(num, DIM)))  # All close to the query...
