@@ -41,7 +41,7 @@ import models
 from benchmarks import report
 from benchmarks.index_search import ClusteredUnitVectors
 from data_prep import audio
-from serving import exported_model, saved_model
+from serving import exported_model, queries, saved_model
 from serving.catalog_index import CatalogIndex, TrackRecord
 from serving.recommender import Query, Recommender, TagFilter
 from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
@@ -120,7 +120,7 @@ def _timings(function, runs: int) -> np.ndarray:
 
 class _Request:
     """One warm recommendation request for an audio file, timed by stage (what `queries.audio_query` and
-    `Recommender.recommend` do, inlined so that each stage's time is taken inside the same request)."""
+    `Recommender.recommend` do, with the stages called one by one so that each is timed in the same request)."""
 
     def __init__(self, mp3: str, embedding_model, tag_model, recommender: Recommender):
         self.mp3 = mp3
@@ -131,9 +131,7 @@ class _Request:
     def __call__(self) -> tuple[float, float, float, float]:
         """Milliseconds for decode + hash, both models (front end included), search, and the whole request."""
         start = time.perf_counter()
-        source = audio.open_source(self.mp3)
-        waveform, _ = audio.load_mono(source, self.mp3, 16000)
-        content_sha256 = audio.content_sha256(source)
+        waveform, _, content_sha256 = queries.load_query_audio(self.mp3, 16000)
         decoded = time.perf_counter()
         embedding = self.embedding_model.from_waveform(waveform)["embedding"]
         tags = self.tag_model.from_waveform(waveform)["tags"]

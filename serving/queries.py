@@ -19,25 +19,40 @@ from serving.recommender import Query, RecommendationResult
 from serving.saved_model import MIN_SECONDS
 
 
-def audio_query(path: str, embedder) -> Query:
-    """Decodes an audio file (any format `data_prep.audio` reads) and embeds it.
+def load_query_audio(
+    path: str, sample_rate: int, name: str | None = None, max_seconds: float | None = None
+) -> tuple[np.ndarray, float, str]:
+    """Decodes a query's audio file and checks the models can take it.
 
     Args:
-        path: The audio file (local path or URI).
-        embedder: A `LocalEmbedder` or `RemoteEmbedder`.
+        path: The audio file (local path or URI; any format `data_prep.audio` reads).
+        sample_rate: The models' sample rate.
+        name: The file's name in error messages (default: `path`).
+        max_seconds: Decoding stops past this much audio (`too_long`).
+
+    Returns:
+        The mono waveform at `sample_rate`, the decoded duration in seconds and
+        the file's SHA-256 (exact duplicates of the query share it).
 
     Raises:
-        data_prep.audio.AudioError: Missing, unreadable or undecodable, or
-            shorter than the models' minimum; the message names the file.
+        data_prep.audio.AudioError: Missing, unreadable or undecodable, too
+            long, or shorter than the models' minimum; the message names the file.
     """
+    name = name or path
     source = audio.open_source(path)
-    waveform, _ = audio.load_mono(source, path, embedder.sample_rate)
-    if waveform.size < MIN_SECONDS * embedder.sample_rate:
+    waveform, decoded = audio.load_mono(source, name, sample_rate, max_seconds)
+    if waveform.size < MIN_SECONDS * sample_rate:
         raise audio.AudioError(
-            "too_short", path, f"{waveform.size / embedder.sample_rate:.2f} s; at least {MIN_SECONDS} s is needed"
+            "too_short", name, f"{waveform.size / sample_rate:.2f} s; at least {MIN_SECONDS} s is needed"
         )
+    return waveform, decoded.duration_s, audio.content_sha256(source)
+
+
+def audio_query(path: str, embedder) -> Query:
+    """Decodes an audio file (see `load_query_audio`) and embeds it with a `LocalEmbedder` or `RemoteEmbedder`."""
+    waveform, _, content_sha256 = load_query_audio(path, embedder.sample_rate)
     embedding, tags = embedder.features(waveform)
-    return Query(embedding=embedding, tag_probabilities=tags, content_sha256=audio.content_sha256(source))
+    return Query(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
 
 
 def _cell(text: str, width: int) -> str:

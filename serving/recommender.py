@@ -242,7 +242,7 @@ class Recommender:
         if query.tag_probabilities is not None and not np.all(np.isfinite(query.tag_probabilities)):
             raise ValueError("the query's tag probabilities are not finite")
         query_embedding = query_embedding / np.linalg.norm(query_embedding)
-        allowed = self._excluded_mask(query, query_embedding)
+        allowed = self._excluded_mask(query)
         query_tags: tuple[tuple[str, float], ...] = ()
         query_members = catalog_members = None
         if tag_filter is not None:
@@ -281,7 +281,7 @@ class Recommender:
         best = int(np.argmax(probabilities))
         return f"{self.catalog.vocabulary[best]} {float(probabilities[best]):.2f}"
 
-    def _excluded_mask(self, query: Query, query_embedding: np.ndarray) -> np.ndarray:
+    def _excluded_mask(self, query: Query) -> np.ndarray:
         """True for tracks that may be returned: not the query, not its exact duplicates."""
         allowed = np.ones(len(self.catalog), bool)
         if query.track_id is not None and query.track_id in self.catalog:

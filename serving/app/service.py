@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from data_prep import audio
+from serving import queries
 from serving.app import catalog_audio, errors, schemas, uploads
 from serving.app.errors import ApiError
 from serving.app.metrics import Metrics, MetricsMiddleware
@@ -308,16 +309,10 @@ class RecommendationService:
         declared = declared_duration_s(upload.path)
         if declared is not None and declared > self.config.max_duration_s:
             raise self._too_long(upload, declared)
-        sample_rate = self.embedder.sample_rate
         # Decoding stops past the limit, whatever the header claimed.
-        waveform, decoded = audio.load_mono(upload.path, upload.filename, sample_rate, self.config.max_duration_s)
-        if decoded.duration_s > self.config.max_duration_s:
-            raise self._too_long(upload, decoded.duration_s)
-        if waveform.size < MIN_SECONDS * sample_rate:
-            raise audio.AudioError(
-                "too_short", upload.filename, f"{waveform.size / sample_rate:.2f} s; at least {MIN_SECONDS} s is needed"
-            )
-        return waveform, decoded.duration_s, audio.content_sha256(upload.path)
+        return queries.load_query_audio(
+            upload.path, self.embedder.sample_rate, upload.filename, self.config.max_duration_s
+        )
 
     def warm_up(self) -> None:
         """One embedding of silence and one search, so that the first request pays no start-up cost."""
