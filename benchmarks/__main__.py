@@ -17,7 +17,10 @@ against the PyTorch reference architecture; about 1 minute); `index_search` is
 one 30 s MP3 query on a 10,000-track index, broken down; about 5 minutes);
 `app_load` is `benchmarks.app_load` (the web service under 16 concurrent
 clients for 30 s against a 1-client baseline; about 1.5 minutes; needs
-`make demo` first). Each writes only its own section, so one can be
+`make demo` first); `retrieval_quality` is `benchmarks.retrieval_quality`
+(same-album precision of every pretrained and demo-trained model on the
+public real-music set against MFCC statistics; about 10 minutes). Each
+writes only its own section, so one can be
 rerun alone. Their flags (`--workers`, `--copies`, `--measure_s`, ...) are
 accepted here too; see each module's docstring.
 """
@@ -38,6 +41,7 @@ from benchmarks import (  # noqa: E402
     reader_throughput,
     recommend_latency,
     report,
+    retrieval_quality,
 )
 
 BENCHMARKS = {
@@ -47,6 +51,7 @@ BENCHMARKS = {
     "index_search": index_search.run_benchmark,
     "recommend_latency": recommend_latency.run_benchmark,
     "app_load": app_load.run_benchmark,
+    "retrieval_quality": retrieval_quality.run_benchmark,
 }
 
 _ONLY = flags.DEFINE_list("only", list(BENCHMARKS), f"The benchmarks to run, comma-separated: {list(BENCHMARKS)}.")

@@ -45,6 +45,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks import report
+from serving.catalog_index import CatalogIndex
 
 SECTION = "app_load"
 SIMILAR = "/tracks/{id}/similar"
@@ -267,6 +268,8 @@ def run_benchmark(command: str) -> report.Section:
     index_dir = _INDEX_DIR.value
     if not os.path.exists(os.path.join(index_dir, "catalog_index.json")):
         raise FileNotFoundError(f"{index_dir}: no index; run `make demo` first (it builds demo_output/index)")
+    index = CatalogIndex.load(index_dir)
+    models_used = " + ".join(ref.name for ref in (index.embedding_model, index.tag_model) if ref)
     audio_files = sorted(str(p) for p in (DEMO_AUDIO_ROOT / "audio").glob("*.mp3"))
     load_at_start = report.load_average()
     clients, uploaders = _CLIENTS.value, min(_UPLOADERS.value, _CLIENTS.value - 1)
@@ -303,7 +306,7 @@ def run_benchmark(command: str) -> report.Section:
     )
     notes = [
         f"`python -m serving.app` in a second process on 127.0.0.1 over the demo index ({len(track_ids)} tracks), "
-        "embedding in-process (Short-Chunk ResNet + CRNN SavedModels, 2 inference threads); clients are threads "
+        f"embedding in-process ({models_used} SavedModels, 2 inference threads); clients are threads "
         f"of the benchmark process with keep-alive connections. Load: {clients} clients for {_DURATION_S.value:.0f} s, "
         f"{uploaders} uploading the 15 s demo MP3s to `/recommend`, {clients - uploaders} asking "
         "`/tracks/{id}/similar`, k=10, back to back. Latency is client-side, request sent to body read. "

@@ -26,7 +26,6 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -41,6 +40,7 @@ import models
 from benchmarks import report
 from benchmarks.index_search import ClusteredUnitVectors
 from data_prep import audio
+from models import artifact
 from serving import exported_model, queries, saved_model
 from serving.catalog_index import CatalogIndex, TrackRecord
 from serving.recommender import Query, Recommender, TagFilter
@@ -60,24 +60,19 @@ _RUNS = flags.DEFINE_integer("latency_runs", 30, "Timed requests per setting of 
 def _export(work_dir: str, name: str, num_chunks: int) -> exported_model.ModelRef:
     """An untrained tagger saved as the trainer does, then exported for serving."""
     n_mels, crop_frames = MODELS[name]
-    best = os.path.join(work_dir, f"run_{name}", "best")
-    if not os.path.exists(os.path.join(best, saved_model.MODEL_FILENAME)):
-        os.makedirs(best, exist_ok=True)
+    best = os.path.join(work_dir, f"run_{name}", artifact.BEST_DIRNAME)
+    if not os.path.exists(os.path.join(best, artifact.MODEL_INFO_FILENAME)):
         vocabulary = [f"tag{i:02d}" for i in range(NUM_TAGS)]
-        models.get_model(name, num_tags=NUM_TAGS, n_mels=n_mels, vocabulary=vocabulary).save(
-            os.path.join(best, saved_model.MODEL_FILENAME)
+        model = models.get_model(name, num_tags=NUM_TAGS, n_mels=n_mels, vocabulary=vocabulary)
+        info = artifact.ModelInfo(
+            model_name=name,
+            crop_frames=crop_frames,
+            vocabulary=vocabulary,
+            log_mel=LogMelSpec(n_mels=n_mels),
+            embedding_dim=artifact.embedding_dim(model),
         )
-        info = {
-            "model_name": name,
-            "crop_frames": crop_frames,
-            "vocabulary": vocabulary,
-            "log_mel": LogMelSpec(n_mels=n_mels).to_fingerprinted_dict(),
-        }
-        with open(os.path.join(best, saved_model.MODEL_INFO_FILENAME), "w", encoding="utf-8") as handle:
-            json.dump(info, handle)
-    path = saved_model.export(
-        os.path.dirname(best), os.path.join(work_dir, f"export_{num_chunks}", name), 1, num_chunks
-    )
+        artifact.save(model, info, best)
+    path = saved_model.export(best, os.path.join(work_dir, f"export_{num_chunks}", name), 1, num_chunks)
     return exported_model.resolve(path)
 
 

@@ -12,6 +12,11 @@ bands for the CRNN:
         --audio_root=mtat/mp3 --mtat_split_dir=sota-music-tagging-models/split/mtat \
         --n_mels=96 --output_dir=/data/mtat_96
 
+For the musicnn models (their own front end; e.g. to fine-tune them):
+
+    python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_musicnn \
+        --split_by=track --log_mel_preset=musicnn
+
 Any other Beam runner: append its pipeline flags, e.g.
 
     python -m data_prep --catalog=gs://bucket/catalog.csv --output_dir=gs://bucket/out \
@@ -29,7 +34,7 @@ from absl import app, flags, logging
 from data_prep import catalog as catalog_lib
 from data_prep import mtat, pipeline
 from data_prep.splits import SPLIT_BY_CHOICES
-from tfrecords.logmel import LogMelSpec
+from tfrecords.logmel import PRESETS, LogMelSpec
 
 _CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
 _AUDIO_ROOT = flags.DEFINE_string(
@@ -51,6 +56,14 @@ _HOP_LENGTH = flags.DEFINE_integer("hop_length", 256, "Hop between frames.")
 _N_MELS = flags.DEFINE_integer("n_mels", 128, "Mel bands (128 for the short-chunk models, 96 for the CRNN).")
 _F_MIN = flags.DEFINE_float("f_min", 0.0, "Lowest filterbank frequency in Hz.")
 _F_MAX = flags.DEFINE_float("f_max", 8000.0, "Highest filterbank frequency in Hz.")
+_LOG_MEL_PRESET = flags.DEFINE_enum(
+    "log_mel_preset",
+    None,
+    sorted(PRESETS),
+    "A named front end instead of the six flags above: won2020 (128 bands), won2020_96 (the CRNN), "
+    "musicnn (Slaney mel, log10(1 + 10000 x), 96 bands: for the musicnn models).",
+)
+_SPEC_FLAGS = ("sample_rate", "n_fft", "hop_length", "n_mels", "f_min", "f_max")
 _LOG_MEL_DTYPE = flags.DEFINE_enum("log_mel_dtype", "float16", ["float16", "float32"], "Log-mel storage dtype.")
 _COMPRESSION = flags.DEFINE_enum(
     "compression",
@@ -67,6 +80,22 @@ _VOCABULARY = flags.DEFINE_string("vocabulary", None, "File with a fixed tag voc
 _EXAMPLES_PER_SHARD = flags.DEFINE_integer("examples_per_shard", 64, "Target tracks per shard.")
 
 
+def _log_mel() -> LogMelSpec:
+    if _LOG_MEL_PRESET.value is None:
+        return LogMelSpec(
+            sample_rate=_SAMPLE_RATE.value,
+            n_fft=_N_FFT.value,
+            hop_length=_HOP_LENGTH.value,
+            n_mels=_N_MELS.value,
+            f_min=_F_MIN.value,
+            f_max=_F_MAX.value,
+        )
+    given = [f"--{name}" for name in _SPEC_FLAGS if flags.FLAGS[name].present]
+    if given:
+        raise app.UsageError(f"--log_mel_preset sets the front end; drop {', '.join(given)}")
+    return PRESETS[_LOG_MEL_PRESET.value]
+
+
 def _config() -> pipeline.PreprocessConfig:
     vocabulary = None
     if _VOCABULARY.value:
@@ -74,14 +103,7 @@ def _config() -> pipeline.PreprocessConfig:
         vocabulary = tuple(line.strip() for line in text.splitlines() if line.strip())
     return pipeline.PreprocessConfig(
         output_dir=_OUTPUT_DIR.value,
-        log_mel=LogMelSpec(
-            sample_rate=_SAMPLE_RATE.value,
-            n_fft=_N_FFT.value,
-            hop_length=_HOP_LENGTH.value,
-            n_mels=_N_MELS.value,
-            f_min=_F_MIN.value,
-            f_max=_F_MAX.value,
-        ),
+        log_mel=_log_mel(),
         log_mel_dtype=_LOG_MEL_DTYPE.value,
         compression="" if _COMPRESSION.value == "none" else _COMPRESSION.value,
         split_by=_SPLIT_BY.value,

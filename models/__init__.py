@@ -1,35 +1,51 @@
-"""Keras 3 music taggers: CRNN, Short-Chunk CNN and Short-Chunk ResNet.
+"""Keras 3 music taggers: CRNN, Short-Chunk CNN, Short-Chunk ResNet and musicnn.
 
 `get_model(name, num_tags, **kwargs)` builds one; `with_waveform_front_end`
-wraps any of them into a waveform-in model for serving. Gin configuration is
+wraps any of them into a waveform-in model for serving; `artifact` is the
+one format of a trained (or converted) model on disk. Gin configuration is
 registered from outside (see `train`), never inside the model classes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 
-from models import layers, taggers
+from models import artifact, layers, musicnn, taggers
 from models.layers import LogMelFrontEnd
 from models.taggers import EMBEDDING, TAGS
-from tfrecords.logmel import LogMelSpec
+from tfrecords.logmel import PRESETS, LogMelSpec
 
 MODEL_BUILDERS = {
     "crnn": taggers.build_crnn,
     "short_chunk_cnn": taggers.build_short_chunk_cnn,
     "short_chunk_res": taggers.build_short_chunk_res,
+    "musicnn": musicnn.build_musicnn,
+    "musicnn_vgg": musicnn.build_musicnn_vgg,
 }
 
-DEFAULT_N_MELS = {"crnn": 96, "short_chunk_cnn": 128, "short_chunk_res": 128}
+# The front end each architecture was designed (and its published weights trained) for.
+DEFAULT_LOG_MEL = {
+    "crnn": PRESETS["won2020_96"],
+    "short_chunk_cnn": PRESETS["won2020"],
+    "short_chunk_res": PRESETS["won2020"],
+    "musicnn": PRESETS["musicnn"],
+    "musicnn_vgg": PRESETS["musicnn"],
+}
+DEFAULT_N_MELS = {name: spec.n_mels for name, spec in DEFAULT_LOG_MEL.items()}
 
 __all__ = [
+    "DEFAULT_LOG_MEL",
     "DEFAULT_N_MELS",
     "EMBEDDING",
     "MODEL_BUILDERS",
     "TAGS",
     "LogMelFrontEnd",
+    "artifact",
     "get_model",
     "layers",
+    "musicnn",
     "tag_vocabulary",
     "taggers",
     "with_waveform_front_end",
@@ -37,13 +53,13 @@ __all__ = [
 
 
 def get_model(name: str, num_tags: int, **kwargs) -> keras.Model:
-    """Builds a tagger by name (`crnn`, `short_chunk_cnn`, `short_chunk_res`).
+    """Builds a tagger by name (a key of `MODEL_BUILDERS`).
 
     Args:
         name: The model name.
         num_tags: Size of the tag vocabulary.
-        **kwargs: Passed to the builder (`n_mels`, `num_frames`, `dropout`,
-            `vocabulary`, ...).
+        **kwargs: Passed to the builder (`n_mels`, `num_frames`, `vocabulary`,
+            and the architecture's own, e.g. `dropout`).
 
     Returns:
         An unbuilt-weights Keras functional model with outputs
@@ -63,9 +79,13 @@ def with_waveform_front_end(tagger: keras.Model, spec: LogMelSpec | None = None)
     """Wraps a log-mel tagger into a model taking 16 kHz waveforms `[batch, samples]`.
 
     The front end is the pipeline's log-mel function, so the wrapped model on a
-    waveform equals the tagger on the stored log-mel of the same audio.
+    waveform equals the tagger on the stored log-mel of the same audio. By
+    default it is the architecture's own (`DEFAULT_LOG_MEL`, by the model's
+    name) with the tagger's mel bands.
     """
-    spec = spec or LogMelSpec(n_mels=tagger.input_shape[-1])
+    if spec is None:
+        default = DEFAULT_LOG_MEL.get(tagger.name, PRESETS["won2020"])
+        spec = dataclasses.replace(default, n_mels=tagger.input_shape[-1])
     if spec.n_mels != tagger.input_shape[-1]:
         raise ValueError(f"the front end has {spec.n_mels} mel bands, the tagger expects {tagger.input_shape[-1]}")
     frames = tagger.input_shape[1]

@@ -1,28 +1,36 @@
-r"""Converts a reference PyTorch checkpoint into a Keras model.
+r"""Converts a reference PyTorch checkpoint into a model artifact.
 
-Usage (a MagnaTagATune checkpoint of minzwon/sota-music-tagging-models):
+Usage (the MagnaTagATune CRNN of minzwon/sota-music-tagging-models, as
+shipped in `pretrained/mtat_crnn`):
 
-    python -m models.convert_torch --model=short_chunk_res \
-        --checkpoint=models/mtat/short_res/best_model.pth --output=/tmp/short_chunk_res.keras
+    python -m models.convert_torch --model=crnn \
+        --checkpoint=pretrained/sota-mtat-crnn/best_model.pth --output_dir=/tmp/mtat_crnn
 
-`--tags` names a file with the checkpoint's tag vocabulary (one tag per line,
-or the reference's `tags.npy`); 50-output checkpoints default to the
-MagnaTagATune top 50. Needs PyTorch: pip install -e ".[torch]".
+writes `model.keras` and `model_info.json` (the artifact `python -m train`
+writes, with the checkpoint's provenance: source, SHA-256, license,
+published metrics), which `python -m serving.export --model_dir=/tmp/mtat_crnn`
+exports as is and `Experiment.init_from` fine-tunes. `--tags` names the
+checkpoint's vocabulary (one tag per line, or the reference's `tags.npy`);
+50-output checkpoints default to the MagnaTagATune top 50. Needs PyTorch:
+pip install -e ".[torch]".
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
 from absl import app, flags
 
 import models
-from models import torch_conversion
+from models import artifact, pretrained, torch_conversion
 
-_MODEL = flags.DEFINE_enum("model", None, sorted(models.MODEL_BUILDERS), "Which reference model.", required=True)
+_MODEL = flags.DEFINE_enum(
+    "model", None, sorted(torch_conversion.ARCHITECTURES), "Which reference architecture.", required=True
+)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The PyTorch state_dict (.pth).", required=True)
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write the .keras model.", required=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The model artifact directory to write.", required=True)
 _TAGS = flags.DEFINE_string("tags", None, "Tag vocabulary: a text file (one per line) or tags.npy.")
 
 
@@ -30,6 +38,19 @@ def _read_tags(path: str) -> list[str]:
     if path.endswith(".npy"):
         return [str(tag) for tag in np.load(path, allow_pickle=False)]
     return [line.strip() for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _provenance(checkpoint: str, sha256: str) -> artifact.Provenance:
+    """An unpublished checkpoint: only what the file itself says."""
+    return artifact.Provenance(
+        source=os.path.abspath(checkpoint),
+        source_sha256={os.path.basename(checkpoint): sha256},
+        license="unknown: not a checkpoint this project knows; see its publisher's terms",
+        training_data="unknown",
+        published_metrics={},
+        converter=f"models.convert_torch {pretrained.CONVERTER_VERSION}",
+        reference="",
+    )
 
 
 def main(argv):
@@ -40,9 +61,28 @@ def main(argv):
         raise app.UsageError(str(error)) from error
     vocabulary = _read_tags(_TAGS.value) if _TAGS.value else None
     model = torch_conversion.convert(state, _MODEL.value, vocabulary)
-    model.save(_OUTPUT.value)
+    sha256 = pretrained.sha256_of(_CHECKPOINT.value)
+    published = pretrained.published_by_sha256(sha256)
+    if (
+        published
+        and published.architecture == _MODEL.value
+        and list(published.vocabulary) == models.tag_vocabulary(model)
+    ):
+        info = published.info(artifact.embedding_dim(model), "models.convert_torch")
+    else:
+        info = artifact.ModelInfo(
+            model_name=_MODEL.value,
+            crop_frames=model.input_shape[1],
+            vocabulary=models.tag_vocabulary(model)
+            or [f"tag_{index}" for index in range(model.output_shape[models.TAGS][-1])],
+            log_mel=models.DEFAULT_LOG_MEL[_MODEL.value],
+            embedding_dim=artifact.embedding_dim(model),
+            provenance=_provenance(_CHECKPOINT.value, sha256),
+        )
+    artifact.save(model, info, _OUTPUT_DIR.value)
+    source = f"published {published.name}" if published else "unpublished checkpoint"
     print(
-        f"{_MODEL.value}: {model.count_params():,} parameters, {len(models.tag_vocabulary(model) or [])} tags -> {_OUTPUT.value}"
+        f"{_MODEL.value} ({source}): {model.count_params():,} parameters, {len(info.vocabulary)} tags -> {_OUTPUT_DIR.value}"
     )
 
 

@@ -19,18 +19,11 @@ import numpy as np
 from absl import logging
 
 import models
+from models.vocabularies import MTAT_TOP50_TAGS
 from tfrecords.logmel import LogMelSpec, mel_filterbank
 
-# The MagnaTagATune top-50 vocabulary in the reference's label order
-# (split/mtat/top50_tags.txt of minzwon/sota-music-tagging-models), spelled as
-# the columns of annotations_final.csv, which `data_prep.mtat` uses.
-MTAT_TOP50_TAGS = [
-    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast", "piano",
-    "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male", "singing",
-    "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman", "male vocal", "no vocal", "pop",
-    "soft", "sitar", "solo", "man", "classic", "choir", "voice", "new age", "dance", "male voice",
-    "female vocal", "beats", "harp", "cello", "no voice", "weird", "country", "female voice", "metal", "choral",
-]  # fmt: skip
+# The reference architectures this converter maps.
+ARCHITECTURES = ("crnn", "short_chunk_cnn", "short_chunk_res")
 
 # State-dict entries that carry no weights of the Keras models: the
 # torchaudio front end's buffers (checked separately) and batch counters.
@@ -153,6 +146,8 @@ def convert(state: dict[str, np.ndarray], model_name: str, vocabulary: list[str]
     Raises:
         ConversionError: On missing, unexpected or misshapen parameters.
     """
+    if model_name not in ARCHITECTURES:
+        raise ConversionError(f"{model_name!r} is not a reference architecture; choose one of {ARCHITECTURES}")
     head_key = "dense" if model_name == "crnn" else "dense2"
     if f"{head_key}.weight" not in state:
         raise ConversionError(f"the checkpoint has no {head_key}.weight: not a {model_name} checkpoint")

@@ -1,13 +1,16 @@
 r"""Embeds a catalog with the exported models and builds (or updates) its ScaNN index.
 
-Usage (after `make demo`):
+Usage (after `make demo`, which exports the pretrained models there):
 
     python -m serving.build_index --export_dir=demo_output/export \
         --data=demo/catalog.csv --index_dir=demo_output/index
 
 embeds every track of the catalog CSV with the latest exports of
-`--embedding_model` (ranking, default `short_chunk_res`) and `--tag_model`
-(stage 1 tags, default `crnn`; `--tag_model=` for none) in a Beam job
+`--embedding_model` (stage 2 ranking, default `msd_musicnn`: musicnn trained
+on the Million Song Dataset) and `--tag_model` (stage 1 tags, default
+`mtat_crnn`: the reference's MagnaTagATune CRNN; `--tag_model=` for none),
+any exported models by their folder names (e.g. the demo-trained
+`--embedding_model=short_chunk_res --tag_model=crnn`), in a Beam job
 (DirectRunner on all cores unless Beam flags say otherwise, e.g.
 `--runner=DataflowRunner ...`), then writes the index to `--index_dir` with
 `rejected.csv`. `--data` may instead name TFRecord datasets
@@ -29,8 +32,12 @@ from data_prep import catalog as catalog_lib  # noqa: E402
 from serving import exported_model, index, indexing  # noqa: E402
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The serving base path holding the exported models.")
-_EMBEDDING_MODEL = flags.DEFINE_string("embedding_model", "short_chunk_res", "The ranking model's folder name.")
-_TAG_MODEL = flags.DEFINE_string("tag_model", "crnn", "The stage-1 tag model's folder name ('' for none).")
+_EMBEDDING_MODEL = flags.DEFINE_string(
+    "embedding_model", "msd_musicnn", "The stage-2 ranking model's folder name under --export_dir."
+)
+_TAG_MODEL = flags.DEFINE_string(
+    "tag_model", "mtat_crnn", "The stage-1 tag model's folder name under --export_dir ('' for none)."
+)
 _EMBEDDING_VERSION = flags.DEFINE_integer("embedding_version", None, "Version of the ranking model (default latest).")
 _TAG_VERSION = flags.DEFINE_integer("tag_version", None, "Version of the tag model (default latest).")
 _DATA = flags.DEFINE_list("data", None, "A catalog CSV, or TFRecord dataset directories (comma-separated).")

@@ -1,13 +1,16 @@
-r"""Scores an index's recommendations against the catalog's own tags (e.g. same soundtrack).
+r"""Scores indexes' recommendations against the catalog's own tags (e.g. same soundtrack).
 
-Usage (after `make demo`):
+Usage (after `make demo`: the pretrained models' index next to the demo-trained one):
 
-    python -m serving.evaluate_retrieval --index_dir=demo_output/index --catalog=demo/catalog.csv --k=3
+    python -m serving.evaluate_retrieval --index_dir=demo_output/index,demo_output/index_demo_trained \
+        --catalog=demo/catalog.csv --k=3 --mfcc_baseline
 
-queries the index with every catalog track and prints precision@k, recall@k
+queries each index with every catalog track and prints precision@k, recall@k
 and MAP@k of results sharing a `tags` value with the query, for the two-stage
-recommender, embeddings only and tags only, next to the chance level.
-`--output_json=FILE` writes the same figures.
+recommender, embeddings only and tags only (each row names its models), next
+to the chance level. `--mfcc_baseline` adds the classic content baseline
+(MFCC-20 + delta mean/std, computed from the catalog's audio) and each row's
+P@k as a ratio to it. `--output_json=FILE` writes the same figures.
 """
 
 from __future__ import annotations
@@ -15,36 +18,69 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
 from data_prep import catalog as catalog_lib  # noqa: E402
-from serving import retrieval_evaluation  # noqa: E402
+from serving import mfcc_baseline, retrieval_evaluation  # noqa: E402
 from serving.catalog_index import CatalogIndex  # noqa: E402
 from serving.recommender import TagFilter  # noqa: E402
 
-_INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
+_INDEX_DIR = flags.DEFINE_list("index_dir", None, "One or more indexes built by serving.build_index.", required=True)
 _CATALOG = flags.DEFINE_string("catalog", None, "A catalog CSV whose `tags` are the ground truth.", required=True)
+_AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio paths (default: the CSV's folder).")
 _K = flags.DEFINE_integer("k", 5, "Results per query.", lower_bound=1)
 _TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage 1: minimum tag probability.")
 _TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1: at most this many tags per track.")
+_MFCC_BASELINE = flags.DEFINE_bool("mfcc_baseline", False, "Also score MFCC statistics of the catalog's audio.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the scores to this JSON file.")
+
+MFCC_NAME = "MFCC-20+delta mean/std: embeddings only"
+
+
+def labelled(index: CatalogIndex, scores: list[retrieval_evaluation.RetrievalScores]):
+    """Each configuration named after the models that made it."""
+    ranking = index.embedding_model.name
+    tags = index.tag_model.name if index.tag_model else None
+    names = {"two stages": f"{tags} tags + {ranking}", "embeddings only": ranking, "tags only": f"{tags} tags"}
+    return [
+        dataclasses.replace(s, configuration=f"{names[s.configuration]}: {s.configuration}")
+        if s.configuration in names
+        else s
+        for s in scores
+    ]
 
 
 def main(argv):
     del argv
-    index = CatalogIndex.load(_INDEX_DIR.value)
-    parsed = catalog_lib.read_catalog(_CATALOG.value)
+    parsed = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
     truth = {entry.track_id: set(entry.tags) for entry in parsed.entries}
-    missing = sum(1 for track in index.tracks if not truth.get(track.track_id))
-    scores = retrieval_evaluation.evaluate(index, truth, _K.value, TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value))
-    print(f"{len(index)} indexed tracks; {missing} without ground-truth tags in {_CATALOG.value} (not queried)")
-    print(retrieval_evaluation.render(scores, _K.value))
+    tag_filter = TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value)
+    rows, chance = [], None
+    for index_dir in _INDEX_DIR.value:
+        try:
+            index = CatalogIndex.load(index_dir)
+        except (FileNotFoundError, ValueError) as error:
+            sys.exit(f"error: {error}")
+        missing = sum(1 for track in index.tracks if not truth.get(track.track_id))
+        print(f"{index_dir}: {len(index)} indexed tracks; {missing} without ground-truth tags (not queried)")
+        *scores, chance = retrieval_evaluation.evaluate(index, truth, _K.value, tag_filter)
+        rows += labelled(index, scores)
+    baseline = None
+    if _MFCC_BASELINE.value:
+        ids, vectors, skipped = mfcc_baseline.catalog_statistics(parsed)
+        for track_id, reason in skipped.items():
+            print(f"MFCC baseline: skipped {track_id}: {reason}")
+        baseline = retrieval_evaluation.evaluate_embeddings(MFCC_NAME, ids, vectors, truth, _K.value)
+        rows.append(baseline)
+    rows.append(chance)
+    print(retrieval_evaluation.render(rows, _K.value, baseline))
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
-            json.dump({"k": _K.value, "scores": [dataclasses.asdict(s) for s in scores]}, handle, indent=2)
+            json.dump({"k": _K.value, "scores": [dataclasses.asdict(s) for s in rows]}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from models import artifact
 from serving import saved_model
-from tfrecords.logmel import LogMelSpec
 
 
 class ModelMismatchError(ValueError):
@@ -42,6 +41,8 @@ class ModelRef:
         embedding_dim: Size of the embedding output.
         log_mel_fingerprint: Fingerprint of the log-mel parameters it expects.
         sample_rate: The waveform sample rate it expects.
+        trained_on: What its weights were trained on (the published
+            checkpoint's dataset, or the training run's dataset directory).
     """
 
     name: str
@@ -53,6 +54,7 @@ class ModelRef:
     embedding_dim: int
     log_mel_fingerprint: str
     sample_rate: int
+    trained_on: str = ""
 
     @property
     def key(self) -> str:
@@ -108,24 +110,36 @@ def resolve(path: str, version: int | None = None) -> ModelRef:
         elif version not in versions:
             raise FileNotFoundError(f"{export_base}: no version {version} (found {versions})")
     version_dir = os.path.join(export_base, str(version))
-    info_path = os.path.join(version_dir, "assets.extra", saved_model.MODEL_INFO_FILENAME)
+    info_path = os.path.join(version_dir, "assets.extra", artifact.MODEL_INFO_FILENAME)
     if not tf.io.gfile.exists(info_path):
-        raise FileNotFoundError(f"{version_dir}: no assets.extra/{saved_model.MODEL_INFO_FILENAME}; not an export")
+        raise FileNotFoundError(f"{version_dir}: no assets.extra/{artifact.MODEL_INFO_FILENAME}; not an export")
     with tf.io.gfile.GFile(info_path) as handle:
-        info = json.load(handle)
-    spec = LogMelSpec.from_fingerprinted_dict(info["log_mel"], info_path)
+        info = artifact.ModelInfo.from_json(handle.read(), info_path)
     fingerprint = tf.saved_model.experimental.read_fingerprint(version_dir)
     return ModelRef(
         name=os.path.basename(export_base),
         version=version,
         path=os.path.abspath(version_dir),
         checksum=fingerprint_checksum(fingerprint),
-        model_name=info["model_name"],
-        vocabulary=tuple(info["vocabulary"]),
-        embedding_dim=int(info["embedding_dim"]),
-        log_mel_fingerprint=spec.fingerprint(),
-        sample_rate=spec.sample_rate,
+        model_name=info.model_name,
+        vocabulary=info.vocabulary,
+        embedding_dim=info.embedding_dim,
+        log_mel_fingerprint=info.log_mel.fingerprint(),
+        sample_rate=info.log_mel.sample_rate,
+        trained_on=_trained_on(info),
     )
+
+
+def _trained_on(info: artifact.ModelInfo) -> str:
+    if info.provenance:
+        return info.provenance.training_data
+    return info.training.dataset_dir if info.training else ""
+
+
+def describe(ref: ModelRef) -> str:
+    """`name vVERSION (architecture, trained on ...)`: how outputs name the models that made them."""
+    trained_on = f", trained on {ref.trained_on}" if ref.trained_on else ""
+    return f"{ref.name} v{ref.version} ({ref.model_name}{trained_on})"
 
 
 def fingerprint_checksum(fingerprint) -> str:

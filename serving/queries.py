@@ -64,6 +64,10 @@ def render_table(result: RecommendationResult, query_label: str = "") -> str:
     lines = []
     if query_label:
         lines.append(f"query: {query_label}")
+    if result.models.get("tags"):
+        lines.append(f"tags by: {result.models['tags']}")
+    if result.models.get("ranking"):
+        lines.append(f"ranked by: {result.models['ranking']}")
     if result.query_tags:
         lines.append("query tags: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
     lines.append(

@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from serving.catalog_index import CatalogIndex, TrackRecord
+from serving.exported_model import describe
 
 DEFAULT_DUPLICATE_COSINE = 0.9999
 OVERFETCH = 4
@@ -134,6 +135,8 @@ class RecommendationResult:
         query_tags: The query's tag set with probabilities (stage 1).
         num_candidates: Tracks that passed stage 1 and the exclusions.
         notes: Plain-language remarks (stage skipped, fewer than k found, ...).
+        models: Which exported models made the query's `tags` and the
+            `ranking` (`serving.exported_model.describe`; None: no tags).
     """
 
     recommendations: tuple[Recommendation, ...]
@@ -141,9 +144,11 @@ class RecommendationResult:
     query_tags: tuple[tuple[str, float], ...]
     num_candidates: int
     notes: tuple[str, ...]
+    models: dict[str, str | None] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
+            "models": dict(self.models),
             "k": self.k,
             "found": len(self.recommendations),
             "query_tags": [{"tag": t, "probability": p} for t, p in self.query_tags],
@@ -275,7 +280,14 @@ class Recommender:
         )
         if len(recommendations) < k:
             notes.append(f"found {len(recommendations)} of the {k} results asked for ({num_candidates} candidates)")
-        return RecommendationResult(recommendations, k, query_tags, num_candidates, tuple(notes))
+        return RecommendationResult(
+            recommendations, k, query_tags, num_candidates, tuple(notes), self._models(rank_by_embedding)
+        )
+
+    def _models(self, rank_by_embedding: bool) -> dict[str, str | None]:
+        tags = describe(self.catalog.tag_model) if self.catalog.tag_model else None
+        ranking = describe(self.catalog.embedding_model) if rank_by_embedding else f"tag probabilities of {tags}"
+        return {"tags": tags, "ranking": ranking}
 
     def _top_tag(self, probabilities) -> str:
         best = int(np.argmax(probabilities))

@@ -7,6 +7,10 @@ recommender configuration (two stages, embeddings only, tags only):
 precision@k, recall@k (relevant results over relevant tracks in the
 catalog, capped at k) and mean average precision@k, next to the expected
 precision of random results, the chance baseline.
+
+`evaluate_embeddings` scores any per-track vectors the same way (cosine
+nearest neighbours, leave-one-out), e.g. the MFCC baseline
+(`serving.mfcc_baseline`), so that indexes and baselines share one metric.
 """
 
 from __future__ import annotations
@@ -82,49 +86,92 @@ def evaluate(
         settings = {"embeddings only": settings["embeddings only"]}
     scores = []
     for name, kwargs in settings.items():
-        precision, recall, average_precision, found = [], [], [], []
-        for query_id in queries:
-            result = recommender.recommend(recommender.query_for_track(query_id), k, **kwargs)
-            flags = [bool(truth.get(r.track.track_id, set()) & truth[query_id]) for r in result.recommendations]
-            precision.append(sum(flags) / k)
-            recall.append(sum(flags) / min(k, relevant_counts[query_id]))
-            average_precision.append(_average_precision(flags, relevant_counts[query_id], k))
-            found.append(len(flags))
-        scores.append(
-            RetrievalScores(
-                name,
-                float(np.mean(precision)),
-                float(np.mean(recall)),
-                float(np.mean(average_precision)),
-                float(np.mean(found)),
-                len(queries),
-            )
-        )
-    # Random results: each is relevant with probability relevant / (catalog - 1).
-    chance = [relevant_counts[q] / (len(catalog) - 1) for q in queries]
-    chance_recall = [relevant_counts[q] * k / (len(catalog) - 1) / min(k, relevant_counts[q]) for q in queries]
-    scores.append(
-        RetrievalScores(
-            "random (expected)",
-            float(np.mean(chance)),
-            float(np.mean(np.minimum(chance_recall, 1.0))),
-            float("nan"),
-            float(k),
-            len(queries),
-        )
-    )
+        rankings = {
+            query_id: [
+                r.track.track_id
+                for r in recommender.recommend(recommender.query_for_track(query_id), k, **kwargs).recommendations
+            ]
+            for query_id in queries
+        }
+        scores.append(score_rankings(name, rankings, truth, relevant_counts, k))
+    scores.append(chance_scores(relevant_counts, queries, len(catalog), k))
     return scores
 
 
-def render(scores: list[RetrievalScores], k: int) -> str:
-    """A plain-text table of the scores."""
+def score_rankings(
+    name: str, rankings: dict[str, list[str]], truth: dict[str, set[str]], relevant_counts: dict[str, int], k: int
+) -> RetrievalScores:
+    """Mean P@k, R@k and MAP@k of each query's ranked result ids."""
+    precision, recall, average_precision, found = [], [], [], []
+    for query_id, results in rankings.items():
+        flags = [bool(truth.get(result, set()) & truth[query_id]) for result in results[:k]]
+        precision.append(sum(flags) / k)
+        recall.append(sum(flags) / min(k, relevant_counts[query_id]))
+        average_precision.append(_average_precision(flags, relevant_counts[query_id], k))
+        found.append(len(flags))
+    return RetrievalScores(
+        name,
+        float(np.mean(precision)),
+        float(np.mean(recall)),
+        float(np.mean(average_precision)),
+        float(np.mean(found)),
+        len(rankings),
+    )
+
+
+def chance_scores(relevant_counts: dict[str, int], queries: list[str], catalog_size: int, k: int) -> RetrievalScores:
+    """Random results: each is relevant with probability relevant / (catalog - 1)."""
+    chance = [relevant_counts[q] / (catalog_size - 1) for q in queries]
+    chance_recall = [relevant_counts[q] * k / (catalog_size - 1) / min(k, relevant_counts[q]) for q in queries]
+    return RetrievalScores(
+        "random (expected)",
+        float(np.mean(chance)),
+        float(np.mean(np.minimum(chance_recall, 1.0))),
+        float("nan"),
+        float(k),
+        len(queries),
+    )
+
+
+def evaluate_embeddings(
+    name: str, track_ids: list[str], vectors: np.ndarray, truth: dict[str, set[str]], k: int = 5
+) -> RetrievalScores:
+    """Scores cosine nearest neighbours of per-track vectors (each track queries all the others).
+
+    Args:
+        name: The configuration's name in the report.
+        track_ids: One id per row of `vectors`.
+        vectors: `[tracks, dim]`.
+        truth: Ground-truth tags by track id.
+        k: Results per query.
+    """
+    ids = [t for t in track_ids if truth.get(t)]
+    rows = np.array([track_ids.index(t) for t in ids], dtype=int)
+    unit = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    relevant_counts = {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids}
+    rankings = {
+        ids[i]: [ids[j] for j in np.argsort(-similarity[i], kind="stable")[:k]]
+        for i in range(len(ids))
+        if relevant_counts[ids[i]]
+    }
+    return score_rankings(name, rankings, truth, relevant_counts, k)
+
+
+def render(scores: list[RetrievalScores], k: int, baseline: RetrievalScores | None = None) -> str:
+    """A plain-text table of the scores; with a baseline, each P@k as a ratio to its P@k too."""
+    width = max([20, *(len(s.configuration) for s in scores)])
+    ratio_header = f"  {'P@' + str(k) + ' / ' + baseline.configuration}" if baseline else ""
     lines = [
-        f"{'configuration':<20}  {'P@' + str(k):>6}  {'R@' + str(k):>6}  {'MAP@' + str(k):>7}  {'found':>5}  queries"
+        f"{'configuration':<{width}}  {'P@' + str(k):>6}  {'R@' + str(k):>6}  {'MAP@' + str(k):>7}  {'found':>5}  "
+        f"queries{ratio_header}"
     ]
     for s in scores:
         average_precision = "-" if np.isnan(s.average_precision) else f"{s.average_precision:.3f}"
+        ratio = f"  {s.precision / baseline.precision:.2f}x" if baseline and baseline.precision else ""
         lines.append(
-            f"{s.configuration:<20}  {s.precision:6.3f}  {s.recall:6.3f}  {average_precision:>7}  "
-            f"{s.mean_found:5.1f}  {s.num_queries}"
+            f"{s.configuration:<{width}}  {s.precision:6.3f}  {s.recall:6.3f}  {average_precision:>7}  "
+            f"{s.mean_found:5.1f}  {s.num_queries:>7}{ratio}"
         )
     return "\n".join(lines)

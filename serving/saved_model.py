@@ -16,27 +16,25 @@ tagger and averages over the chunks. Signatures:
 chunk-averaged embedding, L2-normalised, `[batch, dim]`. Waveforms must be at
 least one second long; a batch shares one length (pad shorter tracks with
 zeros, or send them one by one). The tag vocabulary travels as the asset
-`tags.txt`, as the `vocabulary` attribute and in `model_info.json` under
-`assets.extra/`, which also holds TF Serving warm-up requests.
+`tags.txt`, as the `vocabulary` attribute and in the model artifact's
+`model_info.json` (`models.artifact.ModelInfo`, provenance included), copied
+under `assets.extra/`, which also holds TF Serving warm-up requests.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 import models
+from models import artifact
 from tfrecords import readers
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+from tfrecords.logmel import log_mel_spectrogram
 
-MODEL_FILENAME = "model.keras"
-MODEL_INFO_FILENAME = "model_info.json"
 VOCABULARY_ASSET = "tags.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MIN_SECONDS = 1.0
@@ -47,46 +45,31 @@ class ExportError(ValueError):
     """A model directory that cannot be exported."""
 
 
-def read_model_info(best_dir: str) -> tuple[dict, LogMelSpec]:
-    """The `model_info.json` the trainer writes next to `model.keras`, and its log-mel parameters."""
-    path = os.path.join(best_dir, MODEL_INFO_FILENAME)
-    if not tf.io.gfile.exists(path):
-        raise ExportError(f"{best_dir}: no {MODEL_INFO_FILENAME}; train the model to completion first")
-    with tf.io.gfile.GFile(path) as handle:
-        info = json.load(handle)
-    try:
-        return info, LogMelSpec.from_fingerprinted_dict(info["log_mel"], path)
-    except ValueError as error:
-        raise ExportError(str(error)) from error
-
-
 class TaggerModule(tf.Module):
     """The serving graph around a trained tagger.
 
     Args:
         tagger: A model from `models.get_model`, weights loaded.
-        spec: The log-mel parameters it was trained with.
-        chunk_frames: The tagger's input length in frames.
-        vocabulary: The tag names.
+        info: Its `ModelInfo` (front end, input length, vocabulary).
         num_chunks: Evenly spaced chunks averaged per track.
-        info: Metadata to keep with the model.
     """
 
-    def __init__(self, tagger, spec: LogMelSpec, chunk_frames: int, vocabulary, num_chunks: int, info: dict):
+    def __init__(self, tagger, info: artifact.ModelInfo, num_chunks: int):
         super().__init__(name="tagger")
         self.tagger = tagger
-        self.spec = spec
-        self.chunk_frames = chunk_frames
+        self.spec = info.log_mel
+        self.chunk_frames = info.crop_frames
         self.num_chunks = num_chunks
         # Variables, not constants: only trackable state is saved with the module.
-        self.vocabulary = tf.Variable(list(vocabulary), trainable=False, dtype=tf.string, name="vocabulary")
-        self.model_info = tf.Variable(json.dumps(info, sort_keys=True), trainable=False, name="model_info")
-        self._min_samples = int(MIN_SECONDS * spec.sample_rate)
+        self.vocabulary = tf.Variable(list(info.vocabulary), trainable=False, dtype=tf.string, name="vocabulary")
+        self.model_info = tf.Variable(info.to_json(), trainable=False, name="model_info")
+        self.num_chunks_variable = tf.Variable(num_chunks, trainable=False, name="num_chunks")
+        self._min_samples = int(MIN_SECONDS * self.spec.sample_rate)
 
     def _from_log_mel(self, log_mel):
         batch = tf.shape(log_mel)[0]
         chunks = tf.map_fn(
-            lambda track: readers.evenly_spaced_chunks(track, self.chunk_frames, self.num_chunks, self.spec.floor_db),
+            lambda track: readers.evenly_spaced_chunks(track, self.chunk_frames, self.num_chunks),
             log_mel,
             fn_output_signature=tf.TensorSpec([self.num_chunks, self.chunk_frames, self.spec.n_mels], tf.float32),
         )
@@ -149,10 +132,12 @@ def warmup_requests(model_name: str, sample_rate: int, seconds=(1.0, 30.0)) -> l
 
 
 def export(model_dir: str, export_base: str, version: int | None = None, num_chunks: int = DEFAULT_NUM_CHUNKS) -> str:
-    """Exports `MODEL_DIR/best/model.keras` as `EXPORT_BASE/<version>/`.
+    """Exports a model artifact as `EXPORT_BASE/<version>/`.
 
     Args:
-        model_dir: A directory written by `python -m train`.
+        model_dir: A model artifact (`models.artifact`: a converted
+            checkpoint such as `pretrained/msd_musicnn`) or a directory
+            written by `python -m train` (its `best/` artifact is taken).
         export_base: The model's folder in a TF Serving model base path.
         version: The version number; default: one more than the highest.
         num_chunks: Chunks averaged per track in the serving graph.
@@ -160,22 +145,15 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
     Returns:
         The version directory. It is written next to it first and renamed,
         so TF Serving never sees a half-written version.
+
+    Raises:
+        ExportError: Not an artifact, or an inconsistent one, naming it.
     """
-    best_dir = os.path.join(model_dir, "best")
-    info, spec = read_model_info(best_dir)
-    model_path = os.path.join(best_dir, MODEL_FILENAME)
-    if not tf.io.gfile.exists(model_path):
-        raise ExportError(f"{best_dir}: no {MODEL_FILENAME}")
-    with tempfile.TemporaryDirectory() as local:
-        local_model = os.path.join(local, MODEL_FILENAME)
-        tf.io.gfile.copy(model_path, local_model, overwrite=True)
-        tagger = keras.saving.load_model(local_model)
-    vocabulary = info["vocabulary"]
-    if models.tag_vocabulary(tagger) not in (None, vocabulary):
-        raise ExportError(f"{model_path}: its vocabulary differs from {MODEL_INFO_FILENAME}")
-    probe = tagger(np.zeros((1, info["crop_frames"], spec.n_mels), np.float32), training=False)
-    info = {**info, "num_chunks": num_chunks, "embedding_dim": int(probe[models.EMBEDDING].shape[-1])}
-    module = TaggerModule(tagger, spec, info["crop_frames"], vocabulary, num_chunks, info)
+    try:
+        tagger, info = artifact.load(model_dir)
+    except artifact.ArtifactError as error:
+        raise ExportError(str(error)) from error
+    module = TaggerModule(tagger, info, num_chunks)
     version = version or next_version(export_base)
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):
@@ -192,15 +170,15 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
     with tempfile.TemporaryDirectory() as local:  # The asset is copied into the SavedModel.
         vocabulary_file = os.path.join(local, VOCABULARY_ASSET)
         with open(vocabulary_file, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(vocabulary) + "\n")
+            handle.write("\n".join(info.vocabulary) + "\n")
         module.vocabulary_asset = tf.saved_model.Asset(vocabulary_file)
         tf.saved_model.save(module, staging, signatures=signatures)
     extra = os.path.join(staging, "assets.extra")
     tf.io.gfile.makedirs(extra)
     with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILENAME)) as writer:
-        for record in warmup_requests(os.path.basename(os.path.normpath(export_base)), spec.sample_rate):
+        for record in warmup_requests(os.path.basename(os.path.normpath(export_base)), info.log_mel.sample_rate):
             writer.write(record)
-    with tf.io.gfile.GFile(os.path.join(extra, MODEL_INFO_FILENAME), "w") as handle:
-        json.dump(info, handle, indent=2, sort_keys=True)
+    with tf.io.gfile.GFile(os.path.join(extra, artifact.MODEL_INFO_FILENAME), "w") as handle:
+        handle.write(info.to_json())
     tf.io.gfile.rename(staging, final)
     return final

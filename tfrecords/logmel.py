@@ -36,6 +36,11 @@ import tensorflow as tf
 # it is part of the fingerprint so that stale datasets are detected.
 _IMPLEMENTATION_VERSION = 1
 
+MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = ("none", "slaney")
+COMPRESSIONS = ("db", "log10_1p")
+PAD_MODES = ("reflect", "constant")
+
 
 @dataclasses.dataclass(frozen=True)
 class LogMelSpec:
@@ -49,7 +54,16 @@ class LogMelSpec:
         n_mels: Number of mel bands.
         f_min: Lowest filterbank frequency in Hz.
         f_max: Highest filterbank frequency in Hz.
-        amin: Floor applied to the power before taking the logarithm.
+        amin: Floor applied to the power before taking the logarithm (`db`).
+        mel_scale: `htk` (2595 log10(1 + f / 700), torchaudio's default) or
+            `slaney` (linear below 1 kHz, logarithmic above; librosa's default).
+        mel_norm: `none` (triangles of height 1) or `slaney` (each triangle
+            divided by its width in Hz / 2: equal area, librosa's default).
+        compression: `db` (`10 log10(max(x, amin))`) or `log10_1p`
+            (`log10(1 + log_gain * x)`, musicnn's).
+        log_gain: The gain inside `log10_1p`.
+        pad_mode: How centred frames are padded at both ends: `reflect`
+            (torchaudio) or `constant` zeros (librosa >= 0.10).
     """
 
     sample_rate: int = 16000
@@ -59,6 +73,11 @@ class LogMelSpec:
     f_min: float = 0.0
     f_max: float = 8000.0
     amin: float = 1e-10
+    mel_scale: str = "htk"
+    mel_norm: str = "none"
+    compression: str = "db"
+    log_gain: float = 10000.0
+    pad_mode: str = "reflect"
 
     def __post_init__(self):
         if self.sample_rate <= 0:
@@ -72,8 +91,16 @@ class LogMelSpec:
                 f"need 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
                 f"f_max={self.f_max}, sample_rate={self.sample_rate}"
             )
-        if self.amin <= 0:
-            raise ValueError(f"amin must be positive, got {self.amin}")
+        if self.amin <= 0 or self.log_gain <= 0:
+            raise ValueError(f"amin and log_gain must be positive, got {self.amin}, {self.log_gain}")
+        for name, choices in (
+            ("mel_scale", MEL_SCALES),
+            ("mel_norm", MEL_NORMS),
+            ("compression", COMPRESSIONS),
+            ("pad_mode", PAD_MODES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
     @property
     def num_frequency_bins(self) -> int:
@@ -81,8 +108,11 @@ class LogMelSpec:
         return self.n_fft // 2 + 1
 
     @property
-    def floor_db(self) -> float:
-        """The dB value of silence (the power floor `amin`)."""
+    def silence_value(self) -> float:
+        """The log-mel value of digital silence: the dB of the power floor
+        `amin`, or 0 for `log10_1p`. Padding uses it."""
+        if self.compression == "log10_1p":
+            return 0.0
         return float(10.0 * np.log10(self.amin))
 
     def num_frames(self, num_samples: int) -> int:
@@ -125,12 +155,38 @@ class LogMelSpec:
         return spec
 
     def fingerprint(self) -> str:
-        """A short stable hash of the parameters and the implementation."""
-        payload = json.dumps(
-            {"params": self.to_dict(), "implementation": _IMPLEMENTATION_VERSION},
-            sort_keys=True,
-        )
+        """A short stable hash of the parameters and the implementation.
+
+        Variant parameters at their defaults are left out of the hash, so
+        that the fingerprints of datasets and models made before the
+        variants existed stay valid.
+        """
+        params = {
+            name: value
+            for name, value in self.to_dict().items()
+            if name not in _VARIANT_DEFAULTS or value != _VARIANT_DEFAULTS[name]
+        }
+        payload = json.dumps({"params": params, "implementation": _IMPLEMENTATION_VERSION}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+_VARIANT_DEFAULTS = {
+    "mel_scale": "htk",
+    "mel_norm": "none",
+    "compression": "db",
+    "log_gain": 10000.0,
+    "pad_mode": "reflect",
+}
+
+# Named front ends: the reference taggers' (Won et al. 2020; 96 bands for the
+# CRNN) and musicnn's (librosa 0.10's melspectrogram defaults, 96 bands).
+PRESETS = {
+    "won2020": LogMelSpec(n_mels=128),
+    "won2020_96": LogMelSpec(n_mels=96),
+    "musicnn": LogMelSpec(
+        n_mels=96, mel_scale="slaney", mel_norm="slaney", compression="log10_1p", log_gain=10000.0, pad_mode="constant"
+    ),
+}
 
 
 def hz_to_mel_htk(frequency_hz):
@@ -143,8 +199,40 @@ def mel_to_hz_htk(mel):
     return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
 
 
+# The Slaney (Auditory Toolbox) mel scale: linear up to 1 kHz, then logarithmic.
+_SLANEY_HZ_PER_MEL = 200.0 / 3.0
+_SLANEY_BREAK_HZ = 1000.0
+_SLANEY_BREAK_MEL = _SLANEY_BREAK_HZ / _SLANEY_HZ_PER_MEL
+_SLANEY_LOG_STEP = np.log(6.4) / 27.0
+
+
+def hz_to_mel_slaney(frequency_hz):
+    """The Slaney mel scale (librosa's `hz_to_mel(htk=False)`)."""
+    frequency_hz = np.asarray(frequency_hz, dtype=np.float64)
+    linear = frequency_hz / _SLANEY_HZ_PER_MEL
+    logarithmic = (
+        _SLANEY_BREAK_MEL + np.log(np.maximum(frequency_hz, _SLANEY_BREAK_HZ) / _SLANEY_BREAK_HZ) / _SLANEY_LOG_STEP
+    )
+    return np.where(frequency_hz >= _SLANEY_BREAK_HZ, logarithmic, linear)
+
+
+def mel_to_hz_slaney(mel):
+    """Inverse of `hz_to_mel_slaney`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * _SLANEY_HZ_PER_MEL
+    logarithmic = _SLANEY_BREAK_HZ * np.exp(_SLANEY_LOG_STEP * (mel - _SLANEY_BREAK_MEL))
+    return np.where(mel >= _SLANEY_BREAK_MEL, logarithmic, linear)
+
+
+_MEL_SCALES = {"htk": (hz_to_mel_htk, mel_to_hz_htk), "slaney": (hz_to_mel_slaney, mel_to_hz_slaney)}
+
+
 def mel_filterbank(spec: LogMelSpec) -> np.ndarray:
-    """The mel filterbank matrix of torchaudio's `melscale_fbanks`.
+    """The mel filterbank matrix: triangles linear in Hz between mel-spaced edges.
+
+    With the defaults (`htk`, no normalisation) it is torchaudio's
+    `melscale_fbanks`; with `slaney` scale and norm it is librosa's
+    `filters.mel`.
 
     Args:
         spec: The log-mel parameters.
@@ -153,14 +241,18 @@ def mel_filterbank(spec: LogMelSpec) -> np.ndarray:
         A float64 array `[num_frequency_bins, n_mels]`; a power spectrum row
         vector times this matrix gives the mel band energies.
     """
-    bin_frequencies = np.linspace(0.0, spec.sample_rate // 2, spec.num_frequency_bins)
-    mel_points = np.linspace(hz_to_mel_htk(spec.f_min), hz_to_mel_htk(spec.f_max), spec.n_mels + 2)
-    edge_frequencies = mel_to_hz_htk(mel_points)
+    to_mel, to_hz = _MEL_SCALES[spec.mel_scale]
+    bin_frequencies = np.linspace(0.0, spec.sample_rate / 2, spec.num_frequency_bins)
+    mel_points = np.linspace(to_mel(spec.f_min), to_mel(spec.f_max), spec.n_mels + 2)
+    edge_frequencies = to_hz(mel_points)
     edge_spacing = np.diff(edge_frequencies)
     offsets = edge_frequencies[np.newaxis, :] - bin_frequencies[:, np.newaxis]
     rising = -offsets[:, :-2] / edge_spacing[:-1]
     falling = offsets[:, 2:] / edge_spacing[1:]
-    return np.maximum(0.0, np.minimum(rising, falling))
+    filterbank = np.maximum(0.0, np.minimum(rising, falling))
+    if spec.mel_norm == "slaney":
+        filterbank *= 2.0 / (edge_frequencies[2:] - edge_frequencies[:-2])
+    return filterbank
 
 
 def log_mel_spectrogram(
@@ -171,7 +263,8 @@ def log_mel_spectrogram(
     """Computes the log-mel spectrogram of mono waveforms.
 
     The STFT runs in `compute_dtype`; the filterbank and the logarithm run in
-    float32, which is exact enough there (a mel band is a positive sum of
+    float32 (for every variant: musicnn's own extractor casts to float16
+    before `log10(1 + 10000 x)`, which overflows on loud audio), which is exact enough there (a mel band is a positive sum of
     positive powers, so float32 keeps ~1e-7 relative precision). With the
     default float64 STFT the result matches an exact computation to about
     2e-5 dB everywhere. A float32 STFT is faster on accelerators without
@@ -186,8 +279,8 @@ def log_mel_spectrogram(
         compute_dtype: `tf.float64` or `tf.float32`.
 
     Returns:
-        Float32 tensor `[..., frames, n_mels]` in dB, with
-        `frames = 1 + samples // hop_length`.
+        Float32 tensor `[..., frames, n_mels]` (dB, or `log10_1p` values),
+        with `frames = 1 + samples // hop_length`.
     """
     if compute_dtype not in (tf.float32, tf.float64):
         raise ValueError(f"compute_dtype must be float32 or float64, got {compute_dtype}")
@@ -197,7 +290,7 @@ def log_mel_spectrogram(
         raise ValueError("log_mel_spectrogram needs a waveform of known rank")
     pad = spec.n_fft // 2
     paddings = [[0, 0]] * (rank - 1) + [[pad, pad]]
-    padded = tf.pad(waveform, paddings, mode="REFLECT")
+    padded = tf.pad(waveform, paddings, mode=spec.pad_mode.upper())
     stft = tf.signal.stft(
         padded,
         frame_length=spec.n_fft,
@@ -209,6 +302,8 @@ def log_mel_spectrogram(
     power = tf.math.square(tf.math.real(stft)) + tf.math.square(tf.math.imag(stft))
     filterbank = tf.constant(mel_filterbank(spec), dtype=tf.float32)
     mel_power = tf.tensordot(tf.cast(power, tf.float32), filterbank, axes=1)
+    if spec.compression == "log10_1p":
+        return tf.math.log1p(spec.log_gain * mel_power) * (1.0 / np.log(10.0))
     return tf.math.log(tf.maximum(mel_power, spec.amin)) * (10.0 / np.log(10.0))
 
 
@@ -217,5 +312,5 @@ def _periodic_hann_window(window_length, dtype):
 
 
 def minimum_num_samples(spec: LogMelSpec) -> int:
-    """The shortest waveform `log_mel_spectrogram` accepts."""
+    """The shortest waveform `log_mel_spectrogram` accepts (reflect padding needs it)."""
     return spec.n_fft // 2 + 1

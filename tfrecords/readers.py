@@ -69,24 +69,31 @@ def _band_mask(length: tf.Tensor, max_width: int, seed: tf.Tensor) -> tf.Tensor:
     return (positions < start) | (positions >= start + width)
 
 
-def pad_to_frames(log_mel: tf.Tensor, num_frames: int, floor_db: float) -> tf.Tensor:
-    """Pads `[frames, n_mels]` at the end with silence up to `num_frames`."""
-    missing = tf.maximum(num_frames - tf.shape(log_mel)[0], 0)
-    return tf.pad(log_mel, [[0, missing], [0, 0]], constant_values=floor_db)
+def repeat_to_frames(log_mel: tf.Tensor, num_frames: int) -> tf.Tensor:
+    """A track `[frames, n_mels]` shorter than `num_frames` repeated up to `num_frames` (longer ones as they are).
+
+    Repeating (musicnn's `repeat-pad`) rather than padding with silence: a
+    recurrent tagger summarises its last steps (the CRNN's last GRU output),
+    so a 15 s preview padded to the CRNN's 29 s with silence loses most of
+    its tags; repeated, it keeps the music's statistics.
+    """
+    frames = tf.maximum(tf.shape(log_mel)[0], 1)
+    repeats = (num_frames + frames - 1) // frames
+    return tf.tile(log_mel, [tf.maximum(repeats, 1), 1])[: tf.maximum(num_frames, frames)]
 
 
-def random_crops(log_mel: tf.Tensor, crop_frames: int, num_crops: int, seed: tf.Tensor, floor_db: float) -> tf.Tensor:
+def random_crops(log_mel: tf.Tensor, crop_frames: int, num_crops: int, seed: tf.Tensor) -> tf.Tensor:
     """`num_crops` random crops `[num_crops, crop_frames, n_mels]` of one track."""
-    log_mel = pad_to_frames(log_mel, crop_frames, floor_db)
+    log_mel = repeat_to_frames(log_mel, crop_frames)
     max_start = tf.shape(log_mel)[0] - crop_frames
     starts = tf.random.stateless_uniform([num_crops], seed, 0, max_start + 1, dtype=tf.int32)
     offsets = starts[:, tf.newaxis] + tf.range(crop_frames)[tf.newaxis, :]
     return tf.gather(log_mel, offsets)
 
 
-def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, num_chunks: int, floor_db: float) -> tf.Tensor:
+def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, num_chunks: int) -> tf.Tensor:
     """The Won et al. evaluation chunks `[num_chunks, chunk_frames, n_mels]`."""
-    log_mel = pad_to_frames(log_mel, chunk_frames, floor_db)
+    log_mel = repeat_to_frames(log_mel, chunk_frames)
     hop = (tf.shape(log_mel)[0] - chunk_frames) // num_chunks
     starts = tf.range(num_chunks) * hop
     offsets = starts[:, tf.newaxis] + tf.range(chunk_frames)[tf.newaxis, :]
@@ -179,12 +186,11 @@ def train_dataset(
         tracks = tracks.shuffle(min(shuffle_buffer, 4096), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         tracks = tracks.repeat()
-    floor_db = info.log_mel.floor_db
     seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
 
     def crop(track, crop_seed):
         log_mel, labels = track
-        crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed, floor_db)
+        crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed)
         if spec_augment is not None:
             crops = tf.cast(crops, tf.float32)
             augment_seeds = tf.random.experimental.stateless_split(crop_seed, crops_per_track)
@@ -236,12 +242,11 @@ def eval_dataset(
     """
     info = info or dataset_info_lib.load(dataset_dir)
     files = _files(dataset_dir, info, split)
-    floor_db = info.log_mel.floor_db
 
     def to_chunks(parsed):
         return {
             schema.TRACK_ID: parsed[schema.TRACK_ID],
-            schema.LOG_MEL: evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks, floor_db),
+            schema.LOG_MEL: evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks),
             schema.LABELS: parsed[schema.LABELS],
             schema.ARTIST: parsed[schema.ARTIST],
             schema.ALBUM: parsed[schema.ALBUM],

@@ -12,6 +12,12 @@ The Won et al. (2020) MagnaTagATune recipe, on all local GPUs:
     python -m train --config=mtat_short_chunk_res.gin --model_dir=/tmp/mtat_res \
         --dataset_dir=/data/mtat_128 --strategy=mirrored --mixed_precision=mixed_bfloat16
 
+Fine-tuning the reference's MagnaTagATune CRNN (`pretrained/mtat_crnn`) on a
+96-band dataset with its own tags (the output layer is replaced):
+
+    python -m train --config=finetune_mtat_crnn.gin --dataset_dir=demo_output/tfrecords_96 \
+        --model_dir=/tmp/finetuned_crnn
+
 Several `--config` compose in order; `--gin_param` bindings override them. A
 bare name is looked up in the packaged `configs/`. Killing the process and
 running the same command again resumes from the last checkpoint.
@@ -28,6 +34,7 @@ from absl import app, flags, logging  # noqa: E402
 from train import config as config_lib  # noqa: E402
 from train import strategies  # noqa: E402
 from train.experiment import Experiment  # noqa: E402
+from train.initialization import InitializationError  # noqa: E402
 from train.trainer import Trainer  # noqa: E402
 
 _CONFIG = flags.DEFINE_multi_string("config", [], "Gin config files or packaged config names, composed in order.")
@@ -66,7 +73,10 @@ def main(argv):
     )
     if is_chief:
         trainer.writers.config(config_text, config_lib.save_operative(_MODEL_DIR.value))
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except InitializationError as error:
+        raise app.UsageError(str(error)) from error
     logging.info("Done: %s", result)
     print(
         f"trained {experiment.model_name} for {result.epochs_completed} epochs ({result.global_step} steps); "

@@ -166,7 +166,7 @@ def robustness(run: LoadedRun, split: str, output_dir: str, num_chunks: int = 16
             elif kind == "time_stretch" and amount != 1:
                 waveform = librosa.effects.time_stretch(waveform, rate=amount)
             log_mel = log_mel_spectrogram(waveform.astype(np.float32), spec)
-            chunks = readers.evenly_spaced_chunks(log_mel, run.experiment.crop_frames, num_chunks, spec.floor_db)
+            chunks = readers.evenly_spaced_chunks(log_mel, run.experiment.crop_frames, num_chunks)
             scores.append(run.model(chunks, training=False)[models.TAGS].numpy().mean(axis=0))
         result = metrics_lib.tag_metrics(labels, np.stack(scores), list(run.info.vocabulary))
         rows.append(

@@ -84,6 +84,10 @@ class Experiment:
             seeded (a seeded tf.data pipeline is deterministic and slower).
         log_every_steps: Scalars to TensorBoard every this many steps.
         num_spectrogram_images: Training crops shown in TensorBoard.
+        init_from: A model artifact (a converted checkpoint such as
+            `pretrained/mtat_crnn`, or another run's model directory) whose
+            weights start the run: fine-tuning. Its tag head is replaced when
+            the dataset's vocabulary differs (`train.initialization`).
     """
 
     dataset_dir: str = gin.REQUIRED
@@ -106,6 +110,7 @@ class Experiment:
     seed: int = 0
     log_every_steps: int = 10
     num_spectrogram_images: int = 3
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.model_name not in models.MODEL_BUILDERS:

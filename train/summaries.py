@@ -59,7 +59,7 @@ class Writers:
             info=info,
         )
         log_mel, _ = next(iter(dataset))
-        low, high = info.log_mel.floor_db, float(tf.reduce_max(log_mel))
+        low, high = info.log_mel.silence_value, float(tf.reduce_max(log_mel))
         images = (tf.transpose(log_mel, [0, 2, 1])[:, ::-1, :, tf.newaxis] - low) / max(high - low, 1e-6)
         with self.train.as_default(step=0):
             tf.summary.image("input_log_mel", images, max_outputs=experiment.num_spectrogram_images)

@@ -9,7 +9,6 @@ schedule phase and best-so-far: all of these live in one `tf.train.Checkpoint`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -20,14 +19,16 @@ import tensorflow as tf
 from absl import logging
 
 import models
+from models import artifact
 from tfrecords import dataset_info, readers
 from train import metrics as metrics_lib
 from train import summaries
 from train.evaluation import predict_tracks
 from train.experiment import BEST_METRICS, Experiment, Phase
+from train.initialization import initialize_from
 
 CHECKPOINT_DIRNAME = "checkpoints"
-BEST_DIRNAME = "best"
+BEST_DIRNAME = artifact.BEST_DIRNAME
 
 
 @dataclasses.dataclass
@@ -121,9 +122,11 @@ class Trainer:
         self.profile_steps = profile_steps
         self.info = dataset_info.load(experiment.dataset_dir)
         self.best_mode = BEST_METRICS[experiment.best_metric]
-        n_mels = self.info.log_mel.n_mels
-        if experiment.model_name == "crnn" and n_mels != 96:
-            raise ValueError(f"{experiment.dataset_dir} has {n_mels} mel bands; the CRNN needs a 96-band dataset")
+        n_mels, expected = self.info.log_mel.n_mels, models.DEFAULT_N_MELS[experiment.model_name]
+        if experiment.model_name in ("crnn", "musicnn", "musicnn_vgg") and n_mels != expected:
+            raise ValueError(
+                f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {expected}-band dataset"
+            )
         keras.mixed_precision.set_global_policy(mixed_precision or "float32")
         keras.utils.set_random_seed(experiment.seed)
         with strategy.scope():
@@ -176,10 +179,11 @@ class Trainer:
         self._best_checkpoint(self.model).write(os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best"))
 
     def export_best_model(self) -> str | None:
-        """Saves the best weights as a float32 `best/model.keras` plus `best/model_info.json`.
+        """Saves the best weights as the model artifact `best/` (`models.artifact`).
 
-        The pair is self-describing (architecture, tag vocabulary, input length,
-        log-mel parameters), so serving needs neither gin nor this package.
+        The artifact is self-describing (architecture, tag vocabulary, input
+        length, log-mel parameters, how the weights were chosen), so serving
+        needs neither gin nor this package.
         When no validation ever improved (e.g. a metric undefined on a tiny
         split), the last weights are saved and `best_epoch` is -1.
         """
@@ -200,23 +204,23 @@ class Trainer:
         else:
             model.set_weights(self.model.get_weights())
             best_value, best_epoch = float("nan"), -1
-        tf.io.gfile.makedirs(os.path.join(self.model_dir, BEST_DIRNAME))
-        path = os.path.join(self.model_dir, BEST_DIRNAME, "model.keras")
-        model.save(path)
-        info = {
-            "model_name": self.experiment.model_name,
-            "crop_frames": self.experiment.crop_frames,
-            "vocabulary": list(self.info.vocabulary),
-            "log_mel": self.info.log_mel.to_fingerprinted_dict(),
-            "best_metric": self.experiment.best_metric,
-            "best_value": best_value,
-            "best_epoch": best_epoch,
-            "global_step": int(self.state.global_step.numpy()),
-            "dataset_dir": self.experiment.dataset_dir,
-        }
-        with tf.io.gfile.GFile(os.path.join(self.model_dir, BEST_DIRNAME, "model_info.json"), "w") as handle:
-            json.dump(info, handle, indent=2, sort_keys=True)
-        return path
+        info = artifact.ModelInfo(
+            model_name=self.experiment.model_name,
+            crop_frames=self.experiment.crop_frames,
+            vocabulary=self.info.vocabulary,
+            log_mel=self.info.log_mel,
+            embedding_dim=artifact.embedding_dim(model),
+            training=artifact.TrainingRecord(
+                dataset_dir=self.experiment.dataset_dir,
+                best_metric=self.experiment.best_metric,
+                best_value=best_value,
+                best_epoch=best_epoch,
+                global_step=int(self.state.global_step.numpy()),
+                init_from=self.experiment.init_from,
+            ),
+        )
+        directory = artifact.save(model, info, os.path.join(self.model_dir, BEST_DIRNAME))
+        return os.path.join(directory, artifact.MODEL_FILENAME)
 
     def restore_best(self):
         """Loads the best weights so far into the model (each worker its own copy)."""
@@ -226,6 +230,15 @@ class Trainer:
     def _restore_or_start(self) -> bool:
         latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIRNAME))
         if latest is None:
+            if self.experiment.init_from:
+                initialization = initialize_from(
+                    self.model,
+                    self.experiment.init_from,
+                    self.experiment.model_name,
+                    self.info.log_mel.fingerprint(),
+                    self.info.vocabulary,
+                )
+                logging.info("Fine-tuning: %s", initialization.describe())
             self._set_phase(0)
             return False
         self._set_phase(_phase_from_checkpoint(latest))

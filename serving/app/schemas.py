@@ -82,7 +82,13 @@ class QueryInfo(pydantic.BaseModel):
     top_tags: list[TagProbability] = Field(description=f"The query's {TOP_TAGS} most probable tags, best first.")
 
 
+class MadeBy(pydantic.BaseModel):
+    tags: str | None = Field(description="The exported model that tagged the query (stage 1), or null.")
+    ranking: str = Field(description="What ranked the results: the embedding model (stage 2), or the tag model.")
+
+
 class RecommendResponse(pydantic.BaseModel):
+    models: MadeBy
     query: QueryInfo
     k: int
     found: int

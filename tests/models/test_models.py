@@ -18,6 +18,8 @@ REFERENCE_PARAMETERS = {
     ("short_chunk_res", 32): 12_095_010,
     ("crnn", 50): 394_100,
     ("short_chunk_cnn", 50): 3_687_348,
+    ("musicnn", 50): 787_159,  # The musicnn package's checkpoints (tests/models/test_musicnn.py counts them).
+    ("musicnn_vgg", 50): 605_748,
 }
 
 
@@ -53,18 +55,19 @@ def test_output_shapes(name, n_mels, frames):
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown model"):
-        models.get_model("musicnn", 10)
+        models.get_model("samplecnn", 10)
     with pytest.raises(ValueError, match="96 mel bands"):
         models.get_model("crnn", 10, n_mels=128)
     with pytest.raises(ValueError, match="vocabulary has 2 tags"):
         models.get_model("crnn", 3, vocabulary=["a", "b"])
 
 
-@pytest.mark.parametrize("name", ["short_chunk_res", "crnn", "short_chunk_cnn"])
+@pytest.mark.parametrize("name", ["short_chunk_res", "crnn", "short_chunk_cnn", "musicnn", "musicnn_vgg"])
 def test_one_optimisation_step_lowers_the_loss(name):
     keras.utils.set_random_seed(0)
-    frames = 256 if name == "crnn" else 128
-    model = models.get_model(name, 5, num_frames=frames, dropout=0.0)
+    frames = {"crnn": 256, "musicnn": 187, "musicnn_vgg": 187}.get(name, 128)
+    no_dropout = {} if name.startswith("musicnn") else {"dropout": 0.0}
+    model = models.get_model(name, 5, num_frames=frames, **no_dropout)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={models.TAGS: keras.losses.BinaryCrossentropy()})
     rng = np.random.default_rng(0)
     x = rng.normal(-30.0, 20.0, size=(8, frames, models.DEFAULT_N_MELS[name])).astype(np.float32)
@@ -74,7 +77,7 @@ def test_one_optimisation_step_lowers_the_loss(name):
     assert after < before
 
 
-@pytest.mark.parametrize("name", ["short_chunk_res", "crnn"])
+@pytest.mark.parametrize("name", ["short_chunk_res", "crnn", "musicnn", "musicnn_vgg"])
 def test_keras_save_load_round_trip(name, tmp_path):
     model = models.get_model(name, 4, vocabulary=["a", "b", "c", "d"])
     x = np.random.default_rng(1).normal(-30, 20, size=(2, *model.input_shape[1:])).astype(np.float32)
@@ -126,16 +129,19 @@ def test_waveform_model_for_fixed_length_and_mismatched_mels():
     assert waveform_model(np.zeros((1, 58_880), np.float32))[models.TAGS].shape == (1, 3)
     with pytest.raises(ValueError, match="96 mel bands"):
         models.with_waveform_front_end(tagger, LogMelSpec(n_mels=96))
+    musicnn = models.with_waveform_front_end(models.get_model("musicnn", 3))
+    assert musicnn.get_layer("log_mel_front_end").spec == models.DEFAULT_LOG_MEL["musicnn"]
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_outputs_are_float32(policy):
     keras.mixed_precision.set_global_policy(policy)
     try:
-        for name in ("short_chunk_res", "crnn"):
+        for name in ("short_chunk_res", "crnn", "musicnn"):
             tagger = models.get_model(name, 3, num_frames=None)
-            model = models.with_waveform_front_end(tagger)
-            assert tagger.get_layer("layer1").compute_dtype == policy.removeprefix("mixed_")
+            model = models.with_waveform_front_end(tagger)  # Each architecture's own front end.
+            first_conv = "timbral_74" if name == "musicnn" else "layer1"
+            assert tagger.get_layer(first_conv).compute_dtype == policy.removeprefix("mixed_")
             outputs = model(np.random.default_rng(0).normal(0, 0.1, (2, 48000)).astype(np.float32), training=False)
             for key in (models.TAGS, models.EMBEDDING):
                 assert outputs[key].dtype == tf.float32

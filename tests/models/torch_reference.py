@@ -2,8 +2,14 @@
 
 Written for the tests from the paper's description and the reference's
 module structure, so that state-dict keys match the published checkpoints.
-The models take the dB log-mel `[batch, n_mels, frames]` (the output of the
-reference's `to_db`), i.e. everything after the torchaudio front end.
+`forward` takes the dB log-mel `[batch, n_mels, frames]` (the output of the
+reference's `to_db`); `from_waveform` runs the reference's torchaudio front
+end first (`MelSpectrogram` + `AmplitudeToDB`), restated with torch ops:
+no torchaudio release installs next to the CPU torch 2.13 the tests use
+(torchaudio stops at 2.11, built against torch 2.11). The restatement is
+torchaudio 2.11's `functional.spectrogram`, `MelScale` and
+`amplitude_to_DB` line by line, with the filterbank and window taken from
+the checkpoint's own buffers (`spec.mel_scale.fb`, `spec.spectrogram.window`).
 """
 
 from __future__ import annotations
@@ -46,24 +52,55 @@ class Res2d(nn.Module):
         return self.relu(x + out)
 
 
-class _FrontEndBuffers(nn.Module):
-    """Stands in for torchaudio's MelSpectrogram so that the state dict carries
-    `spec.mel_scale.fb` and `spec.spectrogram.window` like the checkpoints."""
+class MelSpectrogram(nn.Module):
+    """torchaudio.transforms.MelSpectrogram(16000, n_fft=512, f_min=0, f_max=8000, n_mels) with its
+    defaults (hop 256, periodic Hann window, centred reflect-padded frames, power 2, HTK mel, no norm),
+    holding the same buffers, so that the state dict has `spec.mel_scale.fb` and
+    `spec.spectrogram.window` like the checkpoints."""
 
-    def __init__(self, n_mels):
+    def __init__(self, n_mels, n_fft=512, hop_length=256):
         super().__init__()
+        self.n_fft, self.hop_length = n_fft, hop_length
         self.mel_scale = nn.Module()
         self.mel_scale.register_buffer(
             "fb", torch.tensor(mel_filterbank(LogMelSpec(n_mels=n_mels)), dtype=torch.float32)
         )
         self.spectrogram = nn.Module()
-        self.spectrogram.register_buffer("window", torch.hann_window(512))
+        self.spectrogram.register_buffer("window", torch.hann_window(n_fft))
+
+    def forward(self, waveform):
+        """`[batch, samples]` -> mel power `[batch, n_mels, frames]`."""
+        stft = torch.stft(
+            waveform,
+            self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.n_fft,
+            window=self.spectrogram.window,
+            center=True,
+            pad_mode="reflect",
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        power = stft.abs().pow(2.0)
+        return torch.matmul(power.transpose(-1, -2), self.mel_scale.fb).transpose(-1, -2)
 
 
-class ShortChunkCNN(nn.Module):
+def amplitude_to_db(power, amin=1e-10):
+    """torchaudio.transforms.AmplitudeToDB() (power, reference 1, no top_db)."""
+    return 10.0 * torch.log10(torch.clamp(power, min=amin))
+
+
+class _Tagger(nn.Module):
+    def from_waveform(self, waveform):
+        """The reference's forward: waveform `[batch, samples]` at 16 kHz -> (tags, embedding)."""
+        return self(amplitude_to_db(self.spec(waveform)))
+
+
+class ShortChunkCNN(_Tagger):
     def __init__(self, n_channels=128, n_mels=128, n_class=50, residual=False):
         super().__init__()
-        self.spec = _FrontEndBuffers(n_mels)
+        self.spec = MelSpectrogram(n_mels)
         self.spec_bn = nn.BatchNorm2d(1)
         plan = [1, 1, 2, 2, 2, 2, 4]
         previous = 1
@@ -92,10 +129,10 @@ class ShortChunkCNN(nn.Module):
         return x, embedding
 
 
-class CRNN(nn.Module):
+class CRNN(_Tagger):
     def __init__(self, n_mels=96, n_class=50):
         super().__init__()
-        self.spec = _FrontEndBuffers(n_mels)
+        self.spec = MelSpectrogram(n_mels)
         self.spec_bn = nn.BatchNorm2d(1)
         self.layer1 = Conv2d(1, 64, pooling=(2, 2))
         self.layer2 = Conv2d(64, 128, pooling=(3, 3))

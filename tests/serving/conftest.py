@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from data_prep import catalog, pipeline
 from serving import exported_model, indexing, saved_model
+from tests.conftest import REPO_ROOT
 from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
 from train.experiment import Experiment
@@ -73,3 +74,30 @@ def demo_index(tmp_path_factory, demo_catalog, model_refs):
         pipeline_args=["--direct_running_mode=in_memory"],
     )
     return index_dir, summary
+
+
+@pytest.fixture(scope="session")
+def pretrained_exports(tmp_path_factory) -> dict[str, str]:
+    """The shipped MTAT CRNN (one 29 s chunk) and the installed MSD musicnn, exported as `make demo` does."""
+    root = tmp_path_factory.mktemp("pretrained_export")
+    return {
+        name: saved_model.export(str(REPO_ROOT / "pretrained" / name), str(root / name), num_chunks=chunks)
+        for name, chunks in (("mtat_crnn", 1), ("msd_musicnn", saved_model.DEFAULT_NUM_CHUNKS))
+    }
+
+
+@pytest.fixture(scope="session")
+def pretrained_index(tmp_path_factory, demo_catalog, pretrained_exports):
+    """The demo catalog indexed by the pretrained models: CRNN tags for stage 1, musicnn embeddings for stage 2."""
+    index_dir = tmp_path_factory.mktemp("pretrained_index") / "index"
+    refs = {
+        indexing.EMBEDDING_ROLE: exported_model.resolve(pretrained_exports["msd_musicnn"]),
+        indexing.TAG_ROLE: exported_model.resolve(pretrained_exports["mtat_crnn"]),
+    }
+    indexing.build_index(
+        str(index_dir),
+        refs,
+        catalog=catalog.read_catalog(str(demo_catalog)),
+        pipeline_args=["--direct_running_mode=in_memory"],
+    )
+    return index_dir

@@ -125,7 +125,9 @@ def test_an_uploaded_catalog_file_gets_what_its_catalog_track_gets(client, serve
     uploaded = _upload(client, mp3.name, mp3.read_bytes(), k=5).raise_for_status().json()
     stored = client.get(f"/tracks/{mp3.stem}/similar", params={"k": 5}).raise_for_status().json()
     ids = [r["track_id"] for r in uploaded["recommendations"]]
-    assert len(ids) == 5 == uploaded["found"] and mp3.stem not in ids  # The file itself is an exact duplicate.
+    # As many as stage 1 lets through (the smoke-trained tagger decides), the same for both paths.
+    assert 3 <= len(ids) == uploaded["found"] == stored["found"] <= 5
+    assert mp3.stem not in ids  # The file itself is an exact duplicate.
     assert ids == [r["track_id"] for r in stored["recommendations"]]
     np.testing.assert_allclose(
         [r["score"] for r in uploaded["recommendations"]], [r["score"] for r in stored["recommendations"]], atol=1e-4
@@ -470,6 +472,11 @@ def test_page_in_headless_chromium(server, demo_audio_files, catalog, tmp_path):
             page.get_by_role("button", name="Recommend for this file").click()
             expect(page.locator("#recommendations li")).to_have_count(10, timeout=120_000)
             expect(page.get_by_role("status")).to_contain_text("Found 10 songs similar to")
+            # The page says which exported models tagged the query and ranked the results.
+            expect(page.locator("#made-by")).to_contain_text("Tags by crnn v1 (crnn, trained on ")
+            expect(page.locator("#made-by")).to_contain_text(
+                "Ranked by short_chunk_res v1 (short_chunk_res, trained on "
+            )
             sources = page.eval_on_selector_all("#recommendations audio", "els => els.map(e => e.getAttribute('src'))")
             assert len(sources) == 10 and all(re.fullmatch(r"/tracks/[^/]+/audio", s) for s in sources)
             assert f"/tracks/{mp3.stem}/audio" not in sources

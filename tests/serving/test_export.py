@@ -12,9 +12,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+import models
 from data_prep import audio
+from models import artifact, pretrained
 from serving import saved_model
+from tests.conftest import DEMO_DIR, REPO_ROOT
 from tfrecords import dataset_info, readers, schema
+from tfrecords.logmel import PRESETS, log_mel_spectrogram
 
 
 def test_versions_and_files(trained, tmp_path):
@@ -106,4 +110,32 @@ def test_saved_model_cli_reads_it(trained):
 
 def test_model_dir_without_a_finished_run(tmp_path):
     with pytest.raises(saved_model.ExportError, match="model_info.json"):
+        saved_model.export(str(tmp_path), str(tmp_path / "export"))
+
+
+@pytest.mark.parametrize("name", ["msd_musicnn", "mtat_crnn"])
+def test_converted_checkpoints_export_as_they_are(name, pretrained_exports):
+    """A converted artifact is a trained model like any other: exported unchanged, its front end inside."""
+    tagger, info = artifact.load(str(REPO_ROOT / "pretrained" / name))
+    version_dir = pretrained_exports[name]
+    loaded = tf.saved_model.load(version_dir)
+    exported_info = artifact.read_info(os.path.join(version_dir, "assets.extra"))
+    assert exported_info == info and info.provenance.source_sha256 == pretrained.PUBLISHED[name].files
+    assert [v.decode() for v in loaded.vocabulary.numpy()] == list(pretrained.PUBLISHED[name].vocabulary)
+    num_chunks = int(loaded.num_chunks_variable.numpy())
+    path = str(DEMO_DIR / "audio" / "starfighter--death.mp3")  # 15 s: shorter than the CRNN's 29 s input.
+    waveform, _ = audio.load_mono(path, path, 16000)
+    outputs = loaded.signatures["serving_default"](waveform=tf.constant(waveform[np.newaxis]))
+    log_mel = log_mel_spectrogram(waveform, info.log_mel)
+    chunks = readers.evenly_spaced_chunks(log_mel, info.crop_frames, num_chunks)
+    expected = tagger(chunks, training=False)
+    np.testing.assert_allclose(outputs["tags"].numpy()[0], expected[models.TAGS].numpy().mean(axis=0), atol=1e-5)
+    embedding = expected[models.EMBEDDING].numpy().mean(axis=0)
+    np.testing.assert_allclose(outputs["embedding"].numpy()[0], embedding / np.linalg.norm(embedding), atol=1e-5)
+    if name == "msd_musicnn":
+        assert info.log_mel == PRESETS["musicnn"] and num_chunks == saved_model.DEFAULT_NUM_CHUNKS
+
+
+def test_export_of_a_directory_that_is_no_artifact_names_it(tmp_path):
+    with pytest.raises(saved_model.ExportError, match=f"{tmp_path}: no model_info.json"):
         saved_model.export(str(tmp_path), str(tmp_path / "export"))

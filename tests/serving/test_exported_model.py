@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from models import artifact
 from serving import saved_model
 from serving.exported_model import ModelMismatchError, resolve
 
@@ -22,11 +23,11 @@ def test_the_checksum_covers_the_weights(tmp_path, trained):
     # The same architecture and graph with other weights (e.g. another training run).
     other_run = tmp_path / "other_run"
     shutil.copytree(run / "best", other_run / "best")
-    model = keras.saving.load_model(other_run / "best" / saved_model.MODEL_FILENAME)
+    model = keras.saving.load_model(other_run / "best" / artifact.MODEL_FILENAME)
     weights = model.get_weights()
     weights[0] = weights[0] + np.float32(0.01)
     model.set_weights(weights)
-    model.save(other_run / "best" / saved_model.MODEL_FILENAME)
+    model.save(other_run / "best" / artifact.MODEL_FILENAME)
     other = resolve(saved_model.export(str(other_run), str(tmp_path / "c" / "short_chunk_res"), 1, num_chunks=4))
     assert other.checksum != first.checksum
     with pytest.raises(

@@ -92,6 +92,8 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         "-m",
         "serving.build_index",
         f"--export_dir={root / 'export'}",
+        "--embedding_model=short_chunk_res",
+        "--tag_model=crnn",
         f"--data={data_128},{data_96}",
         f"--index_dir={index_dir}",
         *IN_MEMORY,

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import catalog
+from models.vocabularies import MTAT_TOP50_TAGS
 from serving import queries, saved_model
 from serving.catalog_index import CatalogIndex
 from serving.embedders import LocalEmbedder, RemoteEmbedder
@@ -137,3 +138,19 @@ def test_a_moved_or_changed_export_is_checked(tmp_path, demo_index, trained):
     shutil.copytree(os.path.dirname(index.embedding_model.path), moved / "short_chunk_res")
     embedder = LocalEmbedder(index.embedding_model, None, export_dir=str(moved))
     assert embedder.features(np.zeros(16000, np.float32))[1] is None
+
+
+def test_pretrained_index_names_its_models_and_tags_with_music_words(pretrained_index):
+    done = _query(f"--index_dir={pretrained_index}", "--track_id=starfighter--death", "--k=5", "--tag_threshold=0.3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tags by: mtat_crnn v1 (crnn, trained on MagnaTagATune, top-50 tags" in done.stdout
+    assert "ranked by: msd_musicnn v1 (musicnn, trained on Million Song Dataset, top-50 Last.fm tags)" in done.stdout
+    done = _query(f"--index_dir={pretrained_index}", "--track_id=starfighter--death", "--k=5", "--format=json")
+    result = json.loads(done.stdout)
+    assert result["models"]["ranking"].startswith("msd_musicnn v1") and result["models"]["tags"].startswith("mtat_crnn")
+    index = CatalogIndex.load(str(pretrained_index))
+    assert tuple(index.vocabulary) == MTAT_TOP50_TAGS
+    # A recording of guitar and piano music: the published CRNN's leading tags are instrument and style words.
+    probabilities = index.tag_probabilities[index.row("starfighter--death")]
+    top = [index.vocabulary[i] for i in np.argsort(-probabilities)[:3]]
+    assert set(top) <= {"guitar", "classical", "piano", "slow", "strings", "soft", "ambient", "harpsichord", "violin"}

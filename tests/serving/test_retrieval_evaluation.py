@@ -54,6 +54,21 @@ def test_scores_on_a_hand_computed_catalog():
     # Chance: each query has 2 relevant tracks among 5 others.
     assert scores["random (expected)"].precision == pytest.approx(2 / 5)
     assert scores["random (expected)"].num_queries == 6
+    # The same vectors scored without an index (as the MFCC baseline is) give the same figures.
+    direct = retrieval_evaluation.evaluate_embeddings("direct", ids, embeddings, truth, k=2)
+    assert direct.precision == pytest.approx(scores["embeddings only"].precision)
+    assert direct.average_precision == pytest.approx(scores["embeddings only"].average_precision)
+    assert direct.num_queries == 6
+
+
+def test_embedding_scores_skip_tracks_without_truth_and_count_duplicated_tags():
+    ids = ["a1", "a2", "b1", "x"]
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [1, 0.01]], np.float32)
+    truth = {"a1": {"a", "both"}, "a2": {"a"}, "b1": {"both"}}  # x has no ground truth: never queried nor relevant.
+    score = retrieval_evaluation.evaluate_embeddings("v", ids, vectors, truth, k=1)
+    # a1 -> a2 (relevant), a2 -> a1 (relevant), b1 -> nearest of a1/a2 is a2 ([0.9, 0.1]) which shares nothing.
+    assert score.num_queries == 3
+    assert score.precision == pytest.approx(2 / 3)
 
 
 def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog):
@@ -67,6 +82,7 @@ def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog)
             f"--catalog={demo_catalog}",
             "--k=3",
             "--tag_threshold=0.0",
+            "--mfcc_baseline",
             f"--output_json={output}",
         ],
         cwd=REPO_ROOT,
@@ -77,7 +93,17 @@ def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "16 indexed tracks; 0 without ground-truth tags" in done.stdout
     scores = {s["configuration"]: s for s in json.loads(output.read_text())["scores"]}
-    assert set(scores) == {"two stages", "embeddings only", "tags only", "random (expected)"}
+    assert set(scores) == {
+        "crnn tags + short_chunk_res: two stages",
+        "short_chunk_res: embeddings only",
+        "crnn tags: tags only",
+        "MFCC-20+delta mean/std: embeddings only",
+        "random (expected)",
+    }
+    mfcc = scores["MFCC-20+delta mean/std: embeddings only"]
+    assert mfcc["num_queries"] == 16 and mfcc["precision"] > 3 / 15  # Same-soundtrack MFCCs beat chance.
+    ratio = scores["short_chunk_res: embeddings only"]["precision"] / mfcc["precision"]
+    assert f"{ratio:.2f}x" in done.stdout
     # The demo has 4 soundtracks of 4 tracks: 3 relevant among 15 others for every query.
     assert scores["random (expected)"]["precision"] == pytest.approx(3 / 15)
     assert all(0.0 <= s["precision"] <= 1.0 and s["num_queries"] == 16 for s in scores.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import librosa
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import soundfile
 import soxr
 import tensorflow as tf
 
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, mel_filterbank
+from tfrecords.logmel import PRESETS, LogMelSpec, log_mel_spectrogram, mel_filterbank
 
 
 def reference_filterbank(sample_rate, n_fft, n_mels, f_min, f_max):
@@ -114,7 +116,55 @@ def test_tone_lands_in_its_mel_band():
 
 def test_silence_is_the_floor():
     log_mel = log_mel_spectrogram(np.zeros(4000, np.float32)).numpy()
-    np.testing.assert_allclose(log_mel, LogMelSpec().floor_db)
+    np.testing.assert_allclose(log_mel, LogMelSpec().silence_value)
+    musicnn = log_mel_spectrogram(np.zeros(4000, np.float32), PRESETS["musicnn"]).numpy()
+    np.testing.assert_array_equal(musicnn, PRESETS["musicnn"].silence_value)
+    assert PRESETS["musicnn"].silence_value == 0.0
+
+
+@pytest.mark.parametrize("n_mels", [96, 128])
+def test_slaney_variant_is_librosas_default_filterbank(n_mels):
+    spec = dataclasses.replace(PRESETS["musicnn"], n_mels=n_mels)
+    librosa_fb = librosa.filters.mel(sr=16000, n_fft=512, n_mels=n_mels).T  # htk=False, norm="slaney"
+    np.testing.assert_allclose(mel_filterbank(spec), librosa_fb, atol=1e-7)
+    unnormalised = dataclasses.replace(spec, mel_norm="none")
+    np.testing.assert_allclose(
+        mel_filterbank(unnormalised), librosa.filters.mel(sr=16000, n_fft=512, n_mels=n_mels, norm=None).T, atol=1e-6
+    )
+
+
+def test_musicnn_variant_is_librosas_melspectrogram_in_float32(demo_audio_files):
+    """musicnn's extractor: librosa.feature.melspectrogram (zero-padded centred frames), log10(1 + 10000 x)."""
+    waveform, _ = librosa.load(demo_audio_files[0], sr=16000)
+    mel = librosa.feature.melspectrogram(y=waveform, sr=16000, n_fft=512, hop_length=256, n_mels=96).T
+    expected = np.log10(1.0 + 10000.0 * mel.astype(np.float32))
+    ours = log_mel_spectrogram(waveform, PRESETS["musicnn"]).numpy()
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+    # The torchaudio variant on the same audio differs at the edges (reflect padding) and everywhere in scale.
+    assert np.abs(log_mel_spectrogram(waveform, LogMelSpec(n_mels=96)).numpy() - ours).max() > 1.0
+
+
+def test_variant_fingerprints_and_the_fingerprints_datasets_already_carry():
+    """Adding the variant parameters kept the fingerprints of existing datasets and models (the values
+    this code computed before the variants existed); each variant has its own."""
+    assert LogMelSpec().fingerprint() == "0c13f48a2e2dfdc2"
+    assert LogMelSpec(n_mels=96).fingerprint() == "e29f74838f36327e"
+    fingerprints = {spec.fingerprint() for spec in PRESETS.values()}
+    for name, value in (
+        ("mel_scale", "slaney"),
+        ("mel_norm", "slaney"),
+        ("compression", "log10_1p"),
+        ("pad_mode", "constant"),
+    ):
+        fingerprints.add(dataclasses.replace(LogMelSpec(), **{name: value}).fingerprint())
+    assert len(fingerprints) == len(PRESETS) + 4
+    musicnn = PRESETS["musicnn"]
+    assert LogMelSpec.from_fingerprinted_dict(musicnn.to_fingerprinted_dict(), "x") == musicnn
+    with pytest.raises(ValueError, match="mel_scale must be one of"):
+        LogMelSpec(mel_scale="mel")
+    with pytest.raises(ValueError, match="compression must be one of"):
+        LogMelSpec(compression="ln")
 
 
 def test_spec_validation_and_fingerprint():

@@ -18,9 +18,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import configs
 import models
+from models import artifact
 from tests.conftest import REPO_ROOT
 from tests.tfrecords.dataset_writer import write_dataset
-from tfrecords.logmel import LogMelSpec
+from tfrecords.logmel import PRESETS, LogMelSpec
 from train import config as config_lib
 from train import strategies
 from train.experiment import Experiment
@@ -30,7 +31,8 @@ VOCABULARY = ["rock", "jazz", "pop"]
 TOP_LEVEL_CONFIGS = sorted(p.name for p in configs.CONFIG_DIR.glob("*.gin") if p.name not in ("demo.gin", "smoke.gin"))
 
 
-def _synthetic(directory, n_mels, frames=300, tracks=(8, 4, 2)):
+def _synthetic(directory, n_mels, frames=300, tracks=(8, 4, 2), spec=None):
+    spec = spec or LogMelSpec(n_mels=n_mels)
     rng = np.random.default_rng(n_mels)
     data = {}
     for split, count in zip(("train", "valid", "test"), tracks, strict=True):
@@ -42,14 +44,25 @@ def _synthetic(directory, n_mels, frames=300, tracks=(8, 4, 2)):
             log_mel += 20.0 * np.sin(np.arange(n_mels) / n_mels * np.pi * (1 + VOCABULARY.index(tag)))
             data[split][f"{split}{i}"] = (log_mel, [tag])
     directory.mkdir(parents=True, exist_ok=True)
-    write_dataset(directory, data, VOCABULARY, spec=LogMelSpec(n_mels=n_mels), log_mel_dtype="float16")
+    write_dataset(directory, data, VOCABULARY, spec=spec, log_mel_dtype="float16")
     return directory
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_data")
-    return {128: str(_synthetic(root / "mel128", 128)), 96: str(_synthetic(root / "mel96", 96))}
+    return {
+        128: str(_synthetic(root / "mel128", 128)),
+        96: str(_synthetic(root / "mel96", 96)),
+        "musicnn": str(_synthetic(root / "musicnn", 96, spec=PRESETS["musicnn"])),
+    }
+
+
+def _dataset_for(config_name: str, datasets) -> str:
+    """The dataset with the front end a config's model needs."""
+    if "musicnn" in config_name:
+        return datasets["musicnn"]
+    return datasets[96 if "crnn" in config_name else 128]
 
 
 def _trainer(config_names, bindings, model_dir, **kwargs):
@@ -60,9 +73,8 @@ def _trainer(config_names, bindings, model_dir, **kwargs):
 
 @pytest.mark.parametrize("config_name", TOP_LEVEL_CONFIGS)
 def test_every_shipped_config_builds_and_steps(config_name, datasets, tmp_path):
-    n_mels = 96 if "crnn" in config_name else 128
     bindings = [
-        f"Experiment.dataset_dir = '{datasets[n_mels]}'",
+        f"Experiment.dataset_dir = '{_dataset_for(config_name, datasets)}'",
         "Experiment.epochs = 1",
         "Experiment.steps_per_epoch = 1",
         "Experiment.batch_size = 2",
@@ -114,10 +126,11 @@ def test_smoke_training_writes_checkpoints_config_and_summaries(datasets, tmp_pa
     assert len((tmp_path / "projector" / "metadata.tsv").read_text().splitlines()) == 1 + 4
     assert (tmp_path / "best" / "best.index").exists()
     assert list((tmp_path / "profile").rglob("*.xplane.pb")), "the profiler window wrote no trace"
-    exported = keras.saving.load_model(tmp_path / "best" / "model.keras")
-    info = json.loads((tmp_path / "best" / "model_info.json").read_text())
-    assert info["vocabulary"] == VOCABULARY == models.tag_vocabulary(exported)
-    assert info["model_name"] == "short_chunk_res" and info["crop_frames"] == 231
+    exported, info = artifact.load(str(tmp_path))
+    assert list(info.vocabulary) == VOCABULARY == models.tag_vocabulary(exported)
+    assert info.model_name == "short_chunk_res" and info.crop_frames == 231 and info.embedding_dim == 512
+    assert info.training.dataset_dir == datasets[128] and info.training.best_metric == trainer.experiment.best_metric
+    assert info.training.init_from is None and info.provenance is None
     trainer.restore_best()
     probe = np.random.default_rng(0).normal(-40, 5, (1, 231, 128)).astype(np.float32)
     np.testing.assert_allclose(

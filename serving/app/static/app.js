@@ -106,6 +106,8 @@ function render(body, label) {
   byId("results").hidden = false;
   const what = body.query.kind === "upload" ? `${label} (${body.query.duration_s.toFixed(1)} s)` : label;
   byId("query-summary").textContent = `Songs similar to ${what}: ${body.found} of ${body.k} found.`;
+  const madeBy = [body.models.tags ? `Tags by ${body.models.tags}.` : "", `Ranked by ${body.models.ranking}.`];
+  byId("made-by").textContent = madeBy.filter(Boolean).join(" ");
   renderTags(body);
   byId("recommendations").replaceChildren(...body.recommendations.map(renderRecommendation));
   byId("notes").replaceChildren(...body.notes.map((note) => element("li", "", `Note: ${note}`)));

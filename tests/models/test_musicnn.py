@@ -1,0 +1,150 @@
+"""musicnn in Keras 3: the published checkpoints, converted, equal the original graphs on real audio.
+
+The reference outputs (`fixtures/musicnn_reference.npz`) were recorded once
+from the musicnn package's own TF1 graphs and checkpoints in a throw-away
+environment (`fixtures/make_musicnn_reference.py`), on two demo tracks. Here
+the same tracks are decoded by this project, go through its `musicnn`
+log-mel variant, and then through the artifacts `make install` converted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+import models
+from data_prep import audio
+from models import artifact, musicnn_conversion, pretrained
+from tests.conftest import DEMO_DIR, REPO_ROOT
+from tfrecords.logmel import PRESETS, log_mel_spectrogram
+
+FIXTURE = REPO_ROOT / "tests" / "models" / "fixtures" / "musicnn_reference.npz"
+PRETRAINED = REPO_ROOT / "pretrained"
+ORIGINAL_NAMES = {
+    "msd_musicnn": "MSD_musicnn",
+    "mtt_musicnn": "MTT_musicnn",
+    "msd_musicnn_vgg": "MSD_vgg",
+    "mtt_musicnn_vgg": "MTT_vgg",
+}
+PATCH = 187
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return dict(np.load(FIXTURE))
+
+
+@pytest.fixture(scope="module")
+def wheel() -> str:
+    """The musicnn wheel `make install` fetched (kept next to the artifacts)."""
+    path = PRETRAINED / pretrained.DOWNLOADS_DIRNAME / pretrained.MUSICNN_WHEEL
+    assert path.exists(), f"{path} is missing: `make install` fetches it (python -m models.install_pretrained)"
+    return str(path)
+
+
+def _patches(log_mel: np.ndarray) -> np.ndarray:
+    """Non-overlapping 187-frame patches, as musicnn's extractor cuts them."""
+    return np.stack([log_mel[start : start + PATCH] for start in range(0, log_mel.shape[0] - PATCH + 1, PATCH)])
+
+
+@pytest.mark.parametrize("name", sorted(ORIGINAL_NAMES))
+def test_installed_model_equals_the_original_graph_on_real_audio(name, reference):
+    model, info = artifact.load(str(PRETRAINED / name))
+    assert info.log_mel == PRESETS["musicnn"] and info.crop_frames == PATCH
+    assert info.provenance.source_sha256 == pretrained.PUBLISHED[name].files
+    assert info.vocabulary == pretrained.PUBLISHED[name].vocabulary
+    for index, file_name in enumerate(reference["files"]):
+        path = str(DEMO_DIR / "audio" / str(file_name))
+        waveform, _ = audio.load_mono(path, path, info.log_mel.sample_rate)
+        log_mel = log_mel_spectrogram(waveform, info.log_mel).numpy()
+        if index == 0:  # The front end: librosa's mel and log10(1 + 10000 x), in float32.
+            np.testing.assert_allclose(log_mel, reference["log_mel/0"], atol=1e-4)
+        outputs = model(_patches(log_mel), training=False)
+        original = ORIGINAL_NAMES[name]
+        np.testing.assert_allclose(outputs[models.TAGS].numpy(), reference[f"{original}/{index}/tags"], atol=1e-4)
+        np.testing.assert_allclose(
+            outputs[models.EMBEDDING].numpy(), reference[f"{original}/{index}/embedding"], atol=1e-4
+        )
+
+
+def test_architectures_have_the_checkpoints_parameter_counts(wheel, tmp_path):
+    with zipfile.ZipFile(wheel) as archive:
+        for name in ("msd_musicnn", "msd_musicnn_vgg"):
+            checkpoint = pretrained.extract_checkpoint(archive, pretrained.PUBLISHED[name], str(tmp_path))
+            variables = musicnn_conversion.read_checkpoint(checkpoint)
+            trainable = sum(
+                value.size
+                for key, value in variables.items()
+                if not key.endswith(("/Adam", "/Adam_1", "moving_mean", "moving_variance")) and "power" not in key
+            )
+            model = models.get_model(pretrained.PUBLISHED[name].architecture, 50)
+            assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
+    assert trainable == 605_748  # musicnn_vgg; musicnn's 787,159 is checked by the first pass.
+
+
+def test_musicnn_takes_any_length_and_vgg_refuses_none():
+    model = models.get_model("musicnn", 5, num_frames=None)
+    outputs = model(np.zeros((2, 300, 96), np.float32), training=False)
+    assert outputs[models.TAGS].shape == (2, 5) and outputs[models.EMBEDDING].shape == (2, 200)
+    with pytest.raises(ValueError, match="fixed num_frames"):
+        models.get_model("musicnn_vgg", 5, num_frames=None)
+
+
+def test_conversion_refuses_altered_missing_and_foreign_variables(wheel, tmp_path):
+    model = pretrained.PUBLISHED["mtt_musicnn"]
+    with zipfile.ZipFile(wheel) as archive:
+        checkpoint = pretrained.extract_checkpoint(archive, model, str(tmp_path))
+    variables = musicnn_conversion.read_checkpoint(checkpoint)
+    missing = {k: v for k, v in variables.items() if k != "batch_normalization_7/moving_variance"}
+    with pytest.raises(musicnn_conversion.ConversionError, match="batch_normalization_7/moving_variance"):
+        musicnn_conversion.convert(missing, "musicnn", model.vocabulary)
+    extra = dict(variables, **{"conv2d_99/kernel": np.zeros(3, np.float32)})
+    with pytest.raises(musicnn_conversion.ConversionError, match="conv2d_99"):
+        musicnn_conversion.convert(extra, "musicnn", model.vocabulary)
+    with pytest.raises(musicnn_conversion.ConversionError, match="not a musicnn_vgg checkpoint|no 1CNN"):
+        musicnn_conversion.convert(variables, "musicnn_vgg", model.vocabulary)
+    with pytest.raises(musicnn_conversion.ConversionError, match="50 outputs, the vocabulary 2"):
+        musicnn_conversion.convert(variables, "musicnn", ["a", "b"])
+    # A checkpoint file that is not the published one is refused before it is read.
+    data_file = tmp_path / "MTT_musicnn" / ".data-00000-of-00001"
+    contents = bytearray(data_file.read_bytes())
+    contents[1000] ^= 0xFF
+    data_file.write_bytes(bytes(contents))
+    with pytest.raises(pretrained.IntegrityError, match=r"\.data-00000-of-00001: SHA-256"):
+        pretrained.convert_musicnn(checkpoint, model, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_install_checks_the_wheel_and_keeps_installed_models(wheel, tmp_path):
+    altered = tmp_path / pretrained.MUSICNN_WHEEL
+    shutil.copyfile(wheel, altered)
+    with open(altered, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\0\0\0\0")
+    with pytest.raises(pretrained.IntegrityError, match=pretrained.MUSICNN_WHEEL):
+        pretrained.install_musicnn(str(tmp_path / "out"), wheel=str(altered), names=["mtt_musicnn_vgg"])
+    done = pretrained.install_musicnn(str(tmp_path / "out"), wheel=wheel, names=["mtt_musicnn_vgg"])
+    assert done == {"mtt_musicnn_vgg": "converted"}
+    assert pretrained.is_installed(pretrained.PUBLISHED["mtt_musicnn_vgg"], str(tmp_path / "out" / "mtt_musicnn_vgg"))
+    again = pretrained.install_musicnn(str(tmp_path / "out"), wheel=str(altered), names=["mtt_musicnn_vgg"])
+    assert again == {"mtt_musicnn_vgg": "already installed"}  # Nothing re-read, so the bad wheel is not touched.
+
+
+def test_install_command_reports_the_installed_models():
+    done = subprocess.run(
+        [sys.executable, "-m", "models.install_pretrained", f"--output_dir={PRETRAINED}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PIP_NO_INDEX": "1"},  # Installed already: no download may be needed.
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in pretrained.MUSICNN_MODELS:
+        assert f"{name}: already installed" in done.stdout
