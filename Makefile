@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_output
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean system-packages
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,7 +52,7 @@ demo: $(STAMP) $(PRETRAINED_STAMP)
 	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/crnn --split=test
 	rm -rf $(DEMO_OUT)/export
 	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/short_chunk_res --export_dir=$(DEMO_OUT)/export/short_chunk_res
-	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn
+	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn --num_chunks=1
 	@# One 29 s chunk covers a 30 s preview: more CRNN chunks would repeat nearly the same pass.
 	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/mtat_crnn --export_dir=$(DEMO_OUT)/export/mtat_crnn --num_chunks=1
 	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/msd_musicnn --export_dir=$(DEMO_OUT)/export/msd_musicnn
@@ -69,11 +69,24 @@ demo: $(STAMP) $(PRETRAINED_STAMP)
 	@echo "TensorBoard logs: $(BIN)/tensorboard --logdir=$(DEMO_OUT)"
 	@echo "Web app: $(BIN)/python -m serving.app --index_dir=$(DEMO_OUT)/index --audio_root=demo  (then open http://127.0.0.1:8080/)"
 
+# The one system package the tests need that pip cannot provide: Debian's
+# chromium, which the web app's browser test drives through Playwright
+# (Playwright's own browser downloads are not used). Installed with apt-get
+# (as root, or through sudo without a password) only when missing.
+system-packages:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium (system-wide) for the browser test..."; \
+		if [ "$$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo -n"; fi; \
+		$$as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq </dev/null && \
+		$$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+			</dev/null >/dev/null; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint $(PRETRAINED_STAMP)
+test: lint $(PRETRAINED_STAMP) system-packages
 	$(BIN)/python -m pytest -n 2 --durations=15
 
 # The app_load benchmark serves the demo index: the demo runs first if it is missing.

@@ -74,7 +74,7 @@ EXTRAS_REQUIRE = {
         "torch==2.13.0",
         # serving.app's tests: HTTP client (also the load generator of
         # benchmarks.app_load), schema-driven fuzzing, and the page in headless
-        # Chromium (Debian's `chromium`, which .ci/run installs; Playwright's
+        # Chromium (Debian's `chromium`, which `make test` installs; Playwright's
         # own browser downloads are not used).
         "httpx>=0.27",
         "schemathesis>=4.0,<5",

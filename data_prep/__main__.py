@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 
@@ -120,7 +121,13 @@ def _config() -> pipeline.PreprocessConfig:
 
 
 def main(argv):
-    pipeline_args = argv[1:]
+    try:
+        _run(argv[1:])
+    except (catalog_lib.CatalogError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
+
+
+def _run(pipeline_args: list[str]):
     # Beam's DirectRunner forwards every worker's INFO lines; keep warnings.
     logging.get_absl_handler()  # Make sure absl's handler is installed first.
     std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)

@@ -235,7 +235,7 @@ def decode_audio(source: str | bytes, path: str, max_seconds: float | None = Non
                 f"{decoded.samples.shape[0]} could be decoded",
             )
         return decoded
-    raise AudioError("decode_error", path, "; ".join(errors))
+    raise AudioError("decode_error", path, "not a recognised audio format (" + "; ".join(errors) + ")")
 
 
 def open_source(uri: str) -> str | bytes:

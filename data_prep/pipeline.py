@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from data_prep import audio
+from data_prep.audio_checks import AudioChecks
 from data_prep.catalog import SPLITS, Catalog, CatalogEntry, TagVocabulary, build_vocabulary, reject_untagged
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
 from data_prep.splits import assign_splits, stable_hash
@@ -94,6 +95,11 @@ class PreprocessConfig:
             raise ValueError(
                 f"min_duration_s must cover at least {minimum_num_samples(self.log_mel)} samples (half an FFT window)"
             )
+
+    @property
+    def audio_checks(self) -> AudioChecks:
+        """The thresholds every track is checked against (`data_prep.audio_checks`)."""
+        return AudioChecks(min_duration_s=self.min_duration_s, silence_threshold_dbfs=self.silence_threshold_dbfs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,17 +203,15 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
 def load_checked_waveform(
     entry: CatalogEntry,
     sample_rate: int,
-    min_duration_s: float,
-    silence_threshold_dbfs: float,
+    checks: AudioChecks,
     source: str | bytes | None = None,
 ) -> tuple[np.ndarray, audio.DecodedAudio]:
     """Decodes a catalog track to a mono waveform and checks it is usable.
 
     Args:
-        entry: The catalog row.
+        entry: The catalog row (its declared `duration_s` detects truncation).
         sample_rate: The target sample rate in Hz.
-        min_duration_s: Shorter audio is rejected (`too_short`).
-        silence_threshold_dbfs: Audio whose peak is below is rejected (`silent`).
+        checks: The thresholds (`data_prep.audio_checks`).
         source: What `audio.open_source(entry.uri)` returned, if the caller
             already opened it (a remote file is then not read twice).
 
@@ -220,21 +224,7 @@ def load_checked_waveform(
     """
     source = audio.open_source(entry.uri) if source is None else source
     waveform, decoded = audio.load_mono(source, entry.uri, sample_rate)
-    if waveform.size == 0:
-        raise audio.AudioError("empty", entry.uri, "the file decodes to 0 samples")
-    seconds = waveform.size / sample_rate
-    if seconds < min_duration_s:
-        raise audio.AudioError("too_short", entry.uri, f"{seconds:.3f} s < minimum {min_duration_s} s")
-    if entry.duration_s is not None and seconds < entry.duration_s - max(0.5, 0.02 * entry.duration_s):
-        raise audio.AudioError(
-            "truncated", entry.uri, f"decodes to {seconds:.2f} s but the catalog says {entry.duration_s} s"
-        )
-    peak = float(np.max(np.abs(waveform)))
-    peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
-    if peak_dbfs < silence_threshold_dbfs:
-        raise audio.AudioError(
-            "silent", entry.uri, f"peak level {peak_dbfs:.1f} dBFS < threshold {silence_threshold_dbfs} dBFS"
-        )
+    checks.check(waveform, sample_rate, entry.uri, entry.duration_s)
     return waveform, decoded
 
 
@@ -282,9 +272,7 @@ class ProcessTrack(beam.DoFn):
     def _process(self, task: TrackTask) -> tuple[bytes, float]:
         config, entry = self._config, task.entry
         spec = config.log_mel
-        waveform, decoded = load_checked_waveform(
-            entry, spec.sample_rate, config.min_duration_s, config.silence_threshold_dbfs
-        )
+        waveform, decoded = load_checked_waveform(entry, spec.sample_rate, config.audio_checks)
         if decoded.decoder != "soundfile":
             self._fallback.inc()
         seconds = waveform.size / spec.sample_rate

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,6 +31,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from data_prep import catalog as catalog_lib  # noqa: E402
 from serving import exported_model, index, indexing  # noqa: E402
+from serving.exported_model import ModelMismatchError  # noqa: E402
+from serving.index import IndexMismatchError  # noqa: E402
 
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The serving base path holding the exported models.")
 _EMBEDDING_MODEL = flags.DEFINE_string(
@@ -63,9 +66,17 @@ def _models() -> dict[str, exported_model.ModelRef]:
 
 
 def main(argv):
-    pipeline_args = argv[1:]
     logging.get_absl_handler()  # Beam's workers forward their INFO lines; keep warnings.
     std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
+    try:
+        _run(argv[1:])
+    except (catalog_lib.CatalogError, FileNotFoundError, IndexMismatchError, ModelMismatchError) as error:
+        sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
+    except KeyError as error:  # Unknown ids in --delete.
+        sys.exit(f"error: {error.args[0]}")
+
+
+def _run(pipeline_args: list[str]):
     if _DELETE.value:
         if _DATA.value:
             raise app.UsageError("--delete cannot be combined with --data")

@@ -10,15 +10,20 @@ list. On disk (`INDEX_DIR/`):
 - `embeddings.npy` `[tracks, dim]` float32 (L2-normalised, ranking model);
 - `tag_probabilities.npy` `[tracks, num_tags]` float32 (tag model), when
   there is a tag model;
-- `searcher/`: the `serving.index.TrackIndex` (ScaNN, relative paths).
+- `searcher/`: the `serving.index.TrackIndex` (ScaNN, relative paths; its
+  track ids in `track_ids.json`, never a pickle);
+- `manifest.json`: the size and SHA-256 of every file above.
 
 `save` writes a complete new folder next to the old one and swaps it in, so a
-reader never sees a half-written index.
+reader never sees a half-written index. `load` checks the manifest before it
+parses anything: a damaged or altered file, or a file in `searcher/` that
+the index did not write, is refused with one error naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -28,8 +33,9 @@ import numpy as np
 from serving.exported_model import ModelRef
 from serving.index import IndexMismatchError, TrackIndex, normalise
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.json, pickle-free searcher ids.
 INFO_FILENAME = "catalog_index.json"
+MANIFEST_FILENAME = "manifest.json"
 TRACKS_FILENAME = "tracks.jsonl"
 EMBEDDINGS_FILENAME = "embeddings.npy"
 TAG_PROBABILITIES_FILENAME = "tag_probabilities.npy"
@@ -213,6 +219,7 @@ class CatalogIndex:
         self.searcher.save(os.path.join(staging, SEARCHER_DIRNAME))
         with open(os.path.join(staging, INFO_FILENAME), "w", encoding="utf-8") as handle:
             json.dump(self.info(), handle, indent=2, sort_keys=True)
+        _write_manifest(staging)
         if not os.path.isdir(directory):
             os.rename(staging, directory)
             return
@@ -248,6 +255,7 @@ class CatalogIndex:
         info_path = os.path.join(directory, INFO_FILENAME)
         if not os.path.exists(info_path):
             raise FileNotFoundError(f"{directory}: no {INFO_FILENAME}; build one with `python -m serving.build_index`")
+        _check_manifest(directory)
         with open(info_path, encoding="utf-8") as handle:
             info = json.load(handle)
         if info["format_version"] != FORMAT_VERSION:
@@ -274,6 +282,66 @@ class CatalogIndex:
                 f"{TRACKS_FILENAME}: the index is damaged, rebuild it"
             )
         return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+
+
+class DamagedIndexError(IndexMismatchError):
+    """An index file that is not what the index wrote; the message names it."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _index_files(directory: str) -> list[str]:
+    """The index's own files, relative: everything in `searcher/` and the top-level files it writes."""
+    own = [INFO_FILENAME, TRACKS_FILENAME, EMBEDDINGS_FILENAME, TAG_PROBABILITIES_FILENAME]
+    files = [name for name in own if os.path.exists(os.path.join(directory, name))]
+    for root, _, names in os.walk(os.path.join(directory, SEARCHER_DIRNAME)):
+        files += [os.path.relpath(os.path.join(root, name), directory) for name in names]
+    return sorted(files)
+
+
+def _write_manifest(directory: str):
+    manifest = {
+        name: {"size": os.path.getsize(os.path.join(directory, name)), "sha256": _sha256(os.path.join(directory, name))}
+        for name in _index_files(directory)
+    }
+    with open(os.path.join(directory, MANIFEST_FILENAME), "w", encoding="utf-8") as handle:
+        json.dump({"format_version": FORMAT_VERSION, "files": manifest}, handle, indent=2, sort_keys=True)
+
+
+def _damaged(path: str, what: str) -> DamagedIndexError:
+    return DamagedIndexError(
+        f"{path}: {what}; the index is damaged or was altered: rebuild it with serving.build_index"
+    )
+
+
+def _check_manifest(directory: str):
+    """Every file the index wrote is there, unchanged, and nothing was added to it."""
+    path = os.path.join(directory, MANIFEST_FILENAME)
+    if not os.path.exists(path):
+        raise _damaged(path, "missing (an index written by an older version has none)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _damaged(path, f"unreadable ({error})") from None
+    for name in _index_files(directory):
+        if name not in expected:
+            raise _damaged(os.path.join(directory, name), "not written by this index")
+    for name, (size, sha256) in sorted(expected.items()):
+        file_path = os.path.join(directory, name)
+        if not os.path.isfile(file_path):
+            raise _damaged(file_path, "missing")
+        if os.path.getsize(file_path) != size:
+            raise _damaged(file_path, f"{os.path.getsize(file_path)} bytes, the index wrote {size}")
+        if _sha256(file_path) != sha256:
+            raise _damaged(file_path, "its SHA-256 is not the one the index wrote")
 
 
 def _recover(directory: str):

@@ -8,12 +8,16 @@ Usage:
 writes `demo_output/export/short_chunk_res/<version>/` (the next free
 version number unless --version is given), ready for
 `tensorflow_model_server --model_base_path=.../short_chunk_res`. Inspect it
-with `saved_model_cli show --dir=.../1 --all`.
+with `saved_model_cli show --dir=.../1 --all`. `--model_dir` takes any model
+artifact, e.g. a converted pretrained model:
+
+    python -m serving.export --model_dir=pretrained/msd_musicnn --export_dir=/tmp/export/msd_musicnn
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -29,7 +33,10 @@ _NUM_CHUNKS = flags.DEFINE_integer("num_chunks", saved_model.DEFAULT_NUM_CHUNKS,
 
 def main(argv):
     del argv
-    path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
+    try:
+        path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
+    except saved_model.ExportError as error:
+        sys.exit(f"error: {error}")
     print(f"exported {_MODEL_DIR.value} -> {path}")
 
 

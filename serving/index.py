@@ -18,9 +18,11 @@ import os
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: track ids in track_ids.json, not ScaNN's pickle.
 METADATA_FILENAME = "index.json"
 SEARCHER_DIRNAME = "scann"
+TRACK_IDS_FILENAME = "track_ids.json"
+_SCANN_PICKLE = "scann_docids.pkl"  # ScaNN's own id list: never written or read here.
 KINDS = ("brute_force", "ah", "tree_ah")
 BRUTE_FORCE_BELOW = 20_000
 AH_BELOW = 100_000
@@ -209,10 +211,17 @@ class TrackIndex:
             )
 
     def save(self, directory: str):
-        """Writes the searcher (with relative paths, so the folder can move) and its info."""
+        """Writes the searcher (with relative paths, so the folder can move), its track ids and its info.
+
+        The ids go to `track_ids.json`: ScaNN's wrapper would pickle them,
+        and loading a pickle runs whatever code it holds.
+        """
         searcher_dir = os.path.join(directory, SEARCHER_DIRNAME)
         os.makedirs(searcher_dir, exist_ok=True)
         self._searcher.serialize(searcher_dir, relative_path=True)
+        os.remove(os.path.join(searcher_dir, _SCANN_PICKLE))
+        with open(os.path.join(directory, TRACK_IDS_FILENAME), "w", encoding="utf-8") as handle:
+            json.dump(self.track_ids, handle, ensure_ascii=False)
         with open(os.path.join(directory, METADATA_FILENAME), "w", encoding="utf-8") as handle:
             json.dump({**dataclasses.asdict(self.info), "num_items": len(self)}, handle, indent=2, sort_keys=True)
 
@@ -233,5 +242,17 @@ class TrackIndex:
             raise IndexMismatchError(
                 f"{directory} holds {info.embedding_dim}-d embeddings, the model makes {expected_dim}-d ones"
             )
-        searcher = scann_ops_pybind.load_searcher(os.path.join(directory, SEARCHER_DIRNAME))
-        return cls(searcher, info)
+        searcher_dir = os.path.join(directory, SEARCHER_DIRNAME)
+        if os.path.exists(os.path.join(searcher_dir, _SCANN_PICKLE)):  # load_searcher would unpickle it.
+            raise IndexMismatchError(
+                f"{os.path.join(searcher_dir, _SCANN_PICKLE)}: a pickle is never loaded; rebuild the index"
+            )
+        with open(os.path.join(directory, TRACK_IDS_FILENAME), encoding="utf-8") as handle:
+            track_ids = json.load(handle)
+        raw = scann_ops_pybind.load_searcher(searcher_dir)  # Without the pickle: no ids.
+        if not isinstance(track_ids, list) or len(track_ids) != raw.size():
+            raise IndexMismatchError(
+                f"{os.path.join(directory, TRACK_IDS_FILENAME)} does not list the searcher's "
+                f"{raw.size()} items; rebuild the index"
+            )
+        return cls(scann_ops_pybind.ScannSearcher(raw.searcher, [str(t) for t in track_ids]), info)

@@ -36,6 +36,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from data_prep import audio
+from data_prep.audio_checks import AudioChecks
 from data_prep.catalog import Catalog, CatalogEntry
 from data_prep.pipeline import beam_counters, default_pipeline_options, load_checked_waveform
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
@@ -49,8 +50,6 @@ REJECTED_FILENAME = "rejected.csv"
 STAGING_DIRNAME = "_embedding_staging"
 EMBEDDING_ROLE = "embedding"
 TAG_ROLE = "tag"
-MIN_DURATION_S = 1.0
-SILENCE_THRESHOLD_DBFS = -80.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +87,7 @@ def encode_features(features: TrackFeatures) -> bytes:
     }
     if features.tag_probabilities is not None:
         feature["tag_probabilities"] = tf.train.Feature(float_list=tf.train.FloatList(value=features.tag_probabilities))
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def decode_features(serialized: bytes) -> TrackFeatures:
@@ -134,7 +133,7 @@ class EmbedAudio(_EmbedDoFn):
         sample_rate = next(iter(self._refs.values())).sample_rate
         try:
             source = audio.open_source(entry.uri)
-            waveform, _ = load_checked_waveform(entry, sample_rate, MIN_DURATION_S, SILENCE_THRESHOLD_DBFS, source)
+            waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
             content_sha256 = audio.content_sha256(source)
         except audio.AudioError as error:
             yield self._reject(entry.row, entry.track_id, entry.path, error.reason, error.detail)

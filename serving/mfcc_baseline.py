@@ -12,6 +12,8 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
+from data_prep.audio import AudioError
+from data_prep.audio_checks import AudioChecks
 from data_prep.catalog import Catalog
 from data_prep.pipeline import load_checked_waveform
 
@@ -26,7 +28,7 @@ def mfcc_statistics(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.
     return np.concatenate([features.mean(axis=1), features.std(axis=1)]).astype(np.float32)
 
 
-def catalog_statistics(catalog: Catalog, min_duration_s: float = 1.0, silence_dbfs: float = -80.0):
+def catalog_statistics(catalog: Catalog, checks: AudioChecks = AudioChecks()):
     """`mfcc_statistics` of every usable catalog track, standardised over the catalog.
 
     Returns:
@@ -36,8 +38,8 @@ def catalog_statistics(catalog: Catalog, min_duration_s: float = 1.0, silence_db
     ids, rows, skipped = [], [], {}
     for entry in catalog.entries:
         try:
-            waveform, _ = load_checked_waveform(entry, SAMPLE_RATE, min_duration_s, silence_dbfs)
-        except Exception as error:  # noqa: BLE001 - any unusable file is reported, not fatal.
+            waveform, _ = load_checked_waveform(entry, SAMPLE_RATE, checks)
+        except AudioError as error:  # Reported, not fatal: the baseline scores the usable tracks.
             skipped[entry.track_id] = str(error)
             continue
         ids.append(entry.track_id)

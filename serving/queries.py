@@ -15,14 +15,18 @@ import textwrap
 import numpy as np
 
 from data_prep import audio
+from data_prep.audio_checks import AudioChecks
 from serving.recommender import Query, RecommendationResult
 from serving.saved_model import MIN_SECONDS
+
+# The catalog's checks, with the models' minimum length.
+QUERY_CHECKS = AudioChecks(min_duration_s=MIN_SECONDS)
 
 
 def load_query_audio(
     path: str, sample_rate: int, name: str | None = None, max_seconds: float | None = None
 ) -> tuple[np.ndarray, float, str]:
-    """Decodes a query's audio file and checks the models can take it.
+    """Decodes a query's audio file and checks it as the catalog's audio is checked (`AudioChecks`).
 
     Args:
         path: The audio file (local path or URI; any format `data_prep.audio` reads).
@@ -36,15 +40,13 @@ def load_query_audio(
 
     Raises:
         data_prep.audio.AudioError: Missing, unreadable or undecodable, too
-            long, or shorter than the models' minimum; the message names the file.
+            long, or unusable (`empty`, `too_short` below the models' minimum,
+            `silent`); the message names the file.
     """
     name = name or path
     source = audio.open_source(path)
     waveform, decoded = audio.load_mono(source, name, sample_rate, max_seconds)
-    if waveform.size < MIN_SECONDS * sample_rate:
-        raise audio.AudioError(
-            "too_short", name, f"{waveform.size / sample_rate:.2f} s; at least {MIN_SECONDS} s is needed"
-        )
+    QUERY_CHECKS.check(waveform, sample_rate, name)
     return waveform, decoded.duration_s, audio.content_sha256(source)
 
 
@@ -55,12 +57,28 @@ def audio_query(path: str, embedder) -> Query:
     return Query(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
 
 
+def top_tags(probabilities, vocabulary, n: int) -> list[tuple[str, float]]:
+    """The `n` most probable tags, best first (ties in vocabulary order); [] without probabilities."""
+    if probabilities is None:
+        return []
+    probabilities = np.asarray(probabilities, np.float32)
+    order = np.argsort(-probabilities, kind="stable")[:n]
+    return [(vocabulary[i], float(probabilities[i])) for i in order]
+
+
 def _cell(text: str, width: int) -> str:
     return textwrap.shorten(text, width, placeholder="…").ljust(width) if text else "-".ljust(width)
 
 
-def render_table(result: RecommendationResult, query_label: str = "") -> str:
-    """A plain-text table of the results with their explanations and the notes."""
+def render_table(result: RecommendationResult, query_label: str = "", query_top_tags=()) -> str:
+    """A plain-text table of the results with their explanations and the notes.
+
+    Args:
+        result: The recommendations.
+        query_label: What was queried.
+        query_top_tags: The query's most probable tags (`top_tags`), shown
+            whether or not they reach stage 1's threshold.
+    """
     lines = []
     if query_label:
         lines.append(f"query: {query_label}")
@@ -68,8 +86,10 @@ def render_table(result: RecommendationResult, query_label: str = "") -> str:
         lines.append(f"tags by: {result.models['tags']}")
     if result.models.get("ranking"):
         lines.append(f"ranked by: {result.models['ranking']}")
+    if query_top_tags:
+        lines.append("query's top tags: " + ", ".join(f"{tag} {p:.2f}" for tag, p in query_top_tags))
     if result.query_tags:
-        lines.append("query tags: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
+        lines.append("stage-1 tag set: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
     lines.append(
         f"{'#':>3}  {'score':>6}  {_cell('artist', 24)}  {_cell('title', 32)}  {_cell('shared tags', 28)}  track id"
     )
@@ -83,8 +103,9 @@ def render_table(result: RecommendationResult, query_label: str = "") -> str:
     return "\n".join(lines)
 
 
-def render_json(result: RecommendationResult, query_label: str = "") -> str:
-    return json.dumps({"query": query_label, **result.to_dict()}, indent=2, ensure_ascii=False)
+def render_json(result: RecommendationResult, query_label: str = "", query_top_tags=()) -> str:
+    top = [{"tag": tag, "probability": p} for tag, p in query_top_tags]
+    return json.dumps({"query": query_label, "query_top_tags": top, **result.to_dict()}, indent=2, ensure_ascii=False)
 
 
 def write_tag_chart(path: str, probabilities: np.ndarray, vocabulary, top: int = 10, title: str = "") -> None:
@@ -94,10 +115,9 @@ def write_tag_chart(path: str, probabilities: np.ndarray, vocabulary, top: int =
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    probabilities = np.asarray(probabilities, np.float32)
-    order = np.argsort(-probabilities, kind="stable")[:top][::-1]
-    figure, axes = pyplot.subplots(figsize=(6, 0.35 * len(order) + 1.2))
-    axes.barh([vocabulary[i] for i in order], probabilities[order], color="#3b6ea5")
+    tags = top_tags(probabilities, vocabulary, top)[::-1]
+    figure, axes = pyplot.subplots(figsize=(6, 0.35 * len(tags) + 1.2))
+    axes.barh([tag for tag, _ in tags], [p for _, p in tags], color="#3b6ea5")
     axes.set_xlim(0, 1)
     axes.set_xlabel("probability")
     axes.set_title(title or "top tags")

@@ -44,6 +44,8 @@ _TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage
 _TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1: at most this many tags per track.")
 _EMBEDDING_RANK = flags.DEFINE_bool("embedding_rank", True, "Stage 2: rank by embedding similarity (ScaNN).")
 _MAX_PER_ARTIST = flags.DEFINE_integer("max_per_artist", None, "At most this many results per artist.")
+TOP_TAGS = 5  # The query's most probable tags shown, whether or not stage 1 uses them.
+
 _TAGS_PNG = flags.DEFINE_string("tags_png", None, "Write a bar chart of the query's top tags to this PNG.")
 
 
@@ -77,7 +79,7 @@ def main(argv):
     except (audio.AudioError, KeyError, ValueError, FileNotFoundError, ServingError) as error:
         sys.exit(f"error: {error.args[0] if isinstance(error, KeyError) else error}")
     render = queries.render_json if _FORMAT.value == "json" else queries.render_table
-    print(render(result, label))
+    print(render(result, label, queries.top_tags(query.tag_probabilities, catalog.vocabulary, TOP_TAGS)))
     if _TAGS_PNG.value:
         if query.tag_probabilities is None:
             sys.exit("error: --tags_png needs an index with a tag model")

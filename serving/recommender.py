@@ -265,7 +265,15 @@ class Recommender:
                 query_members = None
             else:
                 catalog_members = self._catalog_tag_sets(tag_filter)
-                allowed &= (catalog_members & query_members).any(axis=1)
+                sharing = allowed & (catalog_members & query_members).any(axis=1)
+                if sharing.any():
+                    allowed = sharing
+                else:  # An empty answer helps no one: rank the whole catalog, and say why.
+                    notes.append(
+                        "stage 1 skipped: no catalog track shares the query's tag set "
+                        f"({', '.join(f'{tag} {p:.2f}' for tag, p in query_tags)})"
+                    )
+                    query_tags, query_members = (), None
         num_candidates = int(allowed.sum())
         if rank_by_embedding:
             ranked = self._rank_by_embedding(query_embedding, allowed, k, max_per_artist)

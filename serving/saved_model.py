@@ -127,7 +127,7 @@ def warmup_requests(model_name: str, sample_rate: int, seconds=(1.0, 30.0)) -> l
         waveform = np.zeros((1, int(duration * sample_rate)), np.float32)
         request.inputs["waveform"].CopyFrom(tf.make_tensor_proto(waveform))
         log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        records.append(log.SerializeToString())
+        records.append(log.SerializeToString(deterministic=True))
     return records
 
 

@@ -93,7 +93,7 @@ def encode_example(
         DURATION_S: _float_feature([num_samples / sample_rate]),
         NUM_SAMPLES: _int64_feature([num_samples]),
     }
-    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
 def feature_spec(num_tags: int) -> dict:

@@ -26,6 +26,7 @@ running the same command again resumes from the last checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,6 +54,13 @@ _PROFILE_STEPS = flags.DEFINE_list("profile_steps", [], "Two global steps FIRST,
 
 def main(argv):
     del argv
+    try:
+        _train()
+    except (config_lib.ConfigMismatchError, InitializationError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
+
+
+def _train():
     bindings = list(_GIN_PARAM.value)
     if _DATASET_DIR.value:
         bindings.append(f"Experiment.dataset_dir = {_DATASET_DIR.value!r}")
@@ -73,10 +81,7 @@ def main(argv):
     )
     if is_chief:
         trainer.writers.config(config_text, config_lib.save_operative(_MODEL_DIR.value))
-    try:
-        result = trainer.train()
-    except InitializationError as error:
-        raise app.UsageError(str(error)) from error
+    result = trainer.train()
     logging.info("Done: %s", result)
     print(
         f"trained {experiment.model_name} for {result.epochs_completed} epochs ({result.global_step} steps); "

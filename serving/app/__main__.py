@@ -32,6 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from serving.app.service import AppConfig, create_app, listen  # noqa: E402
+from serving.app.uploads import UploadDeadlines  # noqa: E402
 from serving.client import ServingError  # noqa: E402
 from serving.exported_model import ModelMismatchError  # noqa: E402
 from serving.index import IndexMismatchError  # noqa: E402
@@ -59,6 +60,12 @@ _MAX_PENDING = flags.DEFINE_integer(
 _UPLOAD_DIR = flags.DEFINE_string(
     "upload_dir", None, "Where to create the private folder for uploads; default: the system's temporary folder."
 )
+_UPLOAD_IDLE_TIMEOUT_S = flags.DEFINE_float(
+    "upload_idle_timeout_s", 10.0, "An upload that sends nothing for this long is answered 408.", lower_bound=0.01
+)
+_UPLOAD_DEADLINE_S = flags.DEFINE_float(
+    "upload_deadline_s", 120.0, "An upload not received within this long is answered 408.", lower_bound=0.01
+)
 _TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage 1's default minimum tag probability.")
 _TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1's default number of tags per track.")
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
@@ -85,6 +92,7 @@ def main(argv):
             inference_threads=_INFERENCE_THREADS.value,
             max_pending_uploads=_MAX_PENDING.value,
             upload_parent_dir=_UPLOAD_DIR.value,
+            upload_deadlines=UploadDeadlines(_UPLOAD_IDLE_TIMEOUT_S.value, _UPLOAD_DEADLINE_S.value),
             tag_filter=TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value),
         )
         web_app = create_app(config)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 
 from serving.app.errors import ApiError
 from serving.catalog_index import TrackRecord
 
+_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _EXTRA_TYPES = {".opus": "audio/ogg", ".m4a": "audio/mp4", ".flac": "audio/flac", ".wav": "audio/wav"}
 
 
@@ -44,3 +46,29 @@ def media_type(path: str) -> str:
     """The Content-Type of an audio file, from its extension."""
     extension = os.path.splitext(path)[1].lower()
     return _EXTRA_TYPES.get(extension) or mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+def check_range(header: str | None, size: int) -> None:
+    """Refuses a `Range` header the file cannot serve, in the service's JSON error format.
+
+    Valid ranges are left to the file response; this answers what it would
+    answer in plain text: 400 `malformed_range` (not `bytes=START-END,...`,
+    or a start after its end) and 416 `range_not_satisfiable` (every range
+    past the end of the file, with `Content-Range: bytes */SIZE`).
+    """
+    if header is None:
+        return
+    unit, _, specs = header.partition("=")
+    if unit.strip().lower() != "bytes" or not specs.strip():
+        raise ApiError(400, "malformed_range", f"Range {header[:100]!r}: expected bytes=START-END")
+    satisfiable = False
+    for spec in specs.split(","):
+        match = _RANGE_SPEC.match(spec)
+        if not match or not (match[1] or match[2]):
+            raise ApiError(400, "malformed_range", f"Range {header[:100]!r}: {spec.strip()!r} is not START-END")
+        start, end = match[1], match[2]
+        if start and end and int(start) > int(end):
+            raise ApiError(400, "malformed_range", f"Range {header[:100]!r}: {spec.strip()!r} starts after it ends")
+        satisfiable |= int(end) > 0 if not start else int(start) < size
+    if not satisfiable:
+        raise ApiError(416, "range_not_satisfiable", f"the file has {size} bytes", {"Content-Range": f"bytes */{size}"})

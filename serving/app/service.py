@@ -71,6 +71,8 @@ class AppConfig:
             503.
         upload_parent_dir: Where the private upload directory is created
             (default: the system's temporary directory).
+        upload_deadlines: How long an upload may stall and take overall
+            before it is answered 408 and its slot freed.
         tag_filter: Stage 1's default settings (requests may override).
         warmup: Run one query on silence before serving (also checks that the
             models answer).
@@ -86,6 +88,7 @@ class AppConfig:
     inference_threads: int = 2
     max_pending_uploads: int = 32
     upload_parent_dir: str | None = None
+    upload_deadlines: uploads.UploadDeadlines = uploads.UploadDeadlines()
     tag_filter: TagFilter = TagFilter()
     warmup: bool = True
 
@@ -220,11 +223,8 @@ class RecommendationService:
             raise ApiError(422, "invalid_parameter", str(error)) from None
 
     def _top_tags(self, probabilities) -> list[dict]:
-        if probabilities is None:
-            return []
-        probabilities = np.asarray(probabilities, np.float32)
-        order = np.argsort(-probabilities, kind="stable")[: schemas.TOP_TAGS]
-        return [{"tag": self.catalog.vocabulary[i], "probability": float(probabilities[i])} for i in order]
+        tags = queries.top_tags(probabilities, self.catalog.vocabulary, schemas.TOP_TAGS)
+        return [{"tag": tag, "probability": p} for tag, p in tags]
 
     def _response(
         self,
@@ -274,7 +274,9 @@ class RecommendationService:
     async def recommend_upload(self, request: Request, params: schemas.RecommendParams) -> dict:
         """Recommendations for the audio file uploaded in `request`."""
         with self._admitted():
-            async with uploads.receive(request, self.upload_dir, self.config.max_upload_bytes) as upload:
+            async with uploads.receive(
+                request, self.upload_dir, self.config.max_upload_bytes, self.config.upload_deadlines
+            ) as upload:
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._pool, self._recommend_file, upload, params)
 
@@ -445,20 +447,20 @@ def _add_api_routes(app: FastAPI, service: RecommendationService, metrics: Metri
         responses={
             200: {"content": {"audio/*": {}}, "description": "The audio file."},
             206: {"content": {"audio/*": {}}, "description": "The requested byte range."},
-            416: {"description": "Range not satisfiable."},
-            **errors.responses(404),
+            **errors.responses(400, 404, 416),
         },
         tags=["catalog"],
     )
-    def track_audio(track_id: str):
+    def track_audio(track_id: str, request: Request):
         """A catalog track's audio file, with HTTP range requests (seeking)."""
         path = service.audio_file(track_id)
+        catalog_audio.check_range(request.headers.get("range"), os.path.getsize(path))
         return FileResponse(path, media_type=catalog_audio.media_type(path), headers={"Cache-Control": "max-age=3600"})
 
     @app.post(
         "/recommend",
         response_model=schemas.RecommendResponse,
-        responses=errors.responses(400, 413, 415, 422, 502, 503),
+        responses=errors.responses(400, 408, 413, 415, 422, 502, 503),
         openapi_extra=_UPLOAD_BODY,
         tags=["recommend"],
     )

@@ -8,12 +8,16 @@ streams in, never buffered whole: the audio part is written to a file created
 with `tempfile.mkstemp` (mode 0600) in a directory made by
 `private_directory` (mode 0700), counting bytes, and the request is refused
 with 413 as soon as the count passes the limit, or before reading anything
-when `Content-Length` already says it will. The file is deleted in every case
-when the block ends.
+when `Content-Length` already says it will. A client that stops sending
+(no bytes for `UploadDeadlines.idle_s`) or takes longer than
+`UploadDeadlines.total_s` over the whole body is answered 408 and its
+connection closed, so stalled clients cannot hold the upload slots. The file
+is deleted in every case when the block ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -33,6 +37,23 @@ FRAMING_BYTES = 64 * 1024
 _MAX_FILENAME = 200
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadDeadlines:
+    """How long an upload may take to arrive.
+
+    Attributes:
+        idle_s: Longest wait for the next bytes of the body.
+        total_s: Longest time to receive the whole body.
+    """
+
+    idle_s: float = 10.0
+    total_s: float = 120.0
+
+    def __post_init__(self):
+        if self.idle_s <= 0 or self.total_s <= 0:
+            raise ValueError(f"upload deadlines must be positive, got idle {self.idle_s} s, total {self.total_s} s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +125,7 @@ class _PartWriter:
         self._headers: dict[bytes, bytes] = {}
         self._field = self._value = b""
         self._in_audio = False
+        self._part_name = ""
 
     def callbacks(self) -> dict:
         return {
@@ -135,7 +157,8 @@ class _PartWriter:
             raise ApiError(
                 400, "malformed_upload", "a multipart part without 'Content-Disposition: form-data; name=...'"
             )
-        if options[b"name"].decode("latin-1") != FIELD:
+        self._part_name = options[b"name"].decode("latin-1")[:100]
+        if self._part_name != FIELD:
             return
         if self.filename is not None:
             raise ApiError(422, "too_many_files", f"send one file in the field {FIELD!r}")
@@ -151,6 +174,10 @@ class _PartWriter:
             self.handle.write(data[start:end])
         else:
             self.other_bytes += end - start
+            if self.other_bytes > FRAMING_BYTES and self.filename is None:  # A file sent under another name.
+                raise ApiError(
+                    422, "missing_audio", f"no file in the form field {FIELD!r} (the request sends {self._part_name!r})"
+                )
             if self.other_bytes > FRAMING_BYTES:
                 raise ApiError(
                     413, "too_large", f"form fields other than {FIELD!r} are limited to {FRAMING_BYTES} bytes"
@@ -165,11 +192,35 @@ def _suffix(filename: str) -> str:
     return suffix.lower() if _SUFFIX.match(suffix) else ""
 
 
-async def _stream_into(request: Request, parser: MultipartParser, max_bytes: int) -> None:
+def _timed_out(detail: str) -> ApiError:
+    return ApiError(408, "upload_timeout", detail, {"Connection": "close"})
+
+
+async def _chunks(request: Request, deadlines: UploadDeadlines) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; 408 when the client stalls or is too slow overall."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadlines.total_s
+    stream = request.stream().__aiter__()
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise _timed_out(f"the upload did not arrive within {deadlines.total_s:g} s")
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=min(deadlines.idle_s, remaining))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            if deadline - loop.time() <= 0:
+                raise _timed_out(f"the upload did not arrive within {deadlines.total_s:g} s") from None
+            raise _timed_out(f"no upload data for {deadlines.idle_s:g} s") from None
+        yield chunk
+
+
+async def _stream_into(request: Request, parser: MultipartParser, max_bytes: int, deadlines: UploadDeadlines) -> None:
     """Feeds the body to the parser as it arrives; the whole body is bounded too (framing, epilogue)."""
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _chunks(request, deadlines):
             received += len(chunk)
             if received > max_bytes + FRAMING_BYTES:
                 raise _too_large(max_bytes)
@@ -182,17 +233,21 @@ async def _stream_into(request: Request, parser: MultipartParser, max_bytes: int
 
 
 @contextlib.asynccontextmanager
-async def receive(request: Request, directory: str, max_bytes: int) -> AsyncIterator[Upload]:
+async def receive(
+    request: Request, directory: str, max_bytes: int, deadlines: UploadDeadlines = UploadDeadlines()
+) -> AsyncIterator[Upload]:
     """Streams the request's `audio` file into a private temporary file, deleted when the block ends.
 
     Args:
         request: A `multipart/form-data` request with one file field `audio`.
         directory: A private directory (`private_directory`).
         max_bytes: The largest file accepted.
+        deadlines: How long the body may take to arrive.
 
     Raises:
         ApiError: 415 not multipart; 413 too large (as soon as it is known);
-            400 malformed body; 422 no file or more than one.
+            408 stalled or too slow; 400 malformed body; 422 no file or more
+            than one.
     """
     boundary = _boundary(request)
     _check_declared_length(request, max_bytes)
@@ -200,7 +255,7 @@ async def receive(request: Request, directory: str, max_bytes: int) -> AsyncIter
     try:
         with os.fdopen(descriptor, "wb") as handle:
             writer = _PartWriter(handle, max_bytes)
-            await _stream_into(request, MultipartParser(boundary, writer.callbacks()), max_bytes)
+            await _stream_into(request, MultipartParser(boundary, writer.callbacks()), max_bytes, deadlines)
         if not writer.finished:
             raise ApiError(400, "malformed_upload", "the multipart body ends before its closing boundary")
         if writer.filename is None:

@@ -77,6 +77,16 @@ def test_garbage_names_the_file_and_both_decoders():
     assert "catalog/bad.mp3" in str(raised.value)
     assert "soundfile:" in raised.value.detail and "pyav:" in raised.value.detail
     assert "BytesIO" not in raised.value.detail
+    # A file that exists but is not audio: libsndfile's own words ("does not exist ... a pipe?") come as detail only.
+    assert raised.value.detail.startswith("not a recognised audio format (")
+
+
+def test_an_existing_file_that_is_not_audio_is_said_to_be_no_audio(tmp_path):
+    path = tmp_path / "notes.mp3"
+    path.write_text("shopping list\n" * 50)
+    with pytest.raises(audio.AudioError) as raised:
+        audio.decode_audio(str(path), str(path))
+    assert str(raised.value).startswith(f"{path}: decode_error: not a recognised audio format (soundfile: ")
 
 
 def test_empty_file():

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import soundfile
+import tensorflow as tf
 
 from data_prep import audio, catalog, pipeline
 from data_prep.rejections import rejections_from_csv
@@ -21,7 +22,7 @@ from tests.conftest import REPO_ROOT, tone
 from tests.data_prep.test_audio import _encode_m4a
 from tests.tfrecords.test_logmel import reference_log_mel
 from tfrecords import dataset_info, readers, schema
-from tfrecords.logmel import LogMelSpec
+from tfrecords.logmel import PRESETS, LogMelSpec, log_mel_spectrogram
 
 # Crafted rows: (track_id, file name or None, expected rejection reason or None).
 CRAFTED = {
@@ -214,6 +215,25 @@ def test_rerun_is_idempotent(messy_run, tmp_path):
         assert (output / name).read_bytes() == (snapshot / name).read_bytes(), name
 
 
+def test_runs_in_separate_processes_write_identical_bytes(tmp_path, demo_catalog):
+    """Records are serialised deterministically (protobuf map order is otherwise per-process)."""
+    rows = (REPO_ROOT / "demo" / "catalog.csv").read_text().splitlines()
+    small = tmp_path / "catalog.csv"
+    small.write_text("\n".join(rows[:1] + rows[1::4]) + "\n")
+    outputs = []
+    for seed in ("1", "2"):
+        output = tmp_path / f"run{seed}"
+        command = [*_cli(output, "--log_mel_dtype=float16"), f"--catalog={small}", f"--audio_root={REPO_ROOT / 'demo'}"]
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": seed}
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(output)
+    shards = sorted(name for name in os.listdir(outputs[0]) if ".tfrecord" in name)
+    assert shards and shards == sorted(name for name in os.listdir(outputs[1]) if ".tfrecord" in name)
+    for name in shards:
+        assert (outputs[0] / name).read_bytes() == (outputs[1] / name).read_bytes(), name
+
+
 def test_96_mel_dataset_and_gzip(tmp_path, demo_catalog):
     parsed = catalog.read_catalog(str(demo_catalog))
     config = pipeline.PreprocessConfig(
@@ -304,6 +324,40 @@ def test_cli_rejects_bad_usage(tmp_path):
         timeout=120,
     )
     assert missing.returncode != 0 and "nope.csv: cannot read the catalog" in missing.stderr
+    no_column = tmp_path / "catalog.csv"
+    no_column.write_text("id,path\nx,a.mp3\n")
+    bad_header = subprocess.run(
+        [sys.executable, "-m", "data_prep", f"--catalog={no_column}", f"--output_dir={tmp_path / 'out'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad_header.returncode != 0 and "missing required column(s) ['track_id']" in bad_header.stderr
+    for result in (missing, bad_header):
+        assert "Traceback" not in result.stderr  # The user's mistake: the message alone.
+
+
+def test_cli_log_mel_preset_writes_the_musicnn_front_end(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    clash = subprocess.run(
+        _cli(tmp_path / "clash", "--log_mel_preset=musicnn", "--n_mels=128"),
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert clash.returncode != 0 and "--log_mel_preset sets the front end; drop --n_mels" in clash.stderr
+    output = tmp_path / "musicnn"
+    done = subprocess.run(
+        _cli(output, "--log_mel_preset=musicnn", "--log_mel_dtype=float32"),
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = dataset_info.load(str(output))
+    assert info.log_mel == PRESETS["musicnn"] and info.num_written == 16
+    record = next(iter(tf.data.TFRecordDataset(dataset_info.shard_paths(str(output), info, "train"))))
+    example = schema.decode_example(record.numpy(), info.log_mel_dtype)
+    entry = next(e for e in catalog.read_catalog(str(REPO_ROOT / "demo" / "catalog.csv")).entries
+                 if e.track_id == example[schema.TRACK_ID])  # fmt: skip
+    waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
+    expected = log_mel_spectrogram(waveform, PRESETS["musicnn"]).numpy()
+    np.testing.assert_allclose(example[schema.LOG_MEL], expected, atol=1e-4)
+    assert 0.0 <= example[schema.LOG_MEL].min() and example[schema.LOG_MEL].max() < 10.0  # log10(1 + 10000 x)
 
 
 def test_config_validation():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import pickle
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from serving.catalog_index import CatalogIndex, TrackRecord
+from serving.catalog_index import CatalogIndex, DamagedIndexError, TrackRecord
 from serving.exported_model import ModelRef
 from serving.index import IndexMismatchError
 
@@ -145,3 +148,59 @@ def test_a_searcher_that_disagrees_with_the_tracks_is_refused(tmp_path):
     shutil.copytree(tmp_path / "c" / "searcher", tmp_path / "a" / "searcher")
     with pytest.raises(IndexMismatchError, match="damaged"):
         CatalogIndex.load(str(tmp_path / "a"))
+
+
+INDEX_FILES = [
+    "catalog_index.json",
+    "tracks.jsonl",
+    "embeddings.npy",
+    "tag_probabilities.npy",
+    "searcher/index.json",
+    "searcher/track_ids.json",
+    "searcher/scann/dataset.npy",
+    "searcher/scann/scann_config.pb",
+    "searcher/scann/scann_assets.pbtxt",
+]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+@pytest.mark.parametrize("name", INDEX_FILES)
+def test_a_damaged_file_is_refused_before_it_is_parsed_naming_it(tmp_path, name, damage):
+    directory = tmp_path / "index"
+    _build(20).save(str(directory))
+    assert len(CatalogIndex.load(str(directory))) == 20  # Loads while intact.
+    path = directory / name
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # Same size, one byte changed.
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    with pytest.raises(DamagedIndexError, match=rf"{re.escape(str(path))}: .*rebuild it"):
+        CatalogIndex.load(str(directory))
+
+
+def test_ids_are_not_pickled_and_a_planted_pickle_is_never_loaded(tmp_path):
+    directory = tmp_path / "index"
+    index = _build(20)
+    index.save(str(directory))
+    written = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    assert not [name for name in written if name.endswith(".pkl")]
+    assert json.loads((directory / "searcher" / "track_ids.json").read_text()) == index.searcher.track_ids
+    marker = tmp_path / "code_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    (directory / "searcher" / "scann" / "scann_docids.pkl").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(DamagedIndexError, match="scann_docids.pkl: not written by this index"):
+        CatalogIndex.load(str(directory))
+    assert not marker.exists()
+    (directory / "searcher" / "scann" / "scann_docids.pkl").unlink()
+    (directory / "manifest.json").write_text("{")
+    with pytest.raises(DamagedIndexError, match="manifest.json: unreadable"):
+        CatalogIndex.load(str(directory))
+    (directory / "manifest.json").unlink()
+    with pytest.raises(DamagedIndexError, match="manifest.json: missing"):
+        CatalogIndex.load(str(directory))

@@ -139,3 +139,9 @@ def test_converted_checkpoints_export_as_they_are(name, pretrained_exports):
 def test_export_of_a_directory_that_is_no_artifact_names_it(tmp_path):
     with pytest.raises(saved_model.ExportError, match=f"{tmp_path}: no model_info.json"):
         saved_model.export(str(tmp_path), str(tmp_path / "export"))
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.export", f"--model_dir={tmp_path}", f"--export_dir={tmp_path / 'export'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0 and f"error: {tmp_path}: no model_info.json" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -172,3 +172,22 @@ def test_unusable_model_outputs_are_named():
     assert indexing.unusable_outputs(zero) == "the embedding model's embedding is all zeros"
     nan = {**good, "tag": {"tags": np.array([0.5, np.nan, 0.1], np.float32)}}
     assert indexing.unusable_outputs(nan) == "the tag model's tags output is not finite"
+
+
+def test_staging_records_are_the_same_bytes_in_every_process():
+    """The index's staging records are serialised deterministically, like the datasets."""
+    script = (
+        "import sys, numpy as np\n"
+        "from serving.catalog_index import TrackRecord\n"
+        "from serving.indexing import TrackFeatures, encode_features\n"
+        "features = TrackFeatures(TrackRecord('t1', artist='a', title='b', album='c', path='p'),"
+        " np.arange(8, dtype=np.float32), np.ones(3, np.float32))\n"
+        "sys.stdout.write(encode_features(features).hex())\n"
+    )
+    outputs = set()
+    for seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.add(done.stdout)
+    assert len(outputs) == 1

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import soundfile
 import tensorflow as tf
 
 from data_prep import catalog
@@ -85,6 +86,10 @@ def test_errors_name_the_problem(tmp_path, demo_index):
     assert done.returncode != 0 and str(not_audio) in done.stderr and "decode_error" in done.stderr
     done = _query(f"--index_dir={demo_index[0]}", "--track_id=no-such-track")
     assert done.returncode != 0 and "unknown track id 'no-such-track'" in done.stderr
+    silence = tmp_path / "silence.wav"
+    soundfile.write(silence, np.zeros(48000, np.float32), 16000)  # Digital silence: the catalog's checks refuse it.
+    done = _query(f"--index_dir={demo_index[0]}", f"--audio={silence}")
+    assert done.returncode != 0 and f"{silence}: silent" in done.stderr and "dBFS" in done.stderr
 
 
 def test_through_tf_serving_gives_the_in_process_results(demo_index, entries, standin_models):
@@ -145,9 +150,13 @@ def test_pretrained_index_names_its_models_and_tags_with_music_words(pretrained_
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tags by: mtat_crnn v1 (crnn, trained on MagnaTagATune, top-50 tags" in done.stdout
     assert "ranked by: msd_musicnn v1 (musicnn, trained on Million Song Dataset, top-50 Last.fm tags)" in done.stdout
+    top_line = next(line for line in done.stdout.splitlines() if line.startswith("query's top tags: "))
+    shown = [part.rsplit(" ", 1)[0] for part in top_line.removeprefix("query's top tags: ").split(", ")]
+    assert len(shown) == 5 and set(shown) <= set(MTAT_TOP50_TAGS)
     done = _query(f"--index_dir={pretrained_index}", "--track_id=starfighter--death", "--k=5", "--format=json")
     result = json.loads(done.stdout)
     assert result["models"]["ranking"].startswith("msd_musicnn v1") and result["models"]["tags"].startswith("mtat_crnn")
+    assert [t["tag"] for t in result["query_top_tags"]] == shown
     index = CatalogIndex.load(str(pretrained_index))
     assert tuple(index.vocabulary) == MTAT_TOP50_TAGS
     # A recording of guitar and piano music: the published CRNN's leading tags are instrument and style words.

@@ -64,6 +64,13 @@ def _tag_set(probabilities, threshold, top_n) -> set[str]:
 
 def _expected(catalog, query: Query, k, threshold, top_n, max_per_artist=None) -> list[str]:
     query_tags = _tag_set(query.tag_probabilities, threshold, top_n)
+    others = [
+        row
+        for row, track in enumerate(catalog.tracks)
+        if track.track_id != query.track_id and track.content_sha256 != query.content_sha256
+    ]
+    if not any(query_tags & _tag_set(catalog.tag_probabilities[row], threshold, top_n) for row in others):
+        query_tags = set()  # No candidate shares a tag: stage 1 is skipped.
     scored = []
     for row, track in enumerate(catalog.tracks):
         if track.track_id == query.track_id or track.content_sha256 == query.content_sha256:
@@ -263,6 +270,20 @@ def test_a_query_without_confident_tags_skips_stage_one_and_says_so():
     result = recommender.recommend(query, 5)
     assert result.query_tags == () and len(result.recommendations) == 5
     assert any("stage 1 skipped" in note and "0.8" in note for note in result.notes)
+
+
+def test_a_tag_set_no_catalog_track_shares_skips_stage_one_and_says_so():
+    catalog = _catalog()
+    probabilities = catalog.tag_probabilities.copy()
+    probabilities[:, VOCABULARY.index("folk")] = 0.1  # Nobody in the catalog is folk...
+    catalog = CatalogIndex.build(catalog.tracks, catalog.embeddings, probabilities, _ref("ranker"), _ref("tagger", 32))
+    recommender = Recommender(catalog, TagFilter(0.5, 1))
+    query = Query(_unit(np.ones(DIM)), np.array([0.1, 0.1, 0.1, 0.1, 0.9], np.float32))  # ...but the query is.
+    result = recommender.recommend(query, 5)
+    assert result.query_tags == () and result.num_candidates == len(catalog)
+    assert [r.track.track_id for r in result.recommendations] == _expected(catalog, query, 5, 0.5, 1)
+    assert any("no catalog track shares the query's tag set (folk 0.90)" in note for note in result.notes)
+    assert all(r.shared_tags == () for r in result.recommendations)
 
 
 def test_tag_sets_use_threshold_and_top_n_not_float_equality():

@@ -171,6 +171,14 @@ def test_model_dir_of_another_config_is_refused(datasets, tmp_path):
     with pytest.raises(config_lib.ConfigMismatchError, match="different configuration") as raised:
         _trainer(["short_chunk_cnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
     assert "short_chunk_cnn" in str(raised.value)
+    # The command line says so without a traceback: the mistake is the user's.
+    done = subprocess.run(
+        [sys.executable, "-m", "train", "--config=short_chunk_cnn.gin", f"--dataset_dir={datasets[128]}",
+         f"--model_dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode != 0 and "error: " in done.stderr and "different configuration" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_crnn_needs_a_96_band_dataset(datasets, tmp_path):
