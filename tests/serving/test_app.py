@@ -641,9 +641,19 @@ def _stalled_upload(port: int) -> socket.socket:
 
 
 def _status_and_reason(sock: socket.socket) -> tuple[int, str]:
-    response = _read_response(sock)
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split()[1]), json.loads(body)["error"]["reason"]
+    """The status and error reason of the one response on `sock` (read by its Content-Length, not to EOF)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed without a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed inside the response body"
+        body += chunk
+    return int(head.split()[1]), json.loads(body[:length])["error"]["reason"]
 
 
 def test_stalled_uploads_time_out_and_free_their_slots(demo_index, demo_audio_files, tmp_path):
