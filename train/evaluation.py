@@ -36,6 +36,22 @@ class TrackPredictions:
     titles: list[str]
 
 
+@tf.function(reduce_retracing=True)
+def _predict_chunks(model: keras.Model, chunks: tf.Tensor):
+    """Tags and embeddings `[tracks, chunks, ...]` of `[tracks, chunks, frames, n_mels]`.
+
+    One function for the process, so that validating every epoch (or
+    evaluating several splits) reuses its trace for the same model instead of
+    tracing a new function each time.
+    """
+    shape = tf.shape(chunks)
+    flat = tf.reshape(chunks, tf.concat([[-1], shape[2:]], axis=0))
+    outputs = model(flat, training=False)
+    tags = tf.reshape(outputs[models.TAGS], [shape[0], shape[1], -1])
+    embedding = tf.reshape(outputs[models.EMBEDDING], [shape[0], shape[1], -1])
+    return tags, embedding
+
+
 def predict_tracks(
     model: keras.Model,
     dataset_dir: str,
@@ -51,18 +67,9 @@ def predict_tracks(
         dataset_dir, split=split, chunk_frames=chunk_frames, num_chunks=num_chunks, info=info
     ).batch(tracks_per_batch)
 
-    @tf.function(reduce_retracing=True)
-    def predict(chunks):
-        shape = tf.shape(chunks)
-        flat = tf.reshape(chunks, [-1, chunk_frames, info.log_mel.n_mels])
-        outputs = model(flat, training=False)
-        tags = tf.reshape(outputs[models.TAGS], [shape[0], shape[1], -1])
-        embedding = tf.reshape(outputs[models.EMBEDDING], [shape[0], shape[1], -1])
-        return tags, embedding
-
     ids, labels, scores, embeddings, artists, titles, losses = [], [], [], [], [], [], []
     for batch in dataset:
-        tags, embedding = predict(batch[schema.LOG_MEL])
+        tags, embedding = _predict_chunks(model, batch[schema.LOG_MEL])
         tags = tags.numpy().astype(np.float64)
         batch_labels = batch[schema.LABELS].numpy()
         clipped = np.clip(tags, 1e-7, 1 - 1e-7)

@@ -345,3 +345,23 @@ def test_mixed_precision_and_xla_training(datasets, tmp_path):
         assert result.global_step == 2 and np.isfinite(result.best_value)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_validating_every_epoch_traces_the_predictor_once(datasets):
+    """Evaluation reuses one trace per model (TensorFlow warned of retracing at every validation)."""
+    import logging
+
+    from train.evaluation import predict_tracks
+
+    model = models.get_model("short_chunk_res", 3, vocabulary=VOCABULARY)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    logger.addHandler(handler)
+    try:
+        first = [predict_tracks(model, datasets[128], "valid", 231, num_chunks=2) for _ in range(6)]
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in records if "retracing" in r.getMessage()]
+    np.testing.assert_allclose(first[0].scores, first[-1].scores)
