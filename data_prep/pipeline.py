@@ -32,7 +32,15 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from data_prep import audio
 from data_prep.audio_checks import AudioChecks
-from data_prep.catalog import SPLITS, Catalog, CatalogEntry, TagVocabulary, build_vocabulary, reject_untagged
+from data_prep.catalog import (
+    SPLITS,
+    Catalog,
+    CatalogEntry,
+    CatalogError,
+    TagVocabulary,
+    build_vocabulary,
+    reject_untagged,
+)
 from data_prep.rejections import REASONS, Rejection, rejections_to_csv
 from data_prep.splits import assign_splits, stable_hash
 from tfrecords import dataset_info, schema
@@ -140,6 +148,8 @@ class Summary:
         )
         if info.out_of_vocabulary:
             lines.append(f"tag occurrences left out of the vocabulary: {sum(info.out_of_vocabulary.values())}")
+        if info.dropped_tags:
+            lines.append(f"tags dropped (every row carrying them was rejected): {sorted(info.dropped_tags)}")
         lines.append(f"log-mel:       {info.log_mel.to_dict()}  fingerprint {info.log_mel.fingerprint()}")
         if self.counters:
             counters = ", ".join(f"{name}={value}" for name, value in sorted(self.counters.items()))
@@ -447,9 +457,57 @@ def run(
             f"{len(rejections)} rejected; staging data left in {staging_dir}"
         )
 
+    vocabulary, dropped = _drop_tags_without_examples(vocabulary, shard_stats, rejections, config, staging_dir)
     info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
+    info.dropped_tags = dropped
     _publish(output_dir, staging_dir, shard_stats, rejections, info)
     return Summary(info=info, rejections=rejections, counters=beam_counters(result))
+
+
+def _drop_tags_without_examples(vocabulary, shard_stats, rejections, config, staging_dir):
+    """Leaves out of the vocabulary the tags that only rejected rows carried.
+
+    Such a tag has no example in any split: a label no model can learn, and
+    an undefined AUC. The staged shards' label vectors lose its column. A
+    vocabulary the user gave (`--vocabulary`) is not changed: the run fails,
+    naming the tags and the rejected rows that carried them.
+
+    Returns:
+        The vocabulary and `{tag: why it was dropped}`.
+    """
+    counts = collections.Counter()
+    for stats in shard_stats:
+        counts.update(stats["tag_counts"])
+    empty = [tag for tag in vocabulary.tags if not counts[tag]]
+    if not empty:
+        return vocabulary, {}
+    reasons = collections.Counter(r.reason for r in rejections)
+    if config.vocabulary is not None:
+        raise CatalogError(
+            f"tags of the given vocabulary have no usable track: {empty} (every row carrying them was rejected; "
+            f"rejections by reason: {dict(reasons)}); fix those rows or leave the tags out of --vocabulary. "
+            f"Staging data left in {staging_dir}"
+        )
+    keep = [index for index, tag in enumerate(vocabulary.tags) if counts[tag]]
+    for stats in shard_stats:
+        _relabel_shard(tf.io.gfile.join(staging_dir, stats["shard"]), keep, config.compression)
+    why = "every catalog row carrying it was rejected (see rejected.csv)"
+    kept = dataclasses.replace(vocabulary, tags=tuple(vocabulary.tags[index] for index in keep))
+    return kept, {tag: why for tag in empty}
+
+
+def _relabel_shard(path: str, keep: list[int], compression: str):
+    """Rewrites a shard's label vectors with only the columns in `keep`."""
+    temporary = path + ".relabel"
+    with tf.io.TFRecordWriter(temporary, tf.io.TFRecordOptions(compression_type=compression)) as writer:
+        for record in tf.data.TFRecordDataset(path, compression_type=compression):
+            example = tf.train.Example.FromString(record.numpy())
+            labels = example.features.feature[schema.LABELS].int64_list.value
+            kept = [labels[index] for index in keep]
+            del labels[:]
+            labels.extend(kept)
+            writer.write(example.SerializeToString(deterministic=True))
+    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_info.DatasetInfo:

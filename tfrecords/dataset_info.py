@@ -52,6 +52,8 @@ class DatasetInfo:
         rejected: Rejected rows: count, count per reason and the report file.
         options: The preprocessing options (split method, seed, ...).
         out_of_vocabulary: Tag occurrences dropped, per tag.
+        dropped_tags: Tags left out of the vocabulary after the run, with why
+            (e.g. every row carrying them was rejected).
         format_version: Version of this file's format.
     """
 
@@ -64,6 +66,7 @@ class DatasetInfo:
     rejected: dict
     options: dict
     out_of_vocabulary: dict[str, int] = dataclasses.field(default_factory=dict)
+    dropped_tags: dict[str, str] = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -86,6 +89,7 @@ class DatasetInfo:
             "rejected": self.rejected,
             "options": self.options,
             "out_of_vocabulary": self.out_of_vocabulary,
+            "dropped_tags": self.dropped_tags,
         }
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
@@ -108,6 +112,7 @@ class DatasetInfo:
             rejected=payload["rejected"],
             options=payload["options"],
             out_of_vocabulary=payload.get("out_of_vocabulary", {}),
+            dropped_tags=payload.get("dropped_tags", {}),
         )
 
 

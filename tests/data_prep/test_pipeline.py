@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import filecmp
 import os
 import shutil
@@ -27,6 +28,7 @@ from tfrecords.logmel import PRESETS, LogMelSpec, log_mel_spectrogram
 # Crafted rows: (track_id, file name or None, expected rejection reason or None).
 CRAFTED = {
     "missing": "missing_file",
+    "ghost_only": "missing_file",  # The only row tagged "ghost": the tag ends with no example.
     "junk": "decode_error",
     "empty": "empty",
     "short": "too_short",
@@ -67,6 +69,7 @@ def _write_messy_catalog(directory, demo_catalog):
     rows = [{**row, "path": str(demo_catalog.parent / row["path"])} for row in demo_rows]
     crafted = [
         ("missing", "audio/missing.mp3", "Band A", "hyperrogue", "", ""),
+        ("ghost_only", "audio/ghost.mp3", "Band F", "ghost", "", ""),
         ("junk", "audio/junk.mp3", "Band A", "hyperrogue", "", ""),
         ("empty", "audio/empty.wav", "Band A", "hyperrogue", "", ""),
         ("short", "audio/short.wav", "Band B", "starfighter", "", ""),
@@ -132,7 +135,7 @@ def _records(path):
 def test_counts_reconcile_and_every_bad_row_has_its_reason(messy_run):
     directory, parsed, _, summary = messy_run
     info = dataset_info.load(str(directory / "out"))
-    assert info.catalog["rows"] == parsed.num_rows == 16 + 14
+    assert info.catalog["rows"] == parsed.num_rows == 16 + 15
     assert info.num_written + info.rejected["count"] == info.catalog["rows"]
     rejected = rejections_from_csv((directory / "out" / "rejected.csv").read_text())
     assert len(rejected) == info.rejected["count"]
@@ -148,7 +151,7 @@ def test_counts_reconcile_and_every_bad_row_has_its_reason(messy_run):
         1 for r in rejected if r.reason not in ("duplicate_track_id", "invalid_row", "no_usable_tag")
     )
     assert summary.counters.get("decoded_with_ffmpeg") == 1
-    assert "catalog rows:  30" in summary.render()
+    assert "catalog rows:  31" in summary.render()
 
 
 def test_every_field_round_trips(messy_run):
@@ -173,6 +176,30 @@ def test_every_field_round_trips(messy_run):
         worst = max(worst, float(np.abs(log_mel - reference_log_mel(waveform, config.log_mel)).max()))
     assert worst <= 0.05, worst
     assert "unseen" in info.vocabulary  # min_tag_count=1 keeps it.
+
+
+def test_a_tag_only_rejected_rows_carried_leaves_the_vocabulary(messy_run, tmp_path):
+    directory, parsed, config, summary = messy_run
+    info = dataset_info.load(str(directory / "out"))
+    assert "ghost" not in info.vocabulary and set(info.dropped_tags) == {"ghost"}
+    assert "rejected" in info.dropped_tags["ghost"]
+    assert "tags dropped (every row carrying them was rejected): ['ghost']" in summary.render()
+    assert all(count > 0 for count in _tag_totals(info).values())
+    for _, example in _read_all(directory / "out", info).values():
+        assert len(example[schema.LABELS]) == info.num_tags
+    # A vocabulary the user gave is not changed behind their back: the run fails, naming the tag.
+    given = dataclasses.replace(config, output_dir=str(tmp_path / "given"), vocabulary=(*info.vocabulary, "ghost"))
+    with pytest.raises(catalog.CatalogError, match=r"no usable track: \['ghost'\]"):
+        pipeline.run(parsed, given, ["--direct_num_workers=2"])
+    assert not (tmp_path / "given" / dataset_info.FILENAME).exists()
+
+
+def _tag_totals(info):
+    totals = {tag: 0 for tag in info.vocabulary}
+    for split in info.splits.values():
+        for tag, count in split.tag_counts.items():
+            totals[tag] += count
+    return totals
 
 
 def test_splits_are_artist_disjoint_and_info_matches_shards(messy_run):
