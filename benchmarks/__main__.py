@@ -27,9 +27,9 @@ accepted here too; see each module's docstring.
 
 from __future__ import annotations
 
-import os
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf_startup.quiet_start()
 
 from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
 

@@ -30,12 +30,16 @@ import dataclasses
 import logging as std_logging
 import sys
 
-from absl import app, flags, logging
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
 
-from data_prep import catalog as catalog_lib
-from data_prep import mtat, pipeline
-from data_prep.splits import SPLIT_BY_CHOICES
-from tfrecords.logmel import PRESETS, LogMelSpec
+tf_startup.quiet_start()
+
+from absl import app, flags, logging  # noqa: E402
+
+from data_prep import catalog as catalog_lib  # noqa: E402
+from data_prep import mtat, pipeline  # noqa: E402
+from data_prep.splits import SPLIT_BY_CHOICES  # noqa: E402
+from tfrecords.logmel import PRESETS, LogMelSpec  # noqa: E402
 
 _CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
 _AUDIO_ROOT = flags.DEFINE_string(

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
 
-from models import musicnn_conversion, pretrained
+tf_startup.quiet_start()
+
+from absl import app, flags  # noqa: E402
+
+from models import musicnn_conversion, pretrained  # noqa: E402
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "MSD_musicnn, MTT_musicnn, MSD_vgg or MTT_vgg of the wheel.", required=True

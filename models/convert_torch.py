@@ -20,11 +20,15 @@ from __future__ import annotations
 import os
 import pathlib
 
-import numpy as np
-from absl import app, flags
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
 
-import models
-from models import artifact, pretrained, torch_conversion
+tf_startup.quiet_start()
+
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+import models  # noqa: E402
+from models import artifact, pretrained, torch_conversion  # noqa: E402
 
 _MODEL = flags.DEFINE_enum(
     "model", None, sorted(torch_conversion.ARCHITECTURES), "Which reference architecture.", required=True

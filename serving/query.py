@@ -17,10 +17,11 @@ writes a bar chart of the query's top tags. Stage 1 (tag filter) and stage 2
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+
+tf_startup.quiet_start()
 
 from absl import app, flags  # noqa: E402
 

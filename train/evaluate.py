@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+
+tf_startup.quiet_start()
 
 from absl import app, flags  # noqa: E402
 

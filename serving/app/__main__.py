@@ -23,11 +23,12 @@ once); `--inference_threads` uploads are embedded at once.
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+
+tf_startup.quiet_start()
 
 from absl import app, flags  # noqa: E402
 

@@ -144,4 +144,4 @@ def test_export_of_a_directory_that_is_no_artifact_names_it(tmp_path):
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode != 0 and f"error: {tmp_path}: no model_info.json" in done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "cuInit" not in done.stderr and "apitools" not in done.stderr
