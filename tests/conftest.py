@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+
+tf_startup.quiet_start()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -85,7 +85,7 @@ def test_another_architecture_or_front_end_is_refused():
 def test_finetuning_config_starts_from_the_published_weights_and_learns(dataset_96, tmp_path):
     bindings = [
         f"Experiment.dataset_dir = '{dataset_96}'",
-        "Experiment.crop_frames = 938",
+        "Experiment.crop_frames = 469",
         "Experiment.epochs = 3",
         "Experiment.steps_per_epoch = 4",
         "Experiment.batch_size = 4",
