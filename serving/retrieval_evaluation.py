@@ -145,8 +145,8 @@ def evaluate_embeddings(
         truth: Ground-truth tags by track id.
         k: Results per query.
     """
-    ids = [t for t in track_ids if truth.get(t)]
-    rows = np.array([track_ids.index(t) for t in ids], dtype=int)
+    rows = np.array([row for row, track_id in enumerate(track_ids) if truth.get(track_id)], dtype=int)
+    ids = [track_ids[row] for row in rows]
     unit = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-12)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
