@@ -27,13 +27,11 @@ accepted here too; see each module's docstring.
 
 from __future__ import annotations
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from tfrecords.tf_startup import run
 
-tf_startup.quiet_start()
+from absl import flags
 
-from absl import app, flags  # noqa: E402 - TF's log level must be set before TensorFlow is imported.
-
-from benchmarks import (  # noqa: E402
+from benchmarks import (
     app_load,
     index_search,
     model_inference,
@@ -70,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

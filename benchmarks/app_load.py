@@ -45,7 +45,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks import report
-from serving.catalog_index import CatalogIndex
+from serving.retrieval.catalog_index import CatalogIndex
 
 SECTION = "app_load"
 SIMILAR = "/tracks/{id}/similar"

@@ -11,7 +11,7 @@ and the whole query batch at once:
 
 - the baseline, exact search with NumPy (blocked matrix products and
   `argpartition`), which is also the ground truth for recall@10;
-- `serving.index.TrackIndex`, the project's ScaNN index, with the
+- `serving.retrieval.searcher.TrackIndex`, the project's ScaNN index, with the
   configuration it picks for this size (tree + AH + exact re-scoring of 100
   candidates), swept over the number of leaves searched;
 - faiss-cpu `IndexHNSWFlat` (M=32, efConstruction=40, inner product), swept
@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags
 
 from benchmarks import report
-from serving.index import TrackIndex
+from serving.retrieval.searcher import TrackIndex
 
 SECTION = "index_search"
 DIM = 512
@@ -121,9 +121,7 @@ def _median_timed(function, *args, repeats: int = 3, **kwargs):
 
 
 def _scann_rows(database, queries, truth, num_queries):
-    index, build_s = _timed(
-        TrackIndex.build, [str(i) for i in range(len(database))], database, "benchmark", num_neighbors=K
-    )
+    index, build_s = _timed(TrackIndex.build, [str(i) for i in range(len(database))], database, num_neighbors=K)
     rows = []
     for fraction in LEAVES_SEARCHED:
         leaves = max(1, round(index.info.num_leaves * fraction))

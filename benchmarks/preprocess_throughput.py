@@ -26,6 +26,8 @@ them in the page cache. Single runs: on a shared machine expect 10-40 % noise.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import csv
 import dataclasses
 import logging
@@ -38,12 +40,12 @@ from collections.abc import Sequence
 
 import librosa
 import numpy as np
-from absl import app, flags
+from absl import flags
 from apache_beam.options.pipeline_options import DirectOptions
 
 from benchmarks import report
+from data_prep import beam_jobs, pipeline
 from data_prep import catalog as catalog_lib
-from data_prep import pipeline
 
 SECTION = "preprocess_throughput"
 SAMPLE_RATE = 16000
@@ -177,7 +179,7 @@ def time_pipeline(catalog: catalog_lib.Catalog, label: str, mode: str, workers: 
 
 def default_running_mode() -> str:
     """The DirectRunner mode `pipeline.run` uses when given no flags."""
-    return pipeline.default_pipeline_options([]).view_as(DirectOptions).direct_running_mode
+    return beam_jobs.default_pipeline_options([]).view_as(DirectOptions).direct_running_mode
 
 
 def measure_all(catalogs: dict[str, catalog_lib.Catalog], workers: int, scratch_dir: str) -> list[Measurement]:
@@ -318,4 +320,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

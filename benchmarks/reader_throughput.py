@@ -21,6 +21,8 @@ shuffled order, `np.load(path, mmap_mode='r')`, picks a random start, copies
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import dataclasses
 import itertools
 import logging
@@ -33,7 +35,7 @@ import numpy as np
 import soundfile
 import soxr
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from benchmarks import preprocess_throughput, report
 from data_prep import catalog as catalog_lib
@@ -286,4 +288,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

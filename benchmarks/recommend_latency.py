@@ -6,9 +6,9 @@ MP3 and resample to 16 kHz (`data_prep.audio`), hash it, run the exported
 ranking model (Short-Chunk ResNet, waveform signature: log-mel front end,
 N evenly spaced chunks, chunk averaging) and the exported tag model (CRNN,
 one 29 s chunk), then both recommendation stages on the index
-(`serving.recommender`). The models are the real architectures with
+(`serving.retrieval.recommender`). The models are the real architectures with
 untrained weights (latency does not depend on the weights), exported by
-`serving.saved_model`; the index holds 10,000 synthetic clustered 512-d
+`serving.export.saved_model`; the index holds 10,000 synthetic clustered 512-d
 embeddings with random tag probabilities (brute force, as ScaNN's guidance
 picks below 20k).
 
@@ -41,9 +41,11 @@ from benchmarks import report
 from benchmarks.index_search import ClusteredUnitVectors
 from data_prep import audio
 from models import artifact
-from serving import exported_model, queries, saved_model
-from serving.catalog_index import CatalogIndex, TrackRecord
-from serving.recommender import Query, Recommender, TagFilter
+from serving.embedding import query_audio
+from serving.export import exported_model, saved_model
+from serving.export import signatures as sig
+from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
+from serving.retrieval.recommender import Query, Recommender, TagFilter
 from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
 
 SECTION = "recommend_latency"
@@ -114,7 +116,7 @@ def _timings(function, runs: int) -> np.ndarray:
 
 
 class _Request:
-    """One warm recommendation request for an audio file, timed by stage (what `queries.audio_query` and
+    """One warm recommendation request for an audio file, timed by stage (what `query_audio.audio_query` and
     `Recommender.recommend` do, with the stages called one by one so that each is timed in the same request)."""
 
     def __init__(self, mp3: str, embedding_model, tag_model, recommender: Recommender):
@@ -126,10 +128,10 @@ class _Request:
     def __call__(self) -> tuple[float, float, float, float]:
         """Milliseconds for decode + hash, both models (front end included), search, and the whole request."""
         start = time.perf_counter()
-        waveform, _, content_sha256 = queries.load_query_audio(self.mp3, 16000)
+        waveform, _, content_sha256 = query_audio.load_query_audio(self.mp3, 16000)
         decoded = time.perf_counter()
-        embedding = self.embedding_model.from_waveform(waveform)["embedding"]
-        tags = self.tag_model.from_waveform(waveform)["tags"]
+        embedding = self.embedding_model.from_waveform(waveform)[sig.EMBEDDING_OUTPUT]
+        tags = self.tag_model.from_waveform(waveform)[sig.TAGS_OUTPUT]
         embedded = time.perf_counter()
         query = Query(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
         result = self.recommender.recommend(query, 10)

@@ -7,16 +7,16 @@ Usage (after `make install`; `make demo` first adds the demo-trained models):
 The catalog (default: the public set `../shared/data/music/`, 199 real 30 s
 game-soundtrack excerpts of 15 albums, where it exists; the bundled demo
 catalog otherwise) is indexed once per embedding model by the real Beam job
-(`serving.indexing.build_index`, DirectRunner on all cores) after exporting
+(`serving.retrieval.embedding_job.build_index`, DirectRunner on all cores) after exporting
 each model as `make demo` does: the pretrained artifacts (`mtat_crnn`,
 `msd_musicnn`, `mtt_musicnn`, `msd_musicnn_vgg`, `mtt_musicnn_vgg`) with the
 MagnaTagATune CRNN as the stage-1 tag model, and the demo-trained
 Short-Chunk ResNet with the demo-trained CRNN when `demo_output/` holds
-them. Every track then queries each index (`serving.retrieval_evaluation`):
+them. Every track then queries each index (`serving.retrieval.evaluation`):
 a result is relevant when it comes from the same album. Reported: P@5,
 R@5 and MAP@5 for embeddings only, for two stages (tag filter, then
 ranking) and for tags only, the CRNN's 50 tag probabilities used as a
-vector, the MFCC-20 + delta mean/std baseline (`serving.mfcc_baseline`,
+vector, the MFCC-20 + delta mean/std baseline (`serving.retrieval.mfcc_baseline`,
 the baseline of the ratios, computed in the same run) and chance. Target:
 the default embedding (`msd_musicnn`) >= 1.3x the MFCC baseline's P@5.
 About 10 minutes on 2 cores.
@@ -32,8 +32,9 @@ from absl import flags
 
 from benchmarks import report
 from data_prep import catalog as catalog_lib
-from serving import exported_model, indexing, mfcc_baseline, retrieval_evaluation, saved_model
-from serving.catalog_index import CatalogIndex
+from serving.export import exported_model, saved_model
+from serving.retrieval import embedding_job, evaluation, mfcc_baseline
+from serving.retrieval.catalog_index import CatalogIndex
 
 _CATALOG = flags.DEFINE_string(
     "retrieval_catalog", None, "Catalog CSV whose tags are the ground truth; default: ../shared/data/music, else demo."
@@ -72,13 +73,13 @@ def _exports(work: str) -> dict[str, exported_model.ModelRef]:
 
 def _index(work: str, catalog, embedding: exported_model.ModelRef, tags: exported_model.ModelRef) -> CatalogIndex:
     directory = os.path.join(work, f"index_{embedding.name}")
-    refs = {indexing.EMBEDDING_ROLE: embedding, indexing.TAG_ROLE: tags}
-    summary = indexing.build_index(directory, refs, catalog=catalog)
+    refs = {embedding_job.EMBEDDING_ROLE: embedding, embedding_job.TAG_ROLE: tags}
+    summary = embedding_job.build_index(directory, refs, catalog=catalog)
     print(summary.render(), flush=True)
     return CatalogIndex.load(directory)
 
 
-def _row(label: str, scores: retrieval_evaluation.RetrievalScores, baseline: retrieval_evaluation.RetrievalScores):
+def _row(label: str, scores: evaluation.RetrievalScores, baseline: evaluation.RetrievalScores):
     ratio = "1.00x (baseline)" if scores is baseline else f"{scores.precision / baseline.precision:.2f}x"
     average_precision = scores.average_precision
     return [
@@ -94,7 +95,7 @@ def _row(label: str, scores: retrieval_evaluation.RetrievalScores, baseline: ret
 def _index_rows(name: str, tag_name: str, index: CatalogIndex, truth, k: int, baseline):
     """The rows of one index (two stages, embeddings only, tags only), each named by its models, and chance."""
     labels = {"two stages": f"{tag_name} tags + {name}", "embeddings only": name, "tags only": f"{tag_name} tags"}
-    *scores, chance = retrieval_evaluation.evaluate(index, truth, k)
+    *scores, chance = evaluation.evaluate(index, truth, k)
     return [_row(labels[s.configuration], s, baseline) for s in scores], scores, chance
 
 
@@ -106,7 +107,7 @@ def run_benchmark(command: str) -> report.Section:
     truth = {entry.track_id: set(entry.tags) for entry in catalog.entries}
     started = time.perf_counter()
     ids, vectors, skipped = mfcc_baseline.catalog_statistics(catalog)
-    baseline = retrieval_evaluation.evaluate_embeddings("embeddings only", ids, vectors, truth, k)
+    baseline = evaluation.evaluate_embeddings("embeddings only", ids, vectors, truth, k)
     rows, ratios, chance = {}, {}, None
     with tempfile.TemporaryDirectory() as work:
         refs = _exports(work)
@@ -122,9 +123,7 @@ def run_benchmark(command: str) -> report.Section:
             )
             if name == TAG_MODEL:
                 track_ids = [track.track_id for track in index.tracks]
-                vector = retrieval_evaluation.evaluate_embeddings(
-                    "embeddings only", track_ids, index.tag_probabilities, truth, k
-                )
+                vector = evaluation.evaluate_embeddings("embeddings only", track_ids, index.tag_probabilities, truth, k)
                 rows["tags as vector"] = _row(f"{TAG_MODEL} tag probabilities as a vector", vector, baseline)
     elapsed = time.perf_counter() - started
     ordered = sorted(rows.values(), key=lambda row: -float(row[2]))
@@ -142,7 +141,7 @@ def run_benchmark(command: str) -> report.Section:
         "embedding. Demo-trained rows appear when `make demo` ran first (8 training tracks, 6 epochs). "
         f"Whole run: {elapsed:.0f} s.",
         f"Baseline: MFCC-20 + delta mean/std (80 values per track, standardised over the catalog, cosine; "
-        f"`serving.mfcc_baseline`), computed in the same run; the last column is each row's P@{k} over the "
+        f"`serving.retrieval.mfcc_baseline`), computed in the same run; the last column is each row's P@{k} over the "
         "baseline's.",
         f"Target: the default embedding (`{DEFAULT_EMBEDDING}`, embeddings only) >= {TARGET_RATIO}x the MFCC "
         f"baseline's P@{k}: {ratio:.2f}x, **{'met' if ratio >= TARGET_RATIO else 'not met'}**.",

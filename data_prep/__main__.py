@@ -26,20 +26,18 @@ Any other Beam runner: append its pipeline flags, e.g.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import dataclasses
 import logging as std_logging
 import sys
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import app, flags, logging
 
-tf_startup.quiet_start()
-
-from absl import app, flags, logging  # noqa: E402
-
-from data_prep import catalog as catalog_lib  # noqa: E402
-from data_prep import mtat, pipeline  # noqa: E402
-from data_prep.splits import SPLIT_BY_CHOICES  # noqa: E402
-from tfrecords.logmel import PRESETS, LogMelSpec  # noqa: E402
+from data_prep import catalog as catalog_lib
+from data_prep import mtat, pipeline
+from data_prep.splits import SPLIT_BY_CHOICES
+from tfrecords.logmel import PRESETS, LogMelSpec
 
 _CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
 _AUDIO_ROOT = flags.DEFINE_string(
@@ -159,4 +157,4 @@ def _parse_flags(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    run(main, flags_parser=_parse_flags)

@@ -1,8 +1,9 @@
-"""The checks decoded audio must pass before a model sees it: one definition for every stage.
+"""Decoding a catalog track and the checks its audio must pass before a model sees it: one definition for every stage.
 
 Preprocessing (`data_prep`), catalog embedding (`serving.build_index`) and
 queries (`serving.query`, `serving.app`) all call `AudioChecks.check` on the
-mono waveform, with the same default thresholds, so that audio the catalog
+mono waveform (`load_checked_waveform` decodes a catalog row's file and checks it), with the same default
+thresholds, so that audio the catalog
 would reject (silence, a fragment) is refused as a query too, with the same
 reason (see `data_prep.rejections.REASONS`).
 """
@@ -14,7 +15,9 @@ import math
 
 import numpy as np
 
+from data_prep import audio
 from data_prep.audio import AudioError
+from data_prep.catalog import CatalogEntry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,3 +53,31 @@ class AudioChecks:
             raise AudioError(
                 "silent", name, f"peak level {peak_dbfs:.1f} dBFS < threshold {self.silence_threshold_dbfs} dBFS"
             )
+
+
+def load_checked_waveform(
+    entry: CatalogEntry,
+    sample_rate: int,
+    checks: AudioChecks,
+    source: str | bytes | None = None,
+) -> tuple[np.ndarray, audio.DecodedAudio]:
+    """Decodes a catalog track to a mono waveform and checks it is usable.
+
+    Args:
+        entry: The catalog row (its declared `duration_s` detects truncation).
+        sample_rate: The target sample rate in Hz.
+        checks: The thresholds.
+        source: What `audio.open_source(entry.uri)` returned, if the caller
+            already opened it (a remote file is then not read twice).
+
+    Returns:
+        The waveform and the decoded source.
+
+    Raises:
+        audio.AudioError: With the rejection reason (see `rejections.REASONS`),
+            naming the file.
+    """
+    source = audio.open_source(entry.uri) if source is None else source
+    waveform, decoded = audio.load_mono(source, entry.uri, sample_rate)
+    checks.check(waveform, sample_rate, entry.uri, entry.duration_s)
+    return waveform, decoded

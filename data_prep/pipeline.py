@@ -28,10 +28,9 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from data_prep import audio
-from data_prep.audio_checks import AudioChecks
+from data_prep import audio, beam_jobs
+from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from data_prep.catalog import (
     SPLITS,
     Catalog,
@@ -41,14 +40,13 @@ from data_prep.catalog import (
     build_vocabulary,
     reject_untagged,
 )
-from data_prep.rejections import REASONS, Rejection, rejections_to_csv
+from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
 from data_prep.splits import assign_splits, stable_hash
 from tfrecords import dataset_info, schema
 from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
 
 METRICS_NAMESPACE = "data_prep"
 STAGING_DIRNAME = "_staging"
-REJECTED_FILENAME = "rejected.csv"
 _STATS_PREFIX = "_shard_stats"
 _EXAMPLES_DIRNAME = "examples"
 _REJECTIONS_PREFIX = "_rejections"
@@ -210,34 +208,6 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
     return tasks, rejections, vocabulary
 
 
-def load_checked_waveform(
-    entry: CatalogEntry,
-    sample_rate: int,
-    checks: AudioChecks,
-    source: str | bytes | None = None,
-) -> tuple[np.ndarray, audio.DecodedAudio]:
-    """Decodes a catalog track to a mono waveform and checks it is usable.
-
-    Args:
-        entry: The catalog row (its declared `duration_s` detects truncation).
-        sample_rate: The target sample rate in Hz.
-        checks: The thresholds (`data_prep.audio_checks`).
-        source: What `audio.open_source(entry.uri)` returned, if the caller
-            already opened it (a remote file is then not read twice).
-
-    Returns:
-        The waveform and the decoded source.
-
-    Raises:
-        audio.AudioError: With the rejection reason (see `rejections.REASONS`),
-            naming the file.
-    """
-    source = audio.open_source(entry.uri) if source is None else source
-    waveform, decoded = audio.load_mono(source, entry.uri, sample_rate)
-    checks.check(waveform, sample_rate, entry.uri, entry.duration_s)
-    return waveform, decoded
-
-
 class ProcessTrack(beam.DoFn):
     """Reads one track's audio and emits its serialized example or a rejection."""
 
@@ -339,27 +309,6 @@ class WriteShard(beam.DoFn):
         )
 
 
-def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
-    """Pipeline options with this project's DirectRunner defaults.
-
-    Without any runner flags the pipeline runs on the DirectRunner with one
-    worker thread per core: decoding, resampling, the log-mel and file writes
-    release the GIL, and threads spare the worker processes' start-up (each
-    would import TensorFlow). Flags in `pipeline_args` win.
-    """
-    options = PipelineOptions(pipeline_args)
-    standard = options.view_as(StandardOptions)
-    if standard.runner is None:
-        standard.runner = "DirectRunner"
-    if standard.runner in ("DirectRunner", "direct", "PrismRunner") or standard.runner.endswith("DirectRunner"):
-        direct = options.view_as(DirectOptions)
-        if "--direct_num_workers" not in " ".join(pipeline_args):
-            direct.direct_num_workers = 0  # One worker per core.
-        if "--direct_running_mode" not in " ".join(pipeline_args):
-            direct.direct_running_mode = "multi_threading"
-    return options
-
-
 def build_pipeline(pipeline: beam.Pipeline, tasks: list[TrackTask], config: PreprocessConfig, staging_dir: str):
     """Adds the preprocessing transforms to `pipeline`."""
     processed = (
@@ -375,11 +324,8 @@ def build_pipeline(pipeline: beam.Pipeline, tasks: list[TrackTask], config: Prep
         | "WriteShardStats"
         >> beam.io.WriteToText(tf.io.gfile.join(staging_dir, _STATS_PREFIX), shard_name_template="", num_shards=1)
     )
-    _ = (
-        processed[ProcessTrack.REJECTED]
-        | "RejectionsToJson" >> beam.Map(lambda r: json.dumps(r.to_dict(), sort_keys=True))
-        | "WriteRejections"
-        >> beam.io.WriteToText(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX), shard_name_template="", num_shards=1)
+    _ = processed[ProcessTrack.REJECTED] | "StageRejections" >> beam_jobs.WriteRejections(
+        tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX)
     )
 
 
@@ -388,18 +334,6 @@ def _read_json_lines(path: str) -> list[dict]:
         return []
     with tf.io.gfile.GFile(path, "r") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def beam_counters(result, namespace: str = METRICS_NAMESPACE) -> dict[str, int]:
-    """The committed Beam counters of a finished pipeline in `namespace` ({} where the runner has none)."""
-    try:
-        query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(namespace))
-    except Exception:  # noqa: BLE001 - not every runner reports metrics.
-        return {}
-    counters = collections.Counter()
-    for counter in query["counters"]:
-        counters[counter.key.metric.name] += counter.committed or 0
-    return dict(counters)
 
 
 def _remove_previous_dataset(output_dir: str):
@@ -438,7 +372,7 @@ def run(
         tf.io.gfile.rmtree(staging_dir)
     tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME))
 
-    options = default_pipeline_options(list(pipeline_args or []))
+    options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
     logging.info("Preprocessing %d tracks (%d rejected up front)", len(tasks), len(early_rejections))
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, tasks, config, staging_dir)
@@ -446,7 +380,7 @@ def run(
     result.wait_until_finish()
 
     shard_stats = _read_json_lines(tf.io.gfile.join(staging_dir, _STATS_PREFIX))
-    late_rejections = [Rejection(**r) for r in _read_json_lines(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX))]
+    late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX))
     rejections = sorted(early_rejections + late_rejections, key=lambda r: r.row)
     written_ids = [track_id for stats in shard_stats for track_id in stats["track_ids"]]
     accounted = collections.Counter(written_ids + [r.track_id for r in late_rejections])
@@ -463,7 +397,7 @@ def run(
     info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
     info.dropped_tags = dropped
     _publish(output_dir, staging_dir, shard_stats, rejections, info)
-    return Summary(info=info, rejections=rejections, counters=beam_counters(result))
+    return Summary(info=info, rejections=rejections, counters=beam_jobs.beam_counters(result, METRICS_NAMESPACE))
 
 
 def _drop_tags_without_examples(vocabulary, shard_stats, rejections, catalog_entries, config, staging_dir):

@@ -1,12 +1,22 @@
-"""Rejected catalog rows: reasons and the `rejected.csv` report."""
+"""Rejected catalog rows: the one rejection-record format, its reasons, and the `rejected.csv` report.
+
+Every stage that reads a catalog (preprocessing, catalog embedding) reports
+what it could not use as `Rejection`s with a reason, and writes them as
+`rejected.csv` (`REJECTED_FILENAME`) next to its output, so that rows in =
+rows written + rows rejected. The reasons of catalog rows and of their audio
+are defined here; a later stage adds its own with `register_reasons`.
+"""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 
-# The reasons a catalog row can be rejected, with what each means.
+REJECTED_FILENAME = "rejected.csv"
+
+# The reasons a catalog row or its audio can be rejected, with what each means.
 REASONS = {
     "invalid_row": "the catalog row itself is malformed (empty id or path, bad split or duration)",
     "duplicate_track_id": "an earlier catalog row has the same track_id",
@@ -19,10 +29,20 @@ REASONS = {
     "too_short": "the audio is shorter than the minimum duration",
     "silent": "the audio's peak level is below the silence threshold",
     "non_finite": "the decoded samples or the log-mel contain NaN or infinity",
-    # Raised by the index builder (serving.indexing), which reuses these reports.
-    "model_error": "the exported model refused the track's input",
-    "incomplete_features": "the track is missing from one of the datasets the models need",
 }
+
+
+def register_reasons(reasons: dict[str, str]) -> None:
+    """Adds a later stage's own rejection reasons (with their meanings) to `REASONS`.
+
+    Raises:
+        ValueError: A reason already registered with another meaning.
+    """
+    for reason, meaning in reasons.items():
+        if REASONS.get(reason, meaning) != meaning:
+            raise ValueError(f"rejection reason {reason!r} is already registered as {REASONS[reason]!r}")
+        REASONS[reason] = meaning
+
 
 CSV_COLUMNS = ("row", "track_id", "path", "reason", "detail")
 
@@ -51,6 +71,14 @@ class Rejection:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """One line of JSON (how Beam jobs stage rejections)."""
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> Rejection:
+        return cls(**json.loads(line))
 
 
 def rejections_to_csv(rejections: list[Rejection]) -> str:

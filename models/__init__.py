@@ -8,6 +8,8 @@ registered from outside (see `train`), never inside the model classes.
 
 from __future__ import annotations
 
+import tfrecords.tf_startup  # noqa: F401 - first: TensorFlow's log level, before keras imports it.
+
 import dataclasses
 
 import keras

@@ -14,15 +14,13 @@ checkpoints, fetching the wheel itself.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import os
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import app, flags
 
-tf_startup.quiet_start()
-
-from absl import app, flags  # noqa: E402
-
-from models import musicnn_conversion, pretrained  # noqa: E402
+from models import musicnn_conversion, pretrained
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "MSD_musicnn, MTT_musicnn, MSD_vgg or MTT_vgg of the wheel.", required=True
@@ -44,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -17,18 +17,16 @@ pip install -e ".[torch]".
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import os
 import pathlib
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+import numpy as np
+from absl import app, flags
 
-tf_startup.quiet_start()
-
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-import models  # noqa: E402
-from models import artifact, pretrained, torch_conversion  # noqa: E402
+import models
+from models import artifact, pretrained, torch_conversion
 
 _MODEL = flags.DEFINE_enum(
     "model", None, sorted(torch_conversion.ARCHITECTURES), "Which reference architecture.", required=True
@@ -91,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -16,15 +16,13 @@ provenance: `pretrained/ATTRIBUTION.md`.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import os
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import app, flags
 
-tf_startup.quiet_start()
-
-from absl import app, flags  # noqa: E402
-
-from models import musicnn_conversion, pretrained  # noqa: E402
+from models import musicnn_conversion, pretrained
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "pretrained", "Where the model artifacts go.")
 _MUSICNN_WHEEL = flags.DEFINE_string("musicnn_wheel", None, "A local copy of the musicnn 0.1.0 wheel (else pip).")
@@ -45,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

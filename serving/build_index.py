@@ -2,7 +2,7 @@ r"""Embeds a catalog with the exported models and builds (or updates) its ScaNN 
 
 Usage (after `make demo`, which exports the pretrained models there):
 
-    python -m serving.build_index --export_dir=demo_output/export \
+    python -m serving.build_index --export_base=demo_output/export \
         --data=demo/catalog.csv --index_dir=demo_output/index
 
 embeds every track of the catalog CSV with the latest exports of
@@ -21,27 +21,28 @@ existing index with `--update`; remove some with `--delete=ID,ID`.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import logging as std_logging
 import os
 import sys
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import app, flags, logging
 
-tf_startup.quiet_start()
+from data_prep import catalog as catalog_lib
+from serving import flag_groups
+from serving.export import exported_model
+from serving.export.exported_model import ModelMismatchError
+from serving.retrieval import embedding_job, searcher
+from serving.retrieval.catalog_index import IndexMismatchError
 
-from absl import app, flags, logging  # noqa: E402
-
-from data_prep import catalog as catalog_lib  # noqa: E402
-from serving import exported_model, index, indexing  # noqa: E402
-from serving.exported_model import ModelMismatchError  # noqa: E402
-from serving.index import IndexMismatchError  # noqa: E402
-
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The serving base path holding the exported models.")
+_EXPORT_BASE = flag_groups.define_export_base("the exported models, as <export_base>/<model name>/<version>/.")
+flag_groups.refuse_renamed("export_dir", "export_base")
 _EMBEDDING_MODEL = flags.DEFINE_string(
-    "embedding_model", "msd_musicnn", "The stage-2 ranking model's folder name under --export_dir."
+    "embedding_model", "msd_musicnn", "The stage-2 ranking model's folder name under --export_base."
 )
 _TAG_MODEL = flags.DEFINE_string(
-    "tag_model", "mtat_crnn", "The stage-1 tag model's folder name under --export_dir ('' for none)."
+    "tag_model", "mtat_crnn", "The stage-1 tag model's folder name under --export_base ('' for none)."
 )
 _EMBEDDING_VERSION = flags.DEFINE_integer("embedding_version", None, "Version of the ranking model (default latest).")
 _TAG_VERSION = flags.DEFINE_integer("tag_version", None, "Version of the tag model (default latest).")
@@ -50,19 +51,19 @@ _AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio pa
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", required=True)
 _UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the existing index (ScaNN upsert).")
 _DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
-_KIND = flags.DEFINE_enum("kind", "auto", ["auto", *index.KINDS], "ScaNN configuration; auto chooses by size.")
+_KIND = flags.DEFINE_enum("kind", "auto", ["auto", *searcher.KINDS], "ScaNN configuration; auto chooses by size.")
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
 
 
 def _models() -> dict[str, exported_model.ModelRef]:
     refs = {
-        indexing.EMBEDDING_ROLE: exported_model.resolve(
-            os.path.join(_EXPORT_DIR.value, _EMBEDDING_MODEL.value), _EMBEDDING_VERSION.value
+        embedding_job.EMBEDDING_ROLE: exported_model.resolve(
+            os.path.join(_EXPORT_BASE.value, _EMBEDDING_MODEL.value), _EMBEDDING_VERSION.value
         )
     }
     if _TAG_MODEL.value:
-        refs[indexing.TAG_ROLE] = exported_model.resolve(
-            os.path.join(_EXPORT_DIR.value, _TAG_MODEL.value), _TAG_VERSION.value
+        refs[embedding_job.TAG_ROLE] = exported_model.resolve(
+            os.path.join(_EXPORT_BASE.value, _TAG_MODEL.value), _TAG_VERSION.value
         )
     return refs
 
@@ -82,17 +83,17 @@ def _run(pipeline_args: list[str]):
     if _DELETE.value:
         if _DATA.value:
             raise app.UsageError("--delete cannot be combined with --data")
-        left = indexing.delete_tracks(_INDEX_DIR.value, _DELETE.value)
+        left = embedding_job.delete_tracks(_INDEX_DIR.value, _DELETE.value)
         print(f"deleted {len(_DELETE.value)} tracks from {_INDEX_DIR.value}; {left} left")
         return
-    if not _DATA.value or not _EXPORT_DIR.value:
-        raise app.UsageError("--data and --export_dir are required (or --delete)")
+    if not _DATA.value or not _EXPORT_BASE.value:
+        raise app.UsageError("--data and --export_base are required (or --delete)")
     catalog, dataset_dirs = None, None
     if len(_DATA.value) == 1 and _DATA.value[0].lower().endswith(".csv"):
         catalog = catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value)
     else:
         dataset_dirs = _DATA.value
-    summary = indexing.build_index(
+    summary = embedding_job.build_index(
         _INDEX_DIR.value,
         _models(),
         catalog=catalog,
@@ -111,4 +112,4 @@ def _parse_flags(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    run(main, flags_parser=_parse_flags)

@@ -15,34 +15,31 @@ P@k as a ratio to it. `--output_json=FILE` writes the same figures.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import dataclasses
 import json
 import sys
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import flags
 
-tf_startup.quiet_start()
-
-from absl import app, flags  # noqa: E402
-
-from data_prep import catalog as catalog_lib  # noqa: E402
-from serving import mfcc_baseline, retrieval_evaluation  # noqa: E402
-from serving.catalog_index import CatalogIndex  # noqa: E402
-from serving.recommender import TagFilter  # noqa: E402
+from data_prep import catalog as catalog_lib
+from serving import flag_groups
+from serving.retrieval import evaluation, mfcc_baseline
+from serving.retrieval.catalog_index import CatalogIndex
 
 _INDEX_DIR = flags.DEFINE_list("index_dir", None, "One or more indexes built by serving.build_index.", required=True)
 _CATALOG = flags.DEFINE_string("catalog", None, "A catalog CSV whose `tags` are the ground truth.", required=True)
 _AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio paths (default: the CSV's folder).")
 _K = flags.DEFINE_integer("k", 5, "Results per query.", lower_bound=1)
-_TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage 1: minimum tag probability.")
-_TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1: at most this many tags per track.")
+_TAG_FILTER = flag_groups.define_tag_filter()
 _MFCC_BASELINE = flags.DEFINE_bool("mfcc_baseline", False, "Also score MFCC statistics of the catalog's audio.")
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the scores to this JSON file.")
 
 MFCC_NAME = "MFCC-20+delta mean/std: embeddings only"
 
 
-def labelled(index: CatalogIndex, scores: list[retrieval_evaluation.RetrievalScores]):
+def labelled(index: CatalogIndex, scores: list[evaluation.RetrievalScores]):
     """Each configuration named after the models that made it."""
     ranking = index.embedding_model.name
     tags = index.tag_model.name if index.tag_model else None
@@ -59,7 +56,7 @@ def main(argv):
     del argv
     parsed = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
     truth = {entry.track_id: set(entry.tags) for entry in parsed.entries}
-    tag_filter = TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value)
+    tag_filter = _TAG_FILTER.tag_filter()
     rows, chance = [], None
     for index_dir in _INDEX_DIR.value:
         try:
@@ -68,21 +65,21 @@ def main(argv):
             sys.exit(f"error: {error}")
         missing = sum(1 for track in index.tracks if not truth.get(track.track_id))
         print(f"{index_dir}: {len(index)} indexed tracks; {missing} without ground-truth tags (not queried)")
-        *scores, chance = retrieval_evaluation.evaluate(index, truth, _K.value, tag_filter)
+        *scores, chance = evaluation.evaluate(index, truth, _K.value, tag_filter)
         rows += labelled(index, scores)
     baseline = None
     if _MFCC_BASELINE.value:
         ids, vectors, skipped = mfcc_baseline.catalog_statistics(parsed)
         for track_id, reason in skipped.items():
             print(f"MFCC baseline: skipped {track_id}: {reason}")
-        baseline = retrieval_evaluation.evaluate_embeddings(MFCC_NAME, ids, vectors, truth, _K.value)
+        baseline = evaluation.evaluate_embeddings(MFCC_NAME, ids, vectors, truth, _K.value)
         rows.append(baseline)
     rows.append(chance)
-    print(retrieval_evaluation.render(rows, _K.value, baseline))
+    print(evaluation.render(rows, _K.value, baseline))
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
             json.dump({"k": _K.value, "scores": [dataclasses.asdict(s) for s in rows]}, handle, indent=2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import silence_cuda_probe
+
 import pathlib
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+import numpy as np
+import pytest
+import tensorflow as tf
 
-tf_startup.quiet_start()
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+silence_cuda_probe()
 
 # Two logical CPU devices, so that tf.distribute strategies with two replicas
 # can be tested on one CPU. Must run before TensorFlow initialises devices.

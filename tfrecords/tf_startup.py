@@ -1,29 +1,35 @@
 """How the project's binaries start TensorFlow: quietly, and without noise where there is no NVIDIA GPU.
 
-Every binary runs, before anything it imports can import TensorFlow:
+Every binary imports this module first (ruff's import order puts it there:
+see `[tool.ruff.lint.isort]` in pyproject.toml) and hands its `main` to `run`:
 
-    from tfrecords import tf_startup
+    from tfrecords.tf_startup import run
+    ...
+    if __name__ == "__main__":
+        run(main)
 
-    tf_startup.quiet_start()
-
-which keeps TensorFlow's C++ log at warnings and above (`TF_CPP_MIN_LOG_LEVEL=2`
-unless set) and initialises its devices at once, without the CUDA probe's
-error on machines that cannot have a GPU.
+Importing it keeps TensorFlow's C++ log at warnings and above
+(`TF_CPP_MIN_LOG_LEVEL=2` unless set), which must happen before TensorFlow is
+imported; `run` then initialises TensorFlow's devices without the CUDA
+probe's error on machines that cannot have a GPU, and runs `main` with
+`absl.app.run`.
 
 TensorFlow's pip build probes for CUDA when it first enumerates devices and,
 on a machine without an NVIDIA driver, logs `failed call to cuInit: ...
-UNKNOWN ERROR (303)` at error level: newcomers read it as a failure. Every
-binary calls `quiet_start()` before TensorFlow is imported; on a machine
-without NVIDIA device nodes it enumerates the devices with standard error
-pointed at /dev/null for that one call, so the probe's message (about a GPU
-that cannot exist there) is dropped and nothing else is. Where an NVIDIA
-device exists, nothing is hidden: its messages may matter.
+UNKNOWN ERROR (303)` at error level: newcomers read it as a failure. Importing
+TensorFlow (and Keras, ScaNN, Beam) does not enumerate devices; `run` does so
+first, on a machine without NVIDIA device nodes with standard error pointed at
+/dev/null for that one call, so the probe's message (about a GPU that cannot
+exist there) is dropped and nothing else is. Where an NVIDIA device exists,
+nothing is hidden: its messages may matter.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def has_nvidia_device(dev_dir: str = "/dev") -> bool:
@@ -51,7 +57,14 @@ def silence_cuda_probe() -> None:
         os.close(devnull)
 
 
-def quiet_start() -> None:
-    """What every binary does first: TensorFlow's C++ log at warnings and above, then `silence_cuda_probe`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    silence_cuda_probe()
+def run(main, **absl_run_kwargs) -> None:
+    """What every binary's `__main__` block calls: `silence_cuda_probe`, then `absl.app.run(main, ...)`.
+
+    A binary that never imports TensorFlow (the Spotify collector) does not
+    pay for importing it here.
+    """
+    from absl import app
+
+    if "tensorflow" in sys.modules:
+        silence_cuda_probe()
+    app.run(main, **absl_run_kwargs)

@@ -25,19 +25,17 @@ running the same command again resumes from the last checkpoint.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import sys
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import flags, logging
 
-tf_startup.quiet_start()
-
-from absl import app, flags, logging  # noqa: E402
-
-from train import config as config_lib  # noqa: E402
-from train import strategies  # noqa: E402
-from train.experiment import Experiment  # noqa: E402
-from train.initialization import InitializationError  # noqa: E402
-from train.trainer import Trainer  # noqa: E402
+from train import config as config_lib
+from train import strategies
+from train.experiment import Experiment
+from train.initialization import InitializationError
+from train.trainer import Trainer
 
 _CONFIG = flags.DEFINE_multi_string("config", [], "Gin config files or packaged config names, composed in order.")
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Alias of --config.")
@@ -92,4 +90,4 @@ def _train():
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

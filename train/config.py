@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import functools
+import logging
 import os
 
 import gin
@@ -36,17 +39,38 @@ def parse(config_files: list[str], bindings: list[str]) -> str:
         The resulting config as gin text (`gin.config_str()`).
     """
     gin.clear_config()
-    gin.add_config_file_search_path(str(configs.CONFIG_DIR))
+    _add_packaged_search_path()
     files = [resolve_config(c) for c in config_files]
-    # Includes name packaged files relative to configs/; parsing from there
-    # finds them at the first try (gin logs an error for every miss).
-    previous = os.getcwd()
-    os.chdir(configs.CONFIG_DIR)
-    try:
+    with _search_path_misses_dropped():
         gin.parse_config_files_and_bindings(files, bindings)
-    finally:
-        os.chdir(previous)
     return gin.config_str()
+
+
+@functools.cache
+def _add_packaged_search_path() -> None:
+    """Makes packaged config names (and their includes) findable: once per process."""
+    gin.add_config_file_search_path(str(configs.CONFIG_DIR))
+
+
+class _SearchPathMiss(logging.Filter):
+    """Drops gin's "Path not found" error for an include it goes on to find in another search path."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Path not found: ")
+
+
+@contextlib.contextmanager
+def _search_path_misses_dropped():
+    """While parsing: gin tries each include relative to the working directory first, then under
+    `configs/`, and its package-resource reader logs every miss at error level; a file it finds
+    nowhere still fails the parse (`IOError` naming it and the paths searched)."""
+    miss = _SearchPathMiss()
+    root = logging.getLogger()
+    root.addFilter(miss)
+    try:
+        yield
+    finally:
+        root.removeFilter(miss)
 
 
 def check_or_save(model_dir: str, config_text: str, is_chief: bool = True):

@@ -12,15 +12,13 @@ dir, and prints the macro ROC-AUC and PR-AUC.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import os
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import flags
 
-tf_startup.quiet_start()
-
-from absl import app, flags  # noqa: E402
-
-from train import evaluation_report  # noqa: E402
+from train import evaluation_report
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate.")
@@ -55,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

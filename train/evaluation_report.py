@@ -18,24 +18,21 @@ import os
 import gin
 import keras
 import librosa
-import matplotlib
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import models  # noqa: E402
-from data_prep import audio as audio_lib  # noqa: E402
-from data_prep import catalog as catalog_lib  # noqa: E402
-from data_prep import mtat  # noqa: E402
-from tfrecords import dataset_info, readers  # noqa: E402
-from tfrecords.logmel import log_mel_spectrogram  # noqa: E402
-from train import config as config_lib  # noqa: E402
-from train import metrics as metrics_lib  # noqa: E402
-from train.evaluation import predict_tracks  # noqa: E402
-from train.experiment import Experiment  # noqa: E402
-from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME  # noqa: E402
+import models
+from data_prep import audio as audio_lib
+from data_prep import catalog as catalog_lib
+from data_prep import mtat
+from tfrecords import dataset_info, readers
+from tfrecords.logmel import log_mel_spectrogram
+from train import config as config_lib
+from train import metrics as metrics_lib
+from train.evaluation import predict_tracks
+from train.experiment import Experiment
+from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME
 
 EVALUATION_DIRNAME = "evaluation"
 PITCH_SHIFTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
@@ -115,7 +112,8 @@ def _cell(value: float) -> str:
 
 def _plot_per_tag(vocabulary, result, path: str, split: str):
     order = [i for i in np.argsort(np.nan_to_num(result.roc_auc, nan=-1.0)) if not np.isnan(result.roc_auc[i])]
-    figure, axis = plt.subplots(figsize=(8, max(2.5, 0.22 * len(order) + 1)))
+    figure = Figure(figsize=(8, max(2.5, 0.22 * len(order) + 1)))
+    axis = figure.subplots()
     axis.barh([vocabulary[i] for i in order], [result.roc_auc[i] for i in order], color="#4477aa")
     axis.set_xlim(0.0, 1.0)
     axis.set_xlabel("ROC-AUC")
@@ -123,7 +121,6 @@ def _plot_per_tag(vocabulary, result, path: str, split: str):
     figure.tight_layout()
     with tf.io.gfile.GFile(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
 
 
 def _track_uris(info: dataset_info.DatasetInfo) -> dict[str, str]:
@@ -187,7 +184,8 @@ def robustness(run: LoadedRun, split: str, output_dir: str, num_chunks: int = 16
 
 
 def _plot_robustness(rows: list[dict], path: str):
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    figure = Figure(figsize=(9, 3.2))
+    axes = figure.subplots(1, 2, sharey=True)
     for axis, kind, label in (
         (axes[0], "pitch_shift", "pitch shift (semitones)"),
         (axes[1], "time_stretch", "time stretch (rate)"),
@@ -203,4 +201,3 @@ def _plot_robustness(rows: list[dict], path: str):
     figure.tight_layout()
     with tf.io.gfile.GFile(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)

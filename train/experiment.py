@@ -15,7 +15,8 @@ import models
 from tfrecords import readers
 
 # Configurables defined elsewhere are registered here, from outside, so that
-# the model and data code stays free of gin (as in ddsp).
+# the model and data code stays free of gin: this project's own choice (ddsp,
+# by contrast, decorates its library code with gin directly).
 gin.external_configurable(readers.SpecAugment, module="readers")
 
 OPTIMIZERS = ("adam", "sgd")

@@ -20,6 +20,8 @@ and/or `isrc`). The command ends with an availability report (also in
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import logging as std_logging
 
 from absl import app, flags, logging
@@ -117,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

@@ -10,7 +10,7 @@ Usage (after `make demo`):
     python -m serving.app --index_dir=demo_output/index --server=localhost:8500   # embed through TF Serving
 
 embeds uploads with the exact model versions the index was built with, in
-this process from the SavedModels by default (`--export_dir` if they moved)
+this process from the SavedModels by default (`--export_base` if they moved)
 or through TF Serving with `--server` (gRPC; `--protocol=rest` for port
 8501). `--audio_root` is the folder the catalog's track paths are relative
 to (the catalog CSV's folder; `demo` for the demo): without it the service
@@ -23,26 +23,25 @@ once); `--inference_threads` uploads are embedded at once.
 
 from __future__ import annotations
 
+from tfrecords.tf_startup import run
+
 import socket
 import sys
 
-from tfrecords import tf_startup  # noqa: E402 - first: nothing may import TensorFlow before it.
+from absl import flags
 
-tf_startup.quiet_start()
-
-from absl import app, flags  # noqa: E402
-
-from serving.app.service import AppConfig, create_app, listen  # noqa: E402
-from serving.app.uploads import UploadDeadlines  # noqa: E402
-from serving.client import ServingError  # noqa: E402
-from serving.exported_model import ModelMismatchError  # noqa: E402
-from serving.index import IndexMismatchError  # noqa: E402
-from serving.recommender import TagFilter  # noqa: E402
+from serving import flag_groups
+from serving.app.routes import create_app, listen
+from serving.app.service import AppConfig
+from serving.app.uploads import UploadDeadlines
+from serving.embedding.tf_serving_client import ServingError
+from serving.export.exported_model import ModelMismatchError
+from serving.retrieval.catalog_index import IndexMismatchError
 
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
-_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Where the exports are, if they moved since the index was built.")
-_SERVER = flags.DEFINE_string("server", None, "TF Serving host:port; default: run the SavedModels in-process.")
-_PROTOCOL = flags.DEFINE_enum("protocol", "grpc", ["grpc", "rest"], "How to talk to --server.")
+_EXPORT_BASE = flag_groups.define_export_base("where the exported models are, if they moved since the index was built.")
+flag_groups.refuse_renamed("export_dir", "export_base")
+_MODEL_SERVER = flag_groups.define_model_server()
 _AUDIO_ROOT = flags.DEFINE_string(
     "audio_root", None, "The folder the catalog's track paths are relative to; default: serve no catalog audio."
 )
@@ -67,8 +66,7 @@ _UPLOAD_IDLE_TIMEOUT_S = flags.DEFINE_float(
 _UPLOAD_DEADLINE_S = flags.DEFINE_float(
     "upload_deadline_s", 120.0, "An upload not received within this long is answered 408.", lower_bound=0.01
 )
-_TAG_THRESHOLD = flags.DEFINE_float("tag_threshold", TagFilter.threshold, "Stage 1's default minimum tag probability.")
-_TAG_TOP_N = flags.DEFINE_integer("tag_top_n", TagFilter.top_n, "Stage 1's default number of tags per track.")
+_TAG_FILTER = flag_groups.define_tag_filter()  # Stage 1's defaults; requests may override them.
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
 
 
@@ -84,9 +82,9 @@ def main(argv):
     try:
         config = AppConfig(
             index_dir=_INDEX_DIR.value,
-            export_dir=_EXPORT_DIR.value,
-            server=_SERVER.value,
-            protocol=_PROTOCOL.value,
+            export_base=_EXPORT_BASE.value,
+            server=_MODEL_SERVER.server.value,
+            protocol=_MODEL_SERVER.protocol.value,
             audio_root=_AUDIO_ROOT.value,
             max_upload_bytes=int(_MAX_UPLOAD_MB.value * 2**20),
             max_duration_s=_MAX_DURATION_S.value,
@@ -94,7 +92,7 @@ def main(argv):
             max_pending_uploads=_MAX_PENDING.value,
             upload_parent_dir=_UPLOAD_DIR.value,
             upload_deadlines=UploadDeadlines(_UPLOAD_IDLE_TIMEOUT_S.value, _UPLOAD_DEADLINE_S.value),
-            tag_filter=TagFilter(_TAG_THRESHOLD.value, _TAG_TOP_N.value),
+            tag_filter=_TAG_FILTER.tag_filter(),
         )
         web_app = create_app(config)
         sock = listen(_HOST.value, _PORT.value)
@@ -108,4 +106,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run(main)

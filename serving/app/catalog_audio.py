@@ -12,7 +12,7 @@ import os
 import re
 
 from serving.app.errors import ApiError
-from serving.catalog_index import TrackRecord
+from serving.retrieval.catalog_index import TrackRecord
 
 _RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 _EXTRA_TYPES = {".opus": "audio/ogg", ".m4a": "audio/mp4", ".flac": "audio/flac", ".wav": "audio/wav"}

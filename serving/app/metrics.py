@@ -18,7 +18,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from serving.catalog_index import CatalogIndex
+from serving.retrieval.catalog_index import CatalogIndex
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED_ROUTE = "unmatched"
@@ -76,7 +76,7 @@ class Metrics:
             "The catalog index served (value 1).",
             ["searcher", "embedding_dim", "model"],
             registry=self.registry,
-        ).labels(info.kind, str(info.embedding_dim), info.model).set(1)
+        ).labels(info.kind, str(info.embedding_dim), catalog.embedding_model.key).set(1)
         Gauge("recommender_index_tracks", "Tracks in the catalog index.", registry=self.registry).set(len(catalog))
 
     @contextlib.contextmanager

@@ -1,16 +1,15 @@
-"""The recommendation web service: an upload or a catalog track in, similar catalog tracks out.
+"""The recommendation service behind the web routes: an upload or a catalog track in, similar catalog tracks out.
 
-    app = create_app(AppConfig(index_dir="demo_output/index", audio_root="demo"))
-    uvicorn.run(app, host="127.0.0.1", port=8080)
+    service = RecommendationService(catalog, make_embedder(catalog, config), config, Metrics(catalog))
+    service.similar("track-id", RecommendParams())
 
-`create_app` loads the index and the models it was built with (in-process
-from the SavedModels, or TF Serving with `AppConfig.server`), runs one
-warm-up query, and returns a FastAPI app serving the JSON API, the page
-(`/`) and Prometheus metrics. Embedding is CPU-heavy and blocking, so it runs
-in a thread pool of `inference_threads`, never on the event loop; at most
-`max_pending_uploads` uploads are received or processed at once, further
-ones get 503 with `Retry-After`. Searches (milliseconds each) run in the
-request's own thread; `Recommender` is safe to call concurrently.
+It owns the index, the embedder (in-process SavedModels, or TF Serving with
+`AppConfig.server`) and a thread pool of `inference_threads`: embedding is
+CPU-heavy and blocking, so it never runs on the event loop; at most
+`max_pending_uploads` uploads are received or processed at once, further ones
+get 503 with `Retry-After`. Searches (milliseconds each) run in the request's
+own thread; `Recommender` is safe to call concurrently. `serving.app.routes`
+maps HTTP onto it.
 """
 
 from __future__ import annotations
@@ -20,35 +19,25 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
-import pathlib
 import shutil
-import socket
-from typing import Annotated
 from urllib.parse import quote
 
 import numpy as np
 import soundfile
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import Request
 
 from data_prep import audio
-from serving import queries
 from serving.app import catalog_audio, errors, schemas, uploads
 from serving.app.errors import ApiError
-from serving.app.metrics import Metrics, MetricsMiddleware
-from serving.catalog_index import CatalogIndex, TrackRecord
-from serving.client import ServingError
-from serving.embedders import LocalEmbedder, RemoteEmbedder
-from serving.recommender import Query as RecommenderQuery
-from serving.recommender import RecommendationResult, Recommender, TagFilter
-from serving.saved_model import MIN_SECONDS
+from serving.app.metrics import Metrics
+from serving.embedding import embedders, query_audio
+from serving.embedding.tf_serving_client import ServingError
+from serving.export.saved_model import MIN_SECONDS
+from serving.retrieval import rendering
+from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
+from serving.retrieval.recommender import Query as RecommenderQuery
+from serving.retrieval.recommender import RecommendationResult, Recommender, TagFilter
 
-STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; media-src 'self'; style-src 'self'; script-src 'self'; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
 _MAX_SHOWN_ID = 200
 
 
@@ -58,7 +47,7 @@ class AppConfig:
 
     Attributes:
         index_dir: The index built by `serving.build_index`.
-        export_dir: Where the exported models are, if they moved since the
+        export_base: The serving base path of the exported models, if they moved since the
             index was built (in-process embedding only).
         server: TF Serving's `host:port`; None embeds in-process.
         protocol: `grpc` or `rest` (with `server`).
@@ -79,7 +68,7 @@ class AppConfig:
     """
 
     index_dir: str
-    export_dir: str | None = None
+    export_base: str | None = None
     server: str | None = None
     protocol: str = "grpc"
     audio_root: str | None = None
@@ -223,7 +212,7 @@ class RecommendationService:
             raise ApiError(422, "invalid_parameter", str(error)) from None
 
     def _top_tags(self, probabilities) -> list[dict]:
-        tags = queries.top_tags(probabilities, self.catalog.vocabulary, schemas.TOP_TAGS)
+        tags = rendering.top_tags(probabilities, self.catalog.vocabulary, schemas.TOP_TAGS)
         return [{"tag": tag, "probability": p} for tag, p in tags]
 
     def _response(
@@ -234,17 +223,7 @@ class RecommendationService:
         info: dict,
         timings: dict,
     ) -> dict:
-        body = result.to_dict()
-        body["recommendations"] = [
-            {
-                **self.track_dict(r.track),
-                "rank": r.rank,
-                "score": r.score,
-                "shared_tags": [dataclasses.asdict(t) for t in r.shared_tags],
-                "explanation": r.explanation,
-            }
-            for r in result.recommendations
-        ]
+        body = result.to_dict(track_view=self.track_dict)
         if self.catalog.tag_model is None and params.tag_filter:
             body["notes"].append("this index has no tag model: stage 1 (tag filter) is off")
         body["query"] = {**info, "top_tags": self._top_tags(query.tag_probabilities)}
@@ -312,7 +291,7 @@ class RecommendationService:
         if declared is not None and declared > self.config.max_duration_s:
             raise self._too_long(upload, declared)
         # Decoding stops past the limit, whatever the header claimed.
-        return queries.load_query_audio(
+        return query_audio.load_query_audio(
             upload.path, self.embedder.sample_rate, upload.filename, self.config.max_duration_s
         )
 
@@ -340,174 +319,8 @@ class RecommendationService:
         }
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (IPv4 or IPv6, as the host is).
-
-    The protocol is named explicitly: asyncio switches Nagle's algorithm off
-    (TCP_NODELAY) only on connections whose socket says IPPROTO_TCP, and with
-    it on, every small response waits ~40 ms for the client's delayed ACK.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(socket.SOMAXCONN)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-class SecurityHeadersMiddleware:
-    """ASGI middleware adding a strict Content-Security-Policy (same origin only) and `nosniff` to every response."""
-
-    _HEADERS = [
-        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"referrer-policy", b"no-referrer"),
-    ]
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), *self._HEADERS]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def make_embedder(catalog: CatalogIndex, config: AppConfig):
     """The index's models, in-process or through TF Serving."""
-    if config.server:
-        return RemoteEmbedder(config.server, catalog.embedding_model, catalog.tag_model, config.protocol)
-    return LocalEmbedder(catalog.embedding_model, catalog.tag_model, config.export_dir)
-
-
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [uploads.FIELD],
-                    "properties": {
-                        uploads.FIELD: {"type": "string", "format": "binary", "description": "An audio file."}
-                    },
-                }
-            }
-        },
-    }
-}
-
-
-RecommendQuery = Annotated[schemas.RecommendParams, Query()]
-TrackPageQuery = Annotated[schemas.TrackPageParams, Query()]
-
-
-def _add_api_routes(app: FastAPI, service: RecommendationService, metrics: Metrics) -> None:
-
-    @app.get("/healthz", response_model=schemas.Health, tags=["service"])
-    def healthz():
-        """Ready: the index and models are loaded."""
-        return service.health()
-
-    @app.get("/metrics", response_class=Response, tags=["service"], responses={200: {"content": {"text/plain": {}}}})
-    def prometheus_metrics():
-        """Prometheus metrics: requests, latencies, stage timings, model and index versions."""
-        return Response(metrics.exposition(), media_type=metrics.content_type)
-
-    @app.get("/tracks", response_model=schemas.TrackPage, responses=errors.responses(422), tags=["catalog"])
-    def list_tracks(params: TrackPageQuery):
-        """Catalog tracks, a page at a time, optionally matching `q`."""
-        return service.tracks_page(params)
-
-    @app.get(
-        "/tracks/{track_id:path}/similar",
-        response_model=schemas.RecommendResponse,
-        responses=errors.responses(404, 422),
-        tags=["recommend"],
+    return embedders.make_embedder(
+        catalog.embedding_model, catalog.tag_model, config.server, config.protocol, config.export_base
     )
-    def similar(track_id: str, params: RecommendQuery):
-        """Catalog tracks similar to a catalog track."""
-        return service.similar(track_id, params)
-
-    @app.get(
-        "/tracks/{track_id:path}/audio",
-        response_class=FileResponse,
-        responses={
-            200: {"content": {"audio/*": {}}, "description": "The audio file."},
-            206: {"content": {"audio/*": {}}, "description": "The requested byte range."},
-            **errors.responses(400, 404, 416),
-        },
-        tags=["catalog"],
-    )
-    def track_audio(track_id: str, request: Request):
-        """A catalog track's audio file, with HTTP range requests (seeking)."""
-        path = service.audio_file(track_id)
-        catalog_audio.check_range(request.headers.get("range"), os.path.getsize(path))
-        return FileResponse(path, media_type=catalog_audio.media_type(path), headers={"Cache-Control": "max-age=3600"})
-
-    @app.post(
-        "/recommend",
-        response_model=schemas.RecommendResponse,
-        responses=errors.responses(400, 408, 413, 415, 422, 502, 503),
-        openapi_extra=_UPLOAD_BODY,
-        tags=["recommend"],
-    )
-    async def recommend(request: Request, params: RecommendQuery):
-        """Catalog tracks similar to an uploaded audio file (multipart field `audio`)."""
-        return await service.recommend_upload(request, params)
-
-
-def _add_page(app: FastAPI) -> None:
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
-
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-
-
-def create_app(config: AppConfig) -> FastAPI:
-    """Loads the index and models and returns the web app.
-
-    Raises:
-        FileNotFoundError: No index (or no models) where given.
-        serving.exported_model.ModelMismatchError: The models found are not
-            those the index was built with.
-    """
-    catalog = CatalogIndex.load(config.index_dir)
-    metrics = Metrics(catalog)
-    service = RecommendationService(catalog, make_embedder(catalog, config), config, metrics)
-    if config.warmup:
-        service.warm_up()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        service.close()
-
-    app = FastAPI(
-        title="music-recommender",
-        summary="Content-based music recommendations: upload a song, get similar catalog tracks.",
-        version="1",
-        docs_url=None,  # Swagger UI and ReDoc load from CDNs; the schema is at /openapi.json.
-        redoc_url=None,
-        lifespan=lifespan,
-    )
-    app.state.service = service
-    errors.install_handlers(app)
-    _add_api_routes(app, service, metrics)
-    _add_page(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(SecurityHeadersMiddleware)
-    return app

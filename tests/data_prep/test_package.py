@@ -10,7 +10,7 @@ from tests.conftest import REPO_ROOT
 
 
 def test_importing_the_beam_jobs_prints_no_missing_extra_notice():
-    script = "import logging, serving.indexing, data_prep.pipeline; logging.warning('a real warning')"
+    script = "import logging, serving.retrieval.embedding_job, data_prep.pipeline; logging.warning('a real warning')"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from data_prep import catalog, pipeline
-from serving import exported_model, indexing, saved_model
+from serving.export import exported_model, saved_model
+from serving.retrieval import embedding_job
 from tests.conftest import REPO_ROOT
 from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
@@ -58,8 +59,8 @@ def trained_crnn(trained):
 @pytest.fixture(scope="session")
 def model_refs(trained, trained_crnn) -> dict[str, exported_model.ModelRef]:
     return {
-        indexing.EMBEDDING_ROLE: exported_model.resolve(str(trained[2])),
-        indexing.TAG_ROLE: exported_model.resolve(str(trained_crnn[1])),
+        embedding_job.EMBEDDING_ROLE: exported_model.resolve(str(trained[2])),
+        embedding_job.TAG_ROLE: exported_model.resolve(str(trained_crnn[1])),
     }
 
 
@@ -67,7 +68,7 @@ def model_refs(trained, trained_crnn) -> dict[str, exported_model.ModelRef]:
 def demo_index(tmp_path_factory, demo_catalog, model_refs):
     """The whole demo catalog embedded by the real Beam job into a saved index."""
     index_dir = tmp_path_factory.mktemp("index") / "demo"
-    summary = indexing.build_index(
+    summary = embedding_job.build_index(
         str(index_dir),
         model_refs,
         catalog=catalog.read_catalog(str(demo_catalog)),
@@ -91,13 +92,23 @@ def pretrained_index(tmp_path_factory, demo_catalog, pretrained_exports):
     """The demo catalog indexed by the pretrained models: CRNN tags for stage 1, musicnn embeddings for stage 2."""
     index_dir = tmp_path_factory.mktemp("pretrained_index") / "index"
     refs = {
-        indexing.EMBEDDING_ROLE: exported_model.resolve(pretrained_exports["msd_musicnn"]),
-        indexing.TAG_ROLE: exported_model.resolve(pretrained_exports["mtat_crnn"]),
+        embedding_job.EMBEDDING_ROLE: exported_model.resolve(pretrained_exports["msd_musicnn"]),
+        embedding_job.TAG_ROLE: exported_model.resolve(pretrained_exports["mtat_crnn"]),
     }
-    indexing.build_index(
+    embedding_job.build_index(
         str(index_dir),
         refs,
         catalog=catalog.read_catalog(str(demo_catalog)),
         pipeline_args=["--direct_running_mode=in_memory"],
     )
     return index_dir
+
+
+@pytest.fixture(scope="session")
+def entries(demo_catalog):
+    return {e.track_id: e for e in catalog.read_catalog(str(demo_catalog)).entries}
+
+
+@pytest.fixture(scope="session")
+def standin_models(model_refs):
+    return {ref.name: {ref.version: tf.saved_model.load(ref.path)} for ref in model_refs.values()}

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 import soundfile
-import tensorflow as tf
 
-from data_prep import catalog
 from models.vocabularies import MTAT_TOP50_TAGS
-from serving import queries, saved_model
-from serving.catalog_index import CatalogIndex
-from serving.embedders import LocalEmbedder, RemoteEmbedder
-from serving.exported_model import ModelMismatchError
-from serving.recommender import Recommender, TagFilter
+from serving.retrieval.catalog_index import CatalogIndex
 from tests.conftest import REPO_ROOT
 from tests.serving import tf_serving_standin
 
@@ -29,16 +20,6 @@ def _query(*flags, timeout=300):
         [sys.executable, "-m", "serving.query", *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
     return done
-
-
-@pytest.fixture(scope="module")
-def entries(demo_catalog):
-    return {e.track_id: e for e in catalog.read_catalog(str(demo_catalog)).entries}
-
-
-@pytest.fixture(scope="module")
-def standin_models(model_refs):
-    return {ref.name: {ref.version: tf.saved_model.load(ref.path)} for ref in model_refs.values()}
 
 
 def test_audio_query_prints_json_results_and_a_tag_chart(tmp_path, demo_index, entries):
@@ -90,6 +71,9 @@ def test_errors_name_the_problem(tmp_path, demo_index):
     soundfile.write(silence, np.zeros(48000, np.float32), 16000)  # Digital silence: the catalog's checks refuse it.
     done = _query(f"--index_dir={demo_index[0]}", f"--audio={silence}")
     assert done.returncode != 0 and f"{silence}: silent" in done.stderr and "dBFS" in done.stderr
+    renamed = _query(f"--index_dir={demo_index[0]}", "--track_id=x", "--export_dir=/elsewhere")
+    assert renamed.returncode != 0 and "--export_dir was renamed --export_base" in renamed.stderr
+    assert "Traceback" not in renamed.stderr
 
 
 def test_through_tf_serving_gives_the_in_process_results(demo_index, entries, standin_models):
@@ -113,36 +97,6 @@ def test_through_tf_serving_gives_the_in_process_results(demo_index, entries, st
         [r["score"] for r in local_results["recommendations"]],
         atol=1e-5,
     )
-
-
-def test_rest_embedder_equals_local_embedder(demo_index, entries, standin_models):
-    index = CatalogIndex.load(str(demo_index[0]))
-    local = LocalEmbedder(index.embedding_model, index.tag_model)
-    path = list(entries.values())[2].uri
-    expected = queries.audio_query(path, local)
-    with tf_serving_standin.rest_server(standin_models) as address:
-        remote = queries.audio_query(path, RemoteEmbedder(address, index.embedding_model, index.tag_model, "rest"))
-    np.testing.assert_allclose(remote.embedding, expected.embedding, atol=1e-5)
-    np.testing.assert_allclose(remote.tag_probabilities, expected.tag_probabilities, atol=1e-5)
-    assert remote.content_sha256 == expected.content_sha256
-    result = Recommender(index, TagFilter(0.0, 2)).recommend(expected, 3)
-    assert len(result.recommendations) == 3
-
-
-def test_a_moved_or_changed_export_is_checked(tmp_path, demo_index, trained):
-    index = CatalogIndex.load(str(demo_index[0]))
-    with pytest.raises(FileNotFoundError, match="no exported version|not an export"):
-        LocalEmbedder(index.embedding_model, None, export_dir=str(tmp_path))
-    # Another export under the same name and version (here: fewer chunks per track) has another checksum.
-    saved_model.export(
-        str(trained[0] / "run_short_chunk_res"), str(tmp_path / "short_chunk_res"), version=1, num_chunks=2
-    )
-    with pytest.raises(ModelMismatchError, match=r"short_chunk_res/1@\w+ .*index was built with short_chunk_res/1@"):
-        LocalEmbedder(index.embedding_model, None, export_dir=str(tmp_path))
-    moved = tmp_path / "moved"
-    shutil.copytree(os.path.dirname(index.embedding_model.path), moved / "short_chunk_res")
-    embedder = LocalEmbedder(index.embedding_model, None, export_dir=str(moved))
-    assert embedder.features(np.zeros(16000, np.float32))[1] is None
 
 
 def test_pretrained_index_names_its_models_and_tags_with_music_words(pretrained_index):

@@ -21,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving.export import signatures as sig
+
 
 class ServableNotFoundError(LookupError):
     """No such model or version."""
@@ -68,7 +70,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(error))
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
         try:
-            outputs = check_and_run(loaded, spec.signature_name or "serving_default", inputs)
+            outputs = check_and_run(loaded, spec.signature_name or sig.SERVING_DEFAULT, inputs)
         except (ValueError, KeyError, tf.errors.InvalidArgumentError) as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         response = predict_pb2.PredictResponse()
@@ -111,7 +113,7 @@ def rest_server(models: dict):
                 return self._reply(404, {"error": str(error)})
             inputs = {k: np.asarray(v, dtype=np.float32) for k, v in body["inputs"].items()}
             try:
-                outputs = check_and_run(loaded, body.get("signature_name", "serving_default"), inputs)
+                outputs = check_and_run(loaded, body.get("signature_name", sig.SERVING_DEFAULT), inputs)
             except (ValueError, tf.errors.InvalidArgumentError) as error:
                 return self._reply(400, {"error": str(error)})
             values = {k: v.tolist() for k, v in outputs.items()}

@@ -1,0 +1,43 @@
+r"""Exports a trained model as a TF Serving SavedModel.
+
+Usage:
+
+    python -m serving.export --model_dir=demo_output/short_chunk_res \
+        --export_dir=demo_output/export/short_chunk_res
+
+writes `demo_output/export/short_chunk_res/<version>/` (the next free
+version number unless --version is given), ready for
+`tensorflow_model_server --model_base_path=.../short_chunk_res`. Inspect it
+with `saved_model_cli show --dir=.../1 --all`. `--model_dir` takes any model
+artifact, e.g. a converted pretrained model:
+
+    python -m serving.export --model_dir=pretrained/msd_musicnn --export_dir=/tmp/export/msd_musicnn
+"""
+
+from __future__ import annotations
+
+from tfrecords.tf_startup import run
+
+import sys
+
+from absl import flags
+
+from serving.export import saved_model
+
+_MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The model's folder in the serving base path.", required=True)
+_VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
+_NUM_CHUNKS = flags.DEFINE_integer("num_chunks", saved_model.DEFAULT_NUM_CHUNKS, "Chunks averaged per track.")
+
+
+def main(argv):
+    del argv
+    try:
+        path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
+    except saved_model.ExportError as error:
+        sys.exit(f"error: {error}")
+    print(f"exported {_MODEL_DIR.value} -> {path}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,388 @@
+"""The recommender's catalog: track metadata, embeddings, tag probabilities and the ScaNN index.
+
+Row `i` of every array belongs to `tracks[i]`; the ScaNN searcher returns
+track ids, which are mapped back to rows, never positions in a filtered
+list. On disk (`INDEX_DIR/`):
+
+- `catalog_index.json`: format version, the models (name, version, SavedModel
+  checksum, vocabulary, embedding size), the track count;
+- `tracks.jsonl`: one track's metadata per line, in row order;
+- `embeddings.npy` `[tracks, dim]` float32 (L2-normalised, ranking model);
+- `tag_probabilities.npy` `[tracks, num_tags]` float32 (tag model), when
+  there is a tag model;
+- `searcher/`: the `serving.retrieval.searcher.TrackIndex` (ScaNN, relative paths; its
+  track ids in `track_ids.json`, never a pickle);
+- `manifest.json`: the size and SHA-256 of every file above.
+
+`save` writes a complete new folder next to the old one and swaps it in, so a
+reader never sees a half-written index. `load` checks the manifest before it
+parses anything: a damaged or altered file, or a file in `searcher/` that
+the index did not write, is refused with one error naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+
+from models.pretrained import sha256_of
+from serving.export.exported_model import ModelRef
+from serving.retrieval.searcher import TrackIndex, normalise
+
+
+class IndexMismatchError(ValueError):
+    """An index of another format, or built with other models than expected; the message says which."""
+
+
+FORMAT_VERSION = 2  # 2: manifest.json, pickle-free searcher ids.
+INFO_FILENAME = "catalog_index.json"
+MANIFEST_FILENAME = "manifest.json"
+TRACKS_FILENAME = "tracks.jsonl"
+EMBEDDINGS_FILENAME = "embeddings.npy"
+TAG_PROBABILITIES_FILENAME = "tag_probabilities.npy"
+SEARCHER_DIRNAME = "searcher"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackRecord:
+    """A catalog track's metadata.
+
+    Attributes:
+        track_id: Unique id.
+        artist: Artist name ('' when unknown).
+        title: Title ('' when unknown).
+        album: Album ('' when unknown).
+        path: The audio location as the catalog gives it ('' when built from
+            TFRecords).
+        duration_s: Duration of the audio in seconds.
+        content_sha256: SHA-256 of the audio file's bytes (or of the stored
+            log-mel when built from TFRecords): equal hashes are exact
+            duplicates.
+    """
+
+    track_id: str
+    artist: str = ""
+    title: str = ""
+    album: str = ""
+    path: str = ""
+    duration_s: float = 0.0
+    content_sha256: str = ""
+
+
+class CatalogIndex:
+    """Tracks with their embeddings and tag probabilities, searchable by embedding.
+
+    Build with `CatalogIndex.build`, load with `CatalogIndex.load`.
+
+    Attributes:
+        tracks: The tracks, in row order.
+        embeddings: `[tracks, dim]`, L2-normalised.
+        tag_probabilities: `[tracks, num_tags]`, or None without a tag model.
+        embedding_model: The model that made the embeddings.
+        tag_model: The model that made the tag probabilities, or None.
+        searcher: The ScaNN index over `embeddings`.
+    """
+
+    def __init__(
+        self,
+        tracks: list[TrackRecord],
+        embeddings: np.ndarray,
+        tag_probabilities: np.ndarray | None,
+        embedding_model: ModelRef,
+        tag_model: ModelRef | None,
+        searcher: TrackIndex,
+    ):
+        _check_rows(tracks, embeddings, tag_probabilities, embedding_model, tag_model)
+        self.tracks = list(tracks)
+        self.embeddings = embeddings
+        self.tag_probabilities = tag_probabilities
+        self.embedding_model = embedding_model
+        self.tag_model = tag_model
+        self.searcher = searcher
+        self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
+
+    @classmethod
+    def build(
+        cls,
+        tracks: list[TrackRecord],
+        embeddings: np.ndarray,
+        tag_probabilities: np.ndarray | None,
+        embedding_model: ModelRef,
+        tag_model: ModelRef | None,
+        kind: str = "auto",
+        leaves_searched_fraction: float = 0.05,
+    ) -> CatalogIndex:
+        """Builds the catalog and its ScaNN index (configured by size unless `kind` says otherwise)."""
+        embeddings = normalise(embeddings)
+        _check_rows(tracks, embeddings, tag_probabilities, embedding_model, tag_model)
+        searcher = TrackIndex.build(
+            [t.track_id for t in tracks],
+            embeddings,
+            kind=kind,
+            leaves_searched_fraction=leaves_searched_fraction,
+        )
+        probabilities = None if tag_probabilities is None else np.asarray(tag_probabilities, np.float32)
+        return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __contains__(self, track_id: str) -> bool:
+        return track_id in self._rows
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The tag model's tag names ('()' without a tag model)."""
+        return self.tag_model.vocabulary if self.tag_model else ()
+
+    def row(self, track_id: str) -> int:
+        """The row of a track; an unknown id is a `KeyError` naming it."""
+        try:
+            return self._rows[track_id]
+        except KeyError:
+            raise KeyError(f"unknown track id {track_id!r}") from None
+
+    def track(self, track_id: str) -> TrackRecord:
+        return self.tracks[self.row(track_id)]
+
+    def upsert(self, tracks: list[TrackRecord], embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
+        """Adds tracks and replaces known ones, updating the ScaNN index in place (no rebuild)."""
+        embeddings = normalise(embeddings)
+        _check_rows(tracks, embeddings, tag_probabilities, self.embedding_model, self.tag_model)
+        new_tracks, new_rows = [], []
+        for i, track in enumerate(tracks):
+            row = self._rows.get(track.track_id)
+            if row is None:
+                new_rows.append(i)
+                new_tracks.append(track)
+            else:
+                self.tracks[row] = track
+                self.embeddings[row] = embeddings[i]
+                if self.tag_probabilities is not None:
+                    self.tag_probabilities[row] = tag_probabilities[i]
+        self.embeddings = np.concatenate([self.embeddings, embeddings[new_rows]])
+        if self.tag_probabilities is not None:
+            self.tag_probabilities = np.concatenate([self.tag_probabilities, tag_probabilities[new_rows]])
+        for track in new_tracks:
+            self._rows[track.track_id] = len(self.tracks)
+            self.tracks.append(track)
+        self.searcher.upsert([t.track_id for t in tracks], embeddings)
+
+    def delete(self, track_ids: list[str]):
+        """Removes tracks from the catalog and the ScaNN index.
+
+        Unknown ids are a `KeyError` and repeated ids a `ValueError`, naming
+        them; nothing is removed then.
+        """
+        unknown = [t for t in track_ids if t not in self._rows]
+        if unknown:
+            raise KeyError(f"unknown track ids {unknown[:5]}")
+        self.searcher.delete(list(track_ids))  # Checks repeats before changing anything.
+        gone = {self._rows[t] for t in track_ids}
+        keep = [row for row in range(len(self.tracks)) if row not in gone]
+        self.tracks = [self.tracks[row] for row in keep]
+        self.embeddings = self.embeddings[keep]
+        if self.tag_probabilities is not None:
+            self.tag_probabilities = self.tag_probabilities[keep]
+        self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
+
+    def info(self) -> dict:
+        """What `catalog_index.json` holds."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "num_tracks": len(self),
+            "embedding_dim": int(self.embeddings.shape[1]),
+            "embedding_model": self.embedding_model.to_dict(),
+            "tag_model": self.tag_model.to_dict() if self.tag_model else None,
+            "searcher": dataclasses.asdict(self.searcher.info),
+        }
+
+    def save(self, directory: str):
+        """Writes the index into `directory`, replacing what is there only once complete.
+
+        The new index is written next to the old one (`DIR.tmp`), then the old
+        one is moved aside (`DIR.old`) and the new one into place; if that
+        swap fails, the old one is moved back. A swap interrupted by a crash
+        leaves `DIR.old`, which the next `save` or `load` restores first.
+        """
+        directory = os.path.normpath(directory)
+        staging, previous = f"{directory}.tmp", f"{directory}.old"
+        _recover(directory)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        with open(os.path.join(staging, TRACKS_FILENAME), "w", encoding="utf-8") as handle:
+            for track in self.tracks:
+                handle.write(json.dumps(dataclasses.asdict(track), ensure_ascii=False) + "\n")
+        np.save(os.path.join(staging, EMBEDDINGS_FILENAME), self.embeddings)
+        if self.tag_probabilities is not None:
+            np.save(os.path.join(staging, TAG_PROBABILITIES_FILENAME), self.tag_probabilities)
+        self.searcher.save(os.path.join(staging, SEARCHER_DIRNAME))
+        with open(os.path.join(staging, INFO_FILENAME), "w", encoding="utf-8") as handle:
+            json.dump(self.info(), handle, indent=2, sort_keys=True)
+        _write_manifest(staging)
+        if not os.path.isdir(directory):
+            os.rename(staging, directory)
+            return
+        # Keep files that are not ours (e.g. the build's rejected.csv) when replacing.
+        for name in os.listdir(directory):
+            source = os.path.join(directory, name)
+            if os.path.isfile(source) and not os.path.exists(os.path.join(staging, name)):
+                shutil.copy2(source, staging)
+        shutil.rmtree(previous, ignore_errors=True)  # Only a completed swap's leftover: _recover ran.
+        os.rename(directory, previous)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            os.rename(previous, directory)
+            raise
+        shutil.rmtree(previous, ignore_errors=True)
+
+    @classmethod
+    def load(
+        cls,
+        directory: str,
+        expected_embedding_model: ModelRef | None = None,
+        expected_tag_model: ModelRef | None = None,
+    ) -> CatalogIndex:
+        """Loads an index, refusing one made with other models than those expected.
+
+        Raises:
+            FileNotFoundError: No index in `directory`.
+            IndexMismatchError: Another format, model or embedding size; the
+                message names what the index holds and what was expected.
+        """
+        _recover(directory)
+        info_path = os.path.join(directory, INFO_FILENAME)
+        if not os.path.exists(info_path):
+            raise FileNotFoundError(f"{directory}: no {INFO_FILENAME}; build one with `python -m serving.build_index`")
+        _check_manifest(directory)
+        with open(info_path, encoding="utf-8") as handle:
+            info = json.load(handle)
+        if info["format_version"] != FORMAT_VERSION:
+            raise IndexMismatchError(f"{directory}: index format {info['format_version']}, expected {FORMAT_VERSION}")
+        embedding_model = ModelRef.from_dict(info["embedding_model"])
+        tag_model = ModelRef.from_dict(info["tag_model"]) if info["tag_model"] else None
+        if expected_embedding_model is not None:
+            _check_model(directory, "embedding", embedding_model, expected_embedding_model)
+        if expected_tag_model is not None:
+            _check_model(directory, "tag", tag_model, expected_tag_model)
+        with open(os.path.join(directory, TRACKS_FILENAME), encoding="utf-8") as handle:
+            tracks = [TrackRecord(**json.loads(line)) for line in handle]
+        embeddings = np.load(os.path.join(directory, EMBEDDINGS_FILENAME))
+        probabilities_path = os.path.join(directory, TAG_PROBABILITIES_FILENAME)
+        probabilities = np.load(probabilities_path) if tag_model else None
+        searcher = _load_searcher(directory, embedding_model)
+        if len(searcher) != len(tracks) or set(searcher.track_ids) != {t.track_id for t in tracks}:
+            raise IndexMismatchError(
+                f"{directory}: the searcher's {len(searcher)} track ids do not match the {len(tracks)} of "
+                f"{TRACKS_FILENAME}: the index is damaged, rebuild it"
+            )
+        return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+
+
+def _load_searcher(directory: str, embedding_model: ModelRef) -> TrackIndex:
+    try:
+        searcher = TrackIndex.load(os.path.join(directory, SEARCHER_DIRNAME))
+    except ValueError as error:
+        raise DamagedIndexError(str(error)) from error
+    if searcher.info.embedding_dim != embedding_model.embedding_dim:
+        raise IndexMismatchError(
+            f"{directory}: the searcher holds {searcher.info.embedding_dim}-d embeddings, {embedding_model.key} "
+            f"makes {embedding_model.embedding_dim}-d ones: rebuild the index"
+        )
+    return searcher
+
+
+class DamagedIndexError(IndexMismatchError):
+    """An index file that is not what the index wrote; the message names it."""
+
+
+def _index_files(directory: str) -> list[str]:
+    """The index's own files, relative: everything in `searcher/` and the top-level files it writes."""
+    own = [INFO_FILENAME, TRACKS_FILENAME, EMBEDDINGS_FILENAME, TAG_PROBABILITIES_FILENAME]
+    files = [name for name in own if os.path.exists(os.path.join(directory, name))]
+    for root, _, names in os.walk(os.path.join(directory, SEARCHER_DIRNAME)):
+        files += [os.path.relpath(os.path.join(root, name), directory) for name in names]
+    return sorted(files)
+
+
+def _write_manifest(directory: str):
+    manifest = {
+        name: {
+            "size": os.path.getsize(os.path.join(directory, name)),
+            "sha256": sha256_of(os.path.join(directory, name)),
+        }
+        for name in _index_files(directory)
+    }
+    with open(os.path.join(directory, MANIFEST_FILENAME), "w", encoding="utf-8") as handle:
+        json.dump({"format_version": FORMAT_VERSION, "files": manifest}, handle, indent=2, sort_keys=True)
+
+
+def _damaged(path: str, what: str) -> DamagedIndexError:
+    return DamagedIndexError(
+        f"{path}: {what}; the index is damaged or was altered: rebuild it with serving.build_index"
+    )
+
+
+def _check_manifest(directory: str):
+    """Every file the index wrote is there, unchanged, and nothing was added to it."""
+    path = os.path.join(directory, MANIFEST_FILENAME)
+    if not os.path.exists(path):
+        raise _damaged(path, "missing (an index written by an older version has none)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            files = json.load(handle)["files"]
+        expected = {name: (int(entry["size"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _damaged(path, f"unreadable ({error})") from None
+    for name in _index_files(directory):
+        if name not in expected:
+            raise _damaged(os.path.join(directory, name), "not written by this index")
+    for name, (size, sha256) in sorted(expected.items()):
+        file_path = os.path.join(directory, name)
+        if not os.path.isfile(file_path):
+            raise _damaged(file_path, "missing")
+        if os.path.getsize(file_path) != size:
+            raise _damaged(file_path, f"{os.path.getsize(file_path)} bytes, the index wrote {size}")
+        if sha256_of(file_path) != sha256:
+            raise _damaged(file_path, "its SHA-256 is not the one the index wrote")
+
+
+def _recover(directory: str):
+    """Puts back an index that a crash left moved aside (`DIR.old`) during a save."""
+    directory = os.path.normpath(directory)
+    previous = f"{directory}.old"
+    if not os.path.isdir(directory) and os.path.isdir(previous):
+        os.rename(previous, directory)
+
+
+def _check_model(directory: str, role: str, built: ModelRef | None, expected: ModelRef):
+    if built is None:
+        raise IndexMismatchError(f"{directory} was built without a {role} model; {expected.key} was expected")
+    if (built.name, built.version, built.checksum) != (expected.name, expected.version, expected.checksum):
+        raise IndexMismatchError(
+            f"{directory} was built with the {role} model {built.key} ({built.embedding_dim}-d embeddings), "
+            f"not {expected.key} ({expected.embedding_dim}-d): rebuild the index or use that model"
+        )
+
+
+def _check_rows(tracks, embeddings, tag_probabilities, embedding_model: ModelRef, tag_model: ModelRef | None):
+    ids = [t.track_id for t in tracks]
+    if len(set(ids)) != len(ids):
+        raise ValueError("track ids must be unique")
+    if embeddings.shape != (len(tracks), embedding_model.embedding_dim):
+        raise IndexMismatchError(
+            f"embeddings {embeddings.shape} for {len(tracks)} tracks and the {embedding_model.embedding_dim}-d "
+            f"model {embedding_model.key}"
+        )
+    if (tag_model is None) != (tag_probabilities is None):
+        raise ValueError("tag probabilities go with a tag model, and a tag model with tag probabilities")
+    if tag_model is not None and np.shape(tag_probabilities) != (len(tracks), len(tag_model.vocabulary)):
+        raise IndexMismatchError(
+            f"tag probabilities {np.shape(tag_probabilities)} for {len(tracks)} tracks and the "
+            f"{len(tag_model.vocabulary)} tags of {tag_model.key}"
+        )

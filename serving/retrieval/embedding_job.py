@@ -1,0 +1,517 @@
+"""The catalog embedding job (Apache Beam) and the index it builds.
+
+Every catalog track goes through the exported models once: the ranking model
+(Short-Chunk ResNet) gives its embedding, the tag model (CRNN) its tag
+probabilities. The input is either
+
+- a catalog CSV (`data_prep`'s format): audio is decoded and checked exactly
+  as the preprocessing pipeline does, then fed to the models' waveform
+  signatures, so the index sees what a query will see; or
+- preprocessed TFRecord datasets: their stored log-mels go to the models'
+  `log_mel` signatures. Each model takes the dataset whose log-mel
+  fingerprint matches its own (e.g. 128 mel bands for the ResNet, 96 for the
+  CRNN), and tracks are joined by id.
+
+The job runs on any Beam runner (the DirectRunner on all cores by default);
+each worker loads each SavedModel once. Results go through staging TFRecords;
+the driver then builds the `CatalogIndex` (ScaNN) and writes it with
+`rejected.csv`. Counts reconcile: input tracks = indexed + rejected, or the
+build fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from data_prep import audio, beam_jobs
+from data_prep.audio_checks import AudioChecks, load_checked_waveform
+from data_prep.catalog import Catalog, CatalogEntry
+from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, register_reasons, rejections_to_csv
+from serving.export import signatures as sig
+from serving.export.exported_model import LoadedModel, ModelRef
+from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
+from serving.retrieval.searcher import choose_kind
+from tfrecords import dataset_info, schema
+
+METRICS_NAMESPACE = "build_index"
+STAGING_DIRNAME = "_embedding_staging"
+EMBEDDING_ROLE = "embedding"
+TAG_ROLE = "tag"
+_REJECTIONS_PREFIX = "rejected"
+
+# This job's own rejection reasons, besides the catalog's and the audio's.
+register_reasons(
+    {
+        "model_error": "the exported model refused the track's input or gave unusable outputs",
+        "incomplete_features": "the track is missing from one of the datasets the models need",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrackFeatures:
+    """A catalog track with its embedding and tag probabilities."""
+
+    track: TrackRecord
+    embedding: np.ndarray
+    tag_probabilities: np.ndarray | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingRun:
+    """What the embedding job produced.
+
+    Attributes:
+        features: The embedded tracks, sorted by track id.
+        rejections: The tracks that could not be embedded, with reasons.
+        num_input: Tracks (or catalog rows) that went in.
+        counters: The job's Beam counters.
+    """
+
+    features: list[TrackFeatures]
+    rejections: list[Rejection]
+    num_input: int
+    counters: dict[str, int]
+
+
+def encode_features(features: TrackFeatures) -> bytes:
+    """A `tf.train.Example` holding one track's features (the staging format)."""
+    track = dataclasses.asdict(features.track)
+    feature = {
+        "track": tf.train.Feature(bytes_list=tf.train.BytesList(value=[json.dumps(track).encode("utf-8")])),
+        "embedding": tf.train.Feature(float_list=tf.train.FloatList(value=features.embedding)),
+    }
+    if features.tag_probabilities is not None:
+        feature["tag_probabilities"] = tf.train.Feature(float_list=tf.train.FloatList(value=features.tag_probabilities))
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def decode_features(serialized: bytes) -> TrackFeatures:
+    """Inverse of `encode_features`."""
+    feature = tf.train.Example.FromString(serialized).features.feature
+    probabilities = None
+    if "tag_probabilities" in feature:
+        probabilities = np.array(feature["tag_probabilities"].float_list.value, np.float32)
+    return TrackFeatures(
+        track=TrackRecord(**json.loads(feature["track"].bytes_list.value[0])),
+        embedding=np.array(feature["embedding"].float_list.value, np.float32),
+        tag_probabilities=probabilities,
+    )
+
+
+class _Models:
+    """The models one worker loads once and shares between its threads (`beam.utils.shared`)."""
+
+    def __init__(self, refs: dict[str, ModelRef]):
+        self.by_role = {role: LoadedModel(ref) for role, ref in refs.items()}
+
+
+class _EmbedDoFn(beam.DoFn):
+    REJECTED = "rejected"
+
+    def __init__(self, refs: dict[str, ModelRef], shared_handle: shared.Shared):
+        self._refs = refs
+        self._shared = shared_handle
+        self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
+
+    def setup(self):
+        self._models = self._shared.acquire(lambda: _Models(self._refs), tag=json.dumps(sorted(self._refs)))
+
+    def _reject(self, row: int, track_id: str, path: str, reason: str, detail: str):
+        Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
+        return beam.pvalue.TaggedOutput(self.REJECTED, Rejection(row, track_id, path, reason, detail))
+
+
+class EmbedAudio(_EmbedDoFn):
+    """Decodes a catalog track and runs both models on its waveform."""
+
+    def process(self, entry: CatalogEntry):
+        sample_rate = next(iter(self._refs.values())).sample_rate
+        try:
+            source = audio.open_source(entry.uri)
+            waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
+            content_sha256 = audio.content_sha256(source)
+        except audio.AudioError as error:
+            yield self._reject(entry.row, entry.track_id, entry.path, error.reason, error.detail)
+            return
+        try:
+            outputs = {role: model.from_waveform(waveform) for role, model in self._models.by_role.items()}
+        except (ValueError, tf.errors.InvalidArgumentError) as error:
+            yield self._reject(entry.row, entry.track_id, entry.path, "model_error", str(error).splitlines()[0])
+            return
+        problem = unusable_outputs(outputs)
+        if problem:
+            yield self._reject(entry.row, entry.track_id, entry.path, "model_error", problem)
+            return
+        self._embedded.inc()
+        track = TrackRecord(
+            track_id=entry.track_id,
+            artist=entry.artist,
+            title=entry.title,
+            album=entry.album,
+            path=entry.path,
+            duration_s=round(waveform.size / sample_rate, 3),
+            content_sha256=content_sha256,
+        )
+        yield _features(track, outputs)
+
+
+def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
+    """Why a track's model outputs cannot be indexed (non-finite values, a zero embedding), or None."""
+    for role, values in sorted(outputs.items()):
+        for name, value in sorted(values.items()):
+            if not np.all(np.isfinite(value)):
+                return f"the {role} model's {name} output is not finite"
+    embedding = outputs.get(EMBEDDING_ROLE, {}).get("embedding")
+    if embedding is not None and not np.any(embedding):
+        return "the embedding model's embedding is all zeros"
+    return None
+
+
+def _features(track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
+    tags = outputs[TAG_ROLE][sig.TAGS_OUTPUT] if TAG_ROLE in outputs else None
+    return TrackFeatures(track, outputs[EMBEDDING_ROLE][sig.EMBEDDING_OUTPUT], tags)
+
+
+class EmbedLogMel(_EmbedDoFn):
+    """Runs the models that share one dataset's log-mel on a stored example.
+
+    Emits `(track_id, (role -> outputs, TrackRecord, Rejection or None))` for the join.
+    """
+
+    def __init__(self, refs, shared_handle, log_mel_dtype: str, dataset_dir: str):
+        super().__init__(refs, shared_handle)
+        self._log_mel_dtype = log_mel_dtype
+        self._dataset_dir = dataset_dir
+
+    def process(self, serialized: bytes):
+        example = schema.decode_example(serialized, self._log_mel_dtype)
+        track_id = example[schema.TRACK_ID]
+        try:
+            outputs = {
+                role: model.from_log_mel(example[schema.LOG_MEL]) for role, model in self._models.by_role.items()
+            }
+        except (ValueError, tf.errors.InvalidArgumentError) as error:
+            detail = f"{self._dataset_dir}: {str(error).splitlines()[0]}"
+            yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", detail))
+            return
+        problem = unusable_outputs(outputs)
+        if problem:
+            yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", f"{self._dataset_dir}: {problem}"))
+            return
+        track = TrackRecord(
+            track_id=track_id,
+            artist=example[schema.ARTIST],
+            title=example[schema.TITLE],
+            album=example[schema.ALBUM],
+            duration_s=round(float(example[schema.DURATION_S]), 3),
+            content_sha256=hashlib.sha256(example[schema.LOG_MEL].tobytes()).hexdigest(),
+        )
+        yield track_id, (outputs, track, None)
+
+
+class JoinRoles(beam.DoFn):
+    """Merges one track's outputs from several datasets; an error or a missing role is a rejection."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, roles: list[str], dataset_of_role: dict[str, str]):
+        self._roles = roles
+        self._dataset_of_role = dataset_of_role
+        self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
+
+    def _reject(self, rejection: Rejection):
+        Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
+        return beam.pvalue.TaggedOutput(self.REJECTED, rejection)
+
+    def process(self, keyed):
+        track_id, parts = keyed
+        outputs, track, errors, copies = {}, None, [], collections.Counter()
+        for part_outputs, part_track, error in parts:
+            outputs.update(part_outputs)
+            copies.update(part_outputs.keys())
+            errors += [error] if error else []
+            if EMBEDDING_ROLE in part_outputs:
+                track = part_track
+        if errors:
+            yield self._reject(errors[0])
+            return
+        repeated = [role for role, count in copies.items() if count > 1]
+        if repeated:
+            detail = "; ".join(f"{copies[r]} examples in {self._dataset_of_role[r]}" for r in repeated)
+            yield self._reject(Rejection(0, track_id, "", "duplicate_track_id", detail))
+            return
+        missing = [role for role in self._roles if role not in outputs]
+        if missing:
+            detail = "; ".join(f"not in {self._dataset_of_role[r]} (the {r} model's dataset)" for r in missing)
+            yield self._reject(Rejection(0, track_id, "", "incomplete_features", detail))
+            return
+        self._embedded.inc()
+        yield _features(track, outputs)
+
+
+def _write_outputs(embedded, rejected, staging_dir: str):
+    _ = (
+        embedded
+        | "EncodeFeatures" >> beam.Map(encode_features)
+        | "WriteFeatures"
+        >> beam.io.WriteToTFRecord(os.path.join(staging_dir, "features"), file_name_suffix=".tfrecord")
+    )
+    _ = rejected | "StageRejections" >> beam_jobs.WriteRejections(os.path.join(staging_dir, _REJECTIONS_PREFIX))
+
+
+def _catalog_pipeline(pipeline, catalog: Catalog, refs: dict[str, ModelRef], staging_dir: str):
+    results = (
+        pipeline
+        | "Entries" >> beam.Create(list(catalog.entries))
+        | "Embed" >> beam.ParDo(EmbedAudio(refs, shared.Shared())).with_outputs(EmbedAudio.REJECTED, main="embedded")
+    )
+    _write_outputs(results.embedded, results[EmbedAudio.REJECTED], staging_dir)
+
+
+def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[str, str]:
+    """The dataset each model reads: the one whose log-mel fingerprint is the model's.
+
+    Raises:
+        ValueError: A model with no matching dataset or with several (which
+            one would be indexed is ambiguous), or a dataset no model reads
+            (its tracks would be left out): the message names the datasets
+            and fingerprints.
+    """
+    fingerprints = {d: dataset_info.load(d).log_mel.fingerprint() for d in dataset_dirs}
+    found = ", ".join(f"{d}: {f}" for d, f in fingerprints.items())
+    chosen = {}
+    for role, ref in refs.items():
+        matching = [d for d, f in fingerprints.items() if f == ref.log_mel_fingerprint]
+        if len(matching) != 1:
+            problem = "no dataset has" if not matching else f"{len(matching)} datasets ({', '.join(matching)}) have"
+            raise ValueError(
+                f"{problem} the log-mel parameters of the {role} model {ref.key} (fingerprint "
+                f"{ref.log_mel_fingerprint}); datasets: {found}. Give one dataset per model (preprocess with "
+                "the model's parameters), or index from the catalog CSV"
+            )
+        chosen[role] = matching[0]
+    unused = sorted(set(dataset_dirs) - set(chosen.values()))
+    if unused:
+        raise ValueError(f"no model reads {', '.join(unused)} (its log-mel parameters match none); datasets: {found}")
+    return chosen
+
+
+def _read_shard(path: str, compression: str):
+    """The serialized examples of one shard (TensorFlow's reader: every TFRecord compression, any filesystem)."""
+    for record in tf.data.TFRecordDataset(path, compression_type=compression or None):
+        yield record.numpy()
+
+
+def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], refs: dict[str, ModelRef], staging_dir: str):
+    parts = []
+    for number, dataset_dir in enumerate(sorted(set(dataset_of_role.values()))):
+        info = dataset_info.load(dataset_dir)
+        roles = {role: refs[role] for role, d in dataset_of_role.items() if d == dataset_dir}
+        paths = [p for split in info.splits for p in dataset_info.shard_paths(dataset_dir, info, split)]
+        parts.append(
+            pipeline
+            | f"Shards{number}" >> beam.Create(paths)
+            | f"Read{number}" >> beam.FlatMap(_read_shard, info.compression)
+            | f"Embed{number}" >> beam.ParDo(EmbedLogMel(roles, shared.Shared(), info.log_mel_dtype, dataset_dir))
+        )
+    joined = (
+        parts
+        | "FlattenParts" >> beam.Flatten()
+        | "ByTrack" >> beam.GroupByKey()
+        | "Join" >> beam.ParDo(JoinRoles(sorted(refs), dataset_of_role)).with_outputs(JoinRoles.REJECTED, main="joined")
+    )
+    _write_outputs(joined.joined, joined[JoinRoles.REJECTED], staging_dir)
+
+
+def _read_staging(staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
+    features = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(staging_dir, "features*.tfrecord"))):
+        features += [decode_features(record.numpy()) for record in tf.data.TFRecordDataset(path)]
+    rejections = beam_jobs.read_rejections(os.path.join(staging_dir, _REJECTIONS_PREFIX))
+    return sorted(features, key=lambda f: f.track.track_id), rejections
+
+
+def _tfrecord_track_ids(dataset_dirs: list[str]) -> set[str]:
+    """Every track id in the datasets (the job's input, for the reconciliation)."""
+    ids = set()
+    spec = {schema.TRACK_ID: tf.io.FixedLenFeature([], tf.string)}
+    for dataset_dir in dataset_dirs:
+        info = dataset_info.load(dataset_dir)
+        paths = [p for split in info.splits for p in dataset_info.shard_paths(dataset_dir, info, split)]
+        dataset = tf.data.TFRecordDataset(paths, compression_type=info.compression or None)
+        for track_id in dataset.map(lambda r: tf.io.parse_single_example(r, spec)[schema.TRACK_ID]):
+            ids.add(track_id.numpy().decode("utf-8"))
+    return ids
+
+
+def embed(
+    refs: dict[str, ModelRef],
+    work_dir: str,
+    catalog: Catalog | None = None,
+    dataset_dirs: list[str] | None = None,
+    pipeline_args: list[str] | None = None,
+) -> EmbeddingRun:
+    """Runs the embedding job over a catalog CSV or TFRecord datasets.
+
+    Args:
+        refs: The models by role (`embedding` required, `tag` optional).
+        work_dir: Where the job stages its outputs (removed afterwards).
+        catalog: A parsed catalog CSV; or
+        dataset_dirs: TFRecord dataset directories.
+        pipeline_args: Beam pipeline flags.
+
+    Raises:
+        RuntimeError: The counts do not reconcile (a bug, never data).
+    """
+    if (catalog is None) == (dataset_dirs is None):
+        raise ValueError("give either a catalog or TFRecord datasets")
+    if EMBEDDING_ROLE not in refs:
+        raise ValueError("an embedding model is required")
+    rates = {ref.sample_rate for ref in refs.values()}
+    if len(rates) != 1:
+        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
+    staging_dir = os.path.join(work_dir, STAGING_DIRNAME)
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    os.makedirs(staging_dir)  # The index folder is local: ScaNN serializes to local files.
+    pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(list(pipeline_args or [])))
+    if catalog is not None:
+        _catalog_pipeline(pipeline, catalog, refs, staging_dir)
+        num_input = catalog.num_rows
+        early = list(catalog.rejections)
+    else:
+        dataset_of_role = match_datasets(dataset_dirs, refs)
+        _tfrecord_pipeline(pipeline, dataset_of_role, refs, staging_dir)
+        num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_role.values()))))
+        early = []
+    result = pipeline.run()
+    result.wait_until_finish()
+    features, rejections = _read_staging(staging_dir)
+    shutil.rmtree(staging_dir, ignore_errors=True)
+    rejections = early + rejections
+    if len(features) + len(rejections) != num_input:
+        raise RuntimeError(
+            f"counts do not reconcile: {num_input} tracks in, {len(features)} embedded + {len(rejections)} rejected"
+        )
+    return EmbeddingRun(features, rejections, num_input, beam_jobs.beam_counters(result, METRICS_NAMESPACE))
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSummary:
+    """What a build or update did."""
+
+    index_dir: str
+    num_input: int
+    num_indexed: int
+    num_tracks: int
+    rejections: list[Rejection]
+    searcher_kind: str
+    embedding_model: str
+    tag_model: str
+
+    def render(self) -> str:
+        by_reason = collections.Counter(r.reason for r in self.rejections)
+        lines = [
+            f"index: {self.index_dir}",
+            f"  tracks in: {self.num_input}; embedded: {self.num_indexed}; rejected: {len(self.rejections)}",
+            *(f"    {reason}: {count} ({REASONS[reason]})" for reason, count in sorted(by_reason.items())),
+            f"  index now holds {self.num_tracks} tracks; searcher: {self.searcher_kind}",
+            f"  embedding model: {self.embedding_model}",
+            f"  tag model: {self.tag_model or 'none (stage 1 unavailable)'}",
+        ]
+        if self.rejections:
+            lines.append(f"  rejected tracks and reasons: {os.path.join(self.index_dir, REJECTED_FILENAME)}")
+        suggested = choose_kind(self.num_tracks)
+        if suggested != self.searcher_kind:
+            lines.append(
+                f"  note: ScaNN's guidance for {self.num_tracks} tracks is `{suggested}`, this index is "
+                f"`{self.searcher_kind}` (set by --kind, or kept through --update); rebuild without them to follow it"
+            )
+        return "\n".join(lines)
+
+
+def _stack(features: list[TrackFeatures], with_tags: bool):
+    embeddings = np.stack([f.embedding for f in features]) if features else None
+    tags = np.stack([f.tag_probabilities for f in features]) if with_tags and features else None
+    return [f.track for f in features], embeddings, tags
+
+
+def build_index(
+    index_dir: str,
+    refs: dict[str, ModelRef],
+    catalog: Catalog | None = None,
+    dataset_dirs: list[str] | None = None,
+    update: bool = False,
+    kind: str = "auto",
+    leaves_searched_fraction: float = 0.05,
+    pipeline_args: list[str] | None = None,
+) -> BuildSummary:
+    """Embeds a catalog and writes (or updates) its index in `index_dir`.
+
+    Args:
+        index_dir: The index folder.
+        refs: The models by role (`embedding`, optionally `tag`).
+        catalog: A parsed catalog CSV; or
+        dataset_dirs: TFRecord dataset directories.
+        update: Add the tracks to the existing index (replacing known ids)
+            with ScaNN upserts instead of building a new one; the models must
+            be those the index was built with.
+        kind: The ScaNN configuration (`auto`: by size) for a new index.
+        leaves_searched_fraction: For a tree index, the share of leaves searched.
+        pipeline_args: Beam pipeline flags.
+    """
+    existing = None
+    if update:
+        existing = CatalogIndex.load(index_dir, refs[EMBEDDING_ROLE], refs.get(TAG_ROLE))
+        if (existing.tag_model is None) != (TAG_ROLE not in refs):
+            raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
+    work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
+    try:
+        run = embed(refs, work_dir, catalog, dataset_dirs, pipeline_args)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    tracks, embeddings, tags = _stack(run.features, TAG_ROLE in refs)
+    if existing is not None:
+        if tracks:
+            existing.upsert(tracks, embeddings, tags)
+        index = existing
+    else:
+        if not tracks:
+            raise ValueError(f"no track could be embedded: {len(run.rejections)} rejected (see the reasons above)")
+        index = CatalogIndex.build(
+            tracks, embeddings, tags, refs[EMBEDDING_ROLE], refs.get(TAG_ROLE), kind, leaves_searched_fraction
+        )
+    index.save(index_dir)
+    with open(os.path.join(index_dir, REJECTED_FILENAME), "w", encoding="utf-8") as handle:
+        handle.write(rejections_to_csv(run.rejections))
+    logging.info("Index %s: %d tracks", index_dir, len(index))
+    return BuildSummary(
+        index_dir=index_dir,
+        num_input=run.num_input,
+        num_indexed=len(tracks),
+        num_tracks=len(index),
+        rejections=run.rejections,
+        searcher_kind=index.searcher.info.kind,
+        embedding_model=refs[EMBEDDING_ROLE].key,
+        tag_model=refs[TAG_ROLE].key if TAG_ROLE in refs else "",
+    )
+
+
+def delete_tracks(index_dir: str, track_ids: list[str]) -> int:
+    """Removes tracks from an index (ScaNN delete, no rebuild); returns the tracks left."""
+    index = CatalogIndex.load(index_dir)
+    index.delete(track_ids)
+    index.save(index_dir)
+    return len(index)

@@ -1,0 +1,177 @@
+"""How well an index retrieves tracks that share a ground-truth tag with the query.
+
+Each catalog track queries the index (as `--track_id` does); a result is
+relevant when its ground-truth tags (the catalog CSV's `tags` column, e.g. a
+soundtrack or a genre) share at least one with the query's. Reported per
+recommender configuration (two stages, embeddings only, tags only):
+precision@k, recall@k (relevant results over relevant tracks in the
+catalog, capped at k) and mean average precision@k, next to the expected
+precision of random results, the chance baseline.
+
+`evaluate_embeddings` scores any per-track vectors the same way (cosine
+nearest neighbours, leave-one-out), e.g. the MFCC baseline
+(`serving.retrieval.mfcc_baseline`), so that indexes and baselines share one metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from serving.retrieval.catalog_index import CatalogIndex
+from serving.retrieval.recommender import Recommender, TagFilter
+
+CONFIGURATIONS = ("two stages", "embeddings only", "tags only")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalScores:
+    """Mean scores over the queries of one configuration.
+
+    Attributes:
+        configuration: One of `CONFIGURATIONS`, or `random (expected)`.
+        precision: Mean precision@k.
+        recall: Mean recall@k, against min(k, relevant tracks).
+        average_precision: Mean average precision@k.
+        mean_found: Mean number of results returned (may be < k after filtering).
+        num_queries: Queries with at least one relevant track in the catalog.
+    """
+
+    configuration: str
+    precision: float
+    recall: float
+    average_precision: float
+    mean_found: float
+    num_queries: int
+
+
+def _average_precision(relevant_flags: list[bool], num_relevant: int, k: int) -> float:
+    hits, total = 0, 0.0
+    for rank, relevant in enumerate(relevant_flags, start=1):
+        if relevant:
+            hits += 1
+            total += hits / rank
+    return total / min(num_relevant, k) if num_relevant else 0.0
+
+
+def evaluate(
+    catalog: CatalogIndex, truth: dict[str, set[str]], k: int = 5, tag_filter: TagFilter | None = None
+) -> list[RetrievalScores]:
+    """Scores the index's recommendations against ground-truth tags.
+
+    Args:
+        catalog: The index.
+        truth: Ground-truth tags by track id (tracks missing here are skipped
+            as queries and never relevant).
+        k: Results per query.
+        tag_filter: Stage 1's settings for the configurations that use it
+            (default: `TagFilter()`).
+
+    Returns:
+        One `RetrievalScores` per configuration the index supports, then the
+        random baseline.
+    """
+    tag_filter = tag_filter or TagFilter()
+    recommender = Recommender(catalog, tag_filter)
+    ids = [t.track_id for t in catalog.tracks if truth.get(t.track_id)]
+    relevant_counts = {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids}
+    queries = [q for q in ids if relevant_counts[q]]
+    settings = {
+        "two stages": {"tag_filter": tag_filter, "rank_by_embedding": True},
+        "embeddings only": {"tag_filter": None, "rank_by_embedding": True},
+        "tags only": {"tag_filter": tag_filter, "rank_by_embedding": False},
+    }
+    if catalog.tag_model is None:
+        settings = {"embeddings only": settings["embeddings only"]}
+    scores = []
+    for name, kwargs in settings.items():
+        rankings = {
+            query_id: [
+                r.track.track_id
+                for r in recommender.recommend(recommender.query_for_track(query_id), k, **kwargs).recommendations
+            ]
+            for query_id in queries
+        }
+        scores.append(score_rankings(name, rankings, truth, relevant_counts, k))
+    scores.append(chance_scores(relevant_counts, queries, len(catalog), k))
+    return scores
+
+
+def score_rankings(
+    name: str, rankings: dict[str, list[str]], truth: dict[str, set[str]], relevant_counts: dict[str, int], k: int
+) -> RetrievalScores:
+    """Mean P@k, R@k and MAP@k of each query's ranked result ids."""
+    precision, recall, average_precision, found = [], [], [], []
+    for query_id, results in rankings.items():
+        flags = [bool(truth.get(result, set()) & truth[query_id]) for result in results[:k]]
+        precision.append(sum(flags) / k)
+        recall.append(sum(flags) / min(k, relevant_counts[query_id]))
+        average_precision.append(_average_precision(flags, relevant_counts[query_id], k))
+        found.append(len(flags))
+    return RetrievalScores(
+        name,
+        float(np.mean(precision)),
+        float(np.mean(recall)),
+        float(np.mean(average_precision)),
+        float(np.mean(found)),
+        len(rankings),
+    )
+
+
+def chance_scores(relevant_counts: dict[str, int], queries: list[str], catalog_size: int, k: int) -> RetrievalScores:
+    """Random results: each is relevant with probability relevant / (catalog - 1)."""
+    chance = [relevant_counts[q] / (catalog_size - 1) for q in queries]
+    chance_recall = [relevant_counts[q] * k / (catalog_size - 1) / min(k, relevant_counts[q]) for q in queries]
+    return RetrievalScores(
+        "random (expected)",
+        float(np.mean(chance)),
+        float(np.mean(np.minimum(chance_recall, 1.0))),
+        float("nan"),
+        float(k),
+        len(queries),
+    )
+
+
+def evaluate_embeddings(
+    name: str, track_ids: list[str], vectors: np.ndarray, truth: dict[str, set[str]], k: int = 5
+) -> RetrievalScores:
+    """Scores cosine nearest neighbours of per-track vectors (each track queries all the others).
+
+    Args:
+        name: The configuration's name in the report.
+        track_ids: One id per row of `vectors`.
+        vectors: `[tracks, dim]`.
+        truth: Ground-truth tags by track id.
+        k: Results per query.
+    """
+    rows = np.array([row for row, track_id in enumerate(track_ids) if truth.get(track_id)], dtype=int)
+    ids = [track_ids[row] for row in rows]
+    unit = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-12)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    relevant_counts = {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids}
+    rankings = {
+        ids[i]: [ids[j] for j in np.argsort(-similarity[i], kind="stable")[:k]]
+        for i in range(len(ids))
+        if relevant_counts[ids[i]]
+    }
+    return score_rankings(name, rankings, truth, relevant_counts, k)
+
+
+def render(scores: list[RetrievalScores], k: int, baseline: RetrievalScores | None = None) -> str:
+    """A plain-text table of the scores; with a baseline, each P@k as a ratio to its P@k too."""
+    width = max([20, *(len(s.configuration) for s in scores)])
+    ratio_header = f"  {'P@' + str(k) + ' / ' + baseline.configuration}" if baseline else ""
+    lines = [
+        f"{'configuration':<{width}}  {'P@' + str(k):>6}  {'R@' + str(k):>6}  {'MAP@' + str(k):>7}  {'found':>5}  "
+        f"queries{ratio_header}"
+    ]
+    for s in scores:
+        average_precision = "-" if np.isnan(s.average_precision) else f"{s.average_precision:.3f}"
+        ratio = f"  {s.precision / baseline.precision:.2f}x" if baseline and baseline.precision else ""
+        lines.append(
+            f"{s.configuration:<{width}}  {s.precision:6.3f}  {s.recall:6.3f}  {average_precision:>7}  "
+            f"{s.mean_found:5.1f}  {s.num_queries:>7}{ratio}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""`serving.app.catalog_audio`: catalog audio served with ranges, and only from inside the audio root."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+from serving.app import catalog_audio
+from serving.app.errors import ApiError
+from serving.retrieval.catalog_index import TrackRecord
+from tests.serving.app.conftest import _error
+
+
+def test_catalog_audio_is_served_with_ranges(client, demo_audio_files):
+    mp3 = demo_audio_files[0]
+    data = mp3.read_bytes()
+    url = f"/tracks/{mp3.stem}/audio"
+    full = client.get(url)
+    assert full.status_code == 200 and full.content == data
+    assert full.headers["content-type"] == "audio/mpeg" and full.headers["accept-ranges"] == "bytes"
+    part = client.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert client.get(url, headers={"Range": "bytes=-10"}).content == data[-10:]
+    unsatisfiable = client.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
+    assert unsatisfiable.status_code == 416 and unsatisfiable.headers["content-range"] == f"bytes */{len(data)}"
+    assert _error(unsatisfiable)[1] == "range_not_satisfiable"  # JSON, like every other error.
+    for malformed in ("bytes=5-2", "bytes=abc", "pages=1-2", "bytes="):
+        assert _error(client.get(url, headers={"Range": malformed}))[:2] == (400, "malformed_range"), malformed
+    assert _error(client.get("/tracks/no-such-track/audio"))[:2] == (404, "unknown_track")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tracks/..%2F..%2Fsetup.py/audio",
+        "/tracks/../../setup.py/audio",
+        "/tracks/%2E%2E/%2E%2E/setup.py/audio",
+        "/tracks/%2Fetc%2Fpasswd/audio",
+        "/tracks/audio%2Fstarfighter--death.mp3/audio",
+    ],
+)
+def test_track_ids_never_reach_the_file_system(server, path):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", path)  # Sent as is: no client-side normalisation of `..`.
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+    assert response.status == 404 and b"setuptools" not in body and b"root:" not in body
+    assert json.loads(body)["error"]["reason"] in ("unknown_track", "not_found")
+
+
+def test_catalog_audio_resolves_only_inside_the_root(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside.mp3"
+    (root / "audio").mkdir(parents=True)
+    (root / "audio" / "a.mp3").write_bytes(b"inside")
+    outside.write_bytes(b"outside")
+    (root / "audio" / "link.mp3").symlink_to(outside)
+    assert catalog_audio.resolve(str(root), TrackRecord("a", path="audio/a.mp3")) == str(root / "audio" / "a.mp3")
+    for path in ("../outside.mp3", "audio/../../outside.mp3", "audio/link.mp3", str(outside), "audio/missing.mp3"):
+        with pytest.raises(ApiError) as raised:
+            catalog_audio.resolve(str(root), TrackRecord("t", path=path))
+        assert raised.value.status == 404 and str(tmp_path) not in raised.value.detail
+    assert not catalog_audio.servable(TrackRecord("t", path="gs://bucket/a.mp3"))
+    assert not catalog_audio.servable(TrackRecord("t", path=""))

@@ -1,0 +1,199 @@
+"""The catalog embedding job (real Beam runner, real exported models, real audio) and the index it builds."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from data_prep import audio, catalog
+from data_prep.rejections import rejections_from_csv
+from serving.export.exported_model import LoadedModel
+from serving.retrieval import embedding_job
+from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
+from tests.conftest import REPO_ROOT, tone
+
+IN_MEMORY = ["--direct_running_mode=in_memory"]
+
+
+def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo_index, demo_catalog, model_refs):
+    index_dir, summary = demo_index
+    parsed = catalog.read_catalog(str(demo_catalog))
+    assert summary.num_input == summary.num_indexed == summary.num_tracks == len(parsed.entries) == 16
+    assert summary.rejections == []
+    index = CatalogIndex.load(
+        str(index_dir), model_refs[embedding_job.EMBEDDING_ROLE], model_refs[embedding_job.TAG_ROLE]
+    )
+    assert {t.track_id: (t.artist, t.title, t.album, t.path) for t in index.tracks} == {
+        e.track_id: (e.artist, e.title, e.album, e.path) for e in parsed.entries
+    }
+    embedding_model = LoadedModel(model_refs[embedding_job.EMBEDDING_ROLE])
+    tag_model = LoadedModel(model_refs[embedding_job.TAG_ROLE])
+    for entry in parsed.entries[::5]:
+        track = index.track(entry.track_id)
+        assert track.content_sha256 == audio.content_sha256(entry.uri)
+        waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
+        assert track.duration_s == pytest.approx(waveform.size / 16000, abs=1e-3)
+        row = index.row(entry.track_id)
+        np.testing.assert_allclose(
+            index.embeddings[row], embedding_model.from_waveform(waveform)["embedding"], atol=1e-5
+        )
+        np.testing.assert_allclose(index.tag_probabilities[row], tag_model.from_waveform(waveform)["tags"], atol=1e-5)
+    assert index.vocabulary == model_refs[embedding_job.TAG_ROLE].vocabulary
+    assert (index_dir / embedding_job.REJECTED_FILENAME).read_text().splitlines() == ["row,track_id,path,reason,detail"]
+
+
+def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_catalog, model_refs):
+    audio_dir = tmp_path / "audio"
+    audio_dir.mkdir()
+    demo = catalog.read_catalog(str(demo_catalog))
+    good = demo.entries[:2]
+    for entry in good:
+        shutil.copy(entry.uri, audio_dir / os.path.basename(entry.uri))
+    (audio_dir / "notes.mp3").write_text("this is not audio")
+    soundfile.write(audio_dir / "blip.wav", tone(0.5, 16000), 16000)
+    rows = [{"track_id": e.track_id, "path": f"audio/{os.path.basename(e.uri)}", "artist": e.artist} for e in good]
+    rows += [
+        {"track_id": "missing", "path": "audio/nowhere.mp3", "artist": "x"},
+        {"track_id": "not-audio", "path": "audio/notes.mp3", "artist": "x"},
+        {"track_id": "blip", "path": "audio/blip.wav", "artist": "x"},
+        {"track_id": good[0].track_id, "path": "audio/blip.wav", "artist": "x"},  # Duplicate id.
+    ]
+    with open(tmp_path / "catalog.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["track_id", "path", "artist"])
+        writer.writeheader()
+        writer.writerows(rows)
+    index_dir = tmp_path / "index"
+    summary = embedding_job.build_index(
+        str(index_dir), model_refs, catalog=catalog.read_catalog(str(tmp_path / "catalog.csv")), pipeline_args=IN_MEMORY
+    )
+    assert summary.num_input == 6 and summary.num_indexed == 2
+    reasons = {r.track_id: r.reason for r in summary.rejections if r.track_id != good[0].track_id}
+    assert reasons == {"missing": "missing_file", "not-audio": "decode_error", "blip": "too_short"}
+    assert [r.reason for r in summary.rejections if r.track_id == good[0].track_id] == ["duplicate_track_id"]
+    written = rejections_from_csv((index_dir / embedding_job.REJECTED_FILENAME).read_text())
+    assert sorted(written, key=lambda r: r.row) == sorted(summary.rejections, key=lambda r: r.row)
+    assert all(r.path and r.detail for r in written)
+    assert "rejected: 4" in summary.render() and "too_short: 1" in summary.render()
+    assert sorted(t.track_id for t in CatalogIndex.load(str(index_dir)).tracks) == sorted(e.track_id for e in good)
+
+
+def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained, trained_crnn, demo_index):
+    root = trained[0]
+    data_128, data_96 = root / "data_128", trained_crnn[0]
+    index_dir = tmp_path / "from_tfrecords"
+    command = [
+        sys.executable,
+        "-m",
+        "serving.build_index",
+        f"--export_base={root / 'export'}",
+        "--embedding_model=short_chunk_res",
+        "--tag_model=crnn",
+        f"--data={data_128},{data_96}",
+        f"--index_dir={index_dir}",
+        *IN_MEMORY,
+    ]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tracks in: 3; embedded: 3; rejected: 0" in done.stdout
+    from_records = CatalogIndex.load(str(index_dir))
+    from_audio = CatalogIndex.load(str(demo_index[0]))
+    for track in from_records.tracks:
+        reference = from_audio.track(track.track_id)
+        assert (track.artist, track.title, track.album) == (reference.artist, reference.title, reference.album)
+        # Stored float32 log-mel vs the serving graph's own log-mel from the waveform.
+        np.testing.assert_allclose(
+            from_records.embeddings[from_records.row(track.track_id)],
+            from_audio.embeddings[from_audio.row(track.track_id)],
+            atol=1e-4,
+        )
+        np.testing.assert_allclose(
+            from_records.tag_probabilities[from_records.row(track.track_id)],
+            from_audio.tag_probabilities[from_audio.row(track.track_id)],
+            atol=1e-4,
+        )
+
+
+def test_a_dataset_with_other_log_mel_parameters_is_refused(tmp_path, trained_crnn, model_refs):
+    with pytest.raises(ValueError, match=r"no dataset has the log-mel parameters of the embedding model"):
+        embedding_job.build_index(str(tmp_path / "index"), model_refs, dataset_dirs=[str(trained_crnn[0])])
+
+
+def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(tmp_path, demo_index, demo_catalog, model_refs):
+    full_dir = demo_index[0]
+    index_dir = tmp_path / "index"
+    shutil.copytree(full_dir, index_dir)
+    parsed = catalog.read_catalog(str(demo_catalog))
+    removed = [e.track_id for e in parsed.entries[-3:]]
+    assert embedding_job.delete_tracks(str(index_dir), removed) == 13
+    assert all(t not in CatalogIndex.load(str(index_dir)) for t in removed)
+    subset = catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[-3:], (), parsed.audio_root)
+    summary = embedding_job.build_index(
+        str(index_dir), model_refs, catalog=subset, update=True, pipeline_args=IN_MEMORY
+    )
+    assert summary.num_indexed == 3 and summary.num_tracks == 16
+    updated, full = CatalogIndex.load(str(index_dir)), CatalogIndex.load(str(full_dir))
+    assert sorted(t.track_id for t in updated.tracks) == sorted(t.track_id for t in full.tracks)
+    for track_id in removed:
+        np.testing.assert_allclose(
+            updated.embeddings[updated.row(track_id)], full.embeddings[full.row(track_id)], atol=1e-6
+        )
+    queries = full.embeddings[:4]
+    assert [[i for i, _ in row] for row in updated.searcher.search(queries, 5)] == [
+        [i for i, _ in row] for row in full.searcher.search(queries, 5)
+    ]
+    swapped = {
+        embedding_job.EMBEDDING_ROLE: model_refs[embedding_job.TAG_ROLE],
+        embedding_job.TAG_ROLE: model_refs[embedding_job.TAG_ROLE],
+    }
+    with pytest.raises(IndexMismatchError, match="short_chunk_res/1@.*crnn/1@"):
+        embedding_job.build_index(str(index_dir), swapped, catalog=subset, update=True)
+
+
+def test_datasets_must_map_one_to_one_onto_the_models(tmp_path, trained, trained_crnn, model_refs):
+    data_128, data_96 = trained[0] / "data_128", trained_crnn[0]
+    copy = tmp_path / "another_128"
+    shutil.copytree(data_128, copy)
+    with pytest.raises(ValueError, match=r"2 datasets .* have the log-mel parameters of the embedding model"):
+        embedding_job.match_datasets([str(data_128), str(copy), str(data_96)], model_refs)
+    only_embedding = {embedding_job.EMBEDDING_ROLE: model_refs[embedding_job.EMBEDDING_ROLE]}
+    with pytest.raises(ValueError, match=rf"no model reads {data_96}"):
+        embedding_job.match_datasets([str(data_128), str(data_96)], only_embedding)
+    assert embedding_job.match_datasets([str(data_96), str(data_128)], model_refs) == {
+        embedding_job.EMBEDDING_ROLE: str(data_128),
+        embedding_job.TAG_ROLE: str(data_96),
+    }
+
+
+def test_unusable_model_outputs_are_named():
+    good = {"embedding": {"embedding": np.ones(4, np.float32)}, "tag": {"tags": np.full(3, 0.5, np.float32)}}
+    assert embedding_job.unusable_outputs(good) is None
+    zero = {**good, "embedding": {"embedding": np.zeros(4, np.float32)}}
+    assert embedding_job.unusable_outputs(zero) == "the embedding model's embedding is all zeros"
+    nan = {**good, "tag": {"tags": np.array([0.5, np.nan, 0.1], np.float32)}}
+    assert embedding_job.unusable_outputs(nan) == "the tag model's tags output is not finite"
+
+
+def test_staging_records_are_the_same_bytes_in_every_process():
+    """The index's staging records are serialised deterministically, like the datasets."""
+    script = (
+        "import sys, numpy as np\n"
+        "from serving.retrieval.catalog_index import TrackRecord\n"
+        "from serving.retrieval.embedding_job import TrackFeatures, encode_features\n"
+        "features = TrackFeatures(TrackRecord('t1', artist='a', title='b', album='c', path='p'),"
+        " np.arange(8, dtype=np.float32), np.ones(3, np.float32))\n"
+        "sys.stdout.write(encode_features(features).hex())\n"
+    )
+    outputs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONHASHSEED": seed, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs.add(done.stdout)
+    assert len(outputs) == 1
