@@ -269,7 +269,7 @@ def run_benchmark(command: str) -> report.Section:
     if not os.path.exists(os.path.join(index_dir, "catalog_index.json")):
         raise FileNotFoundError(f"{index_dir}: no index; run `make demo` first (it builds demo_output/index)")
     index = CatalogIndex.load(index_dir)
-    models_used = " + ".join(ref.name for ref in (index.embedding_model, index.tag_model) if ref)
+    models_used = " + ".join(ref.name for ref in (*index.embedding_models.models, index.tag_model) if ref)
     audio_files = sorted(str(p) for p in (DEMO_AUDIO_ROOT / "audio").glob("*.mp3"))
     load_at_start = report.load_average()
     clients, uploaders = _CLIENTS.value, min(_UPLOADERS.value, _CLIENTS.value - 1)

@@ -12,7 +12,8 @@ each model as `make demo` does: the pretrained artifacts (`mtat_crnn`,
 `msd_musicnn`, `mtt_musicnn`, `msd_musicnn_vgg`, `mtt_musicnn_vgg`) with the
 MagnaTagATune CRNN as the stage-1 tag model, and the demo-trained
 Short-Chunk ResNet with the demo-trained CRNN when `demo_output/` holds
-them. Every track then queries each index (`serving.retrieval.evaluation`):
+them, and ensembles of musicnn models (`msd_musicnn+mtt_musicnn`, with
+`msd_musicnn_vgg` too). Every track then queries each index (`serving.retrieval.evaluation`):
 a result is relevant when it comes from the same album. Reported: P@5,
 R@5 and MAP@5 for embeddings only, for two stages (tag filter, then
 ranking) and for tags only, the CRNN's 50 tag probabilities used as a
@@ -28,10 +29,14 @@ import os
 import tempfile
 import time
 
+import numpy as np
 from absl import flags
 
 from benchmarks import report
 from data_prep import catalog as catalog_lib
+from serving.embedding import query_audio
+from serving.embedding.embedders import LocalEmbedder
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
 from serving.retrieval import embedding_job, evaluation, mfcc_baseline
 from serving.retrieval.catalog_index import CatalogIndex
@@ -49,6 +54,8 @@ TAG_MODEL = "mtat_crnn"
 DEFAULT_EMBEDDING = "msd_musicnn"
 PRETRAINED_EMBEDDINGS = ("msd_musicnn", "mtt_musicnn", "msd_musicnn_vgg", "mtt_musicnn_vgg", "mtat_crnn")
 TARGET_RATIO = 1.3
+ENSEMBLES = (("msd_musicnn", "mtt_musicnn"), ("msd_musicnn", "mtt_musicnn", "msd_musicnn_vgg"))
+LATENCY_ROWS = ("msd_musicnn", "msd_musicnn+mtt_musicnn", "msd_musicnn+mtt_musicnn+msd_musicnn_vgg")
 
 
 def _catalog_path() -> str:
@@ -71,12 +78,24 @@ def _exports(work: str) -> dict[str, exported_model.ModelRef]:
     return refs
 
 
-def _index(work: str, catalog, embedding: exported_model.ModelRef, tags: exported_model.ModelRef) -> CatalogIndex:
-    directory = os.path.join(work, f"index_{embedding.name}")
-    refs = {embedding_job.EMBEDDING_ROLE: embedding, embedding_job.TAG_ROLE: tags}
-    summary = embedding_job.build_index(directory, refs, catalog=catalog)
+def _index(work: str, catalog, ranking: EmbeddingModels, tags: exported_model.ModelRef) -> CatalogIndex:
+    directory = os.path.join(work, f"index_{ranking.label.replace('+', '_')}")
+    summary = embedding_job.build_index(directory, embedding_job.JobModels(ranking, tags), catalog=catalog)
     print(summary.render(), flush=True)
     return CatalogIndex.load(directory)
+
+
+def _query_latency_ms(index: CatalogIndex, path: str, repeats: int = 5) -> float:
+    """Median milliseconds to decode and embed one query with the index's models (in-process), after a warm-up."""
+    embedder = LocalEmbedder(index.embedding_models, index.tag_model)
+    query_audio.audio_query(path, embedder)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        query_audio.audio_query(path, embedder)
+        times.append(time.perf_counter() - start)
+    embedder.close()
+    return 1000.0 * float(np.median(times))
 
 
 def _row(label: str, scores: evaluation.RetrievalScores, baseline: evaluation.RetrievalScores):
@@ -108,14 +127,19 @@ def run_benchmark(command: str) -> report.Section:
     started = time.perf_counter()
     ids, vectors, skipped = mfcc_baseline.catalog_statistics(catalog)
     baseline = evaluation.evaluate_embeddings("embeddings only", ids, vectors, truth, k)
-    rows, ratios, chance = {}, {}, None
+    rows, ratios, chance, latencies = {}, {}, None, {}
     with tempfile.TemporaryDirectory() as work:
         refs = _exports(work)
         demo_tags = refs.pop("demo-trained crnn", None)
-        for name, ref in refs.items():
+        rankings = {name: EmbeddingModels((ref,)) for name, ref in refs.items()}
+        for members in ENSEMBLES:
+            rankings["+".join(members)] = EmbeddingModels(tuple(refs[m] for m in members))
+        for name, ranking in rankings.items():
             tag_ref = demo_tags if name.startswith("demo-trained") and demo_tags else refs[TAG_MODEL]
             tag_name = "demo-trained crnn" if tag_ref is demo_tags else TAG_MODEL
-            index = _index(work, catalog, ref, tag_ref)
+            index = _index(work, catalog, ranking, tag_ref)
+            if name in LATENCY_ROWS:
+                latencies[name] = _query_latency_ms(index, catalog.entries[0].uri)
             index_rows, scores, chance = _index_rows(name, tag_name, index, truth, k, baseline)
             rows.update({(row[0], row[1]): row for row in index_rows})
             ratios[name] = (
@@ -130,6 +154,11 @@ def run_benchmark(command: str) -> report.Section:
     ordered += [_row("MFCC-20 + delta mean/std", baseline, baseline), _row("chance", chance, baseline)]
     table = report.markdown_table(["model", "configuration", f"P@{k}", f"R@{k}", f"MAP@{k}", f"P@{k} vs MFCC"], ordered)
     ratio = ratios.get(DEFAULT_EMBEDDING, 0.0)
+    single = latencies.get(DEFAULT_EMBEDDING)
+    latency_note = "; ".join(
+        f"`{name}` {ms:.0f} ms" + ("" if single is None or name == DEFAULT_EMBEDDING else f" ({ms / single:.2f}x)")
+        for name, ms in latencies.items()
+    )
     notes = [
         f"Catalog: `{os.path.relpath(catalog_path, report.REPO_ROOT)}`, {len(catalog.entries)} tracks of "
         f"{len({tag for tags in truth.values() for tag in tags})} albums (the `tags` column); each track queries "
@@ -145,6 +174,10 @@ def run_benchmark(command: str) -> report.Section:
         "baseline's.",
         f"Target: the default embedding (`{DEFAULT_EMBEDDING}`, embeddings only) >= {TARGET_RATIO}x the MFCC "
         f"baseline's P@{k}: {ratio:.2f}x, **{'met' if ratio >= TARGET_RATIO else 'not met'}**.",
+        f"Ensembles (`serving.embedding.ensemble`): each model's embedding L2-normalised, equal weights, "
+        f"concatenated, normalised; built by the same Beam job. Query cost with the ensemble (decode + embed one "
+        f"30 s track in-process, all models concurrently, the CRNN tagging too; median of 5, after a warm-up; "
+        f"ratio to the single `{DEFAULT_EMBEDDING}` index measured in the same run): {latency_note}.",
         report.load_note(load_at_start),
     ]
     title = f"Retrieval quality on unseen real music (same-album P@{k})"

@@ -6,11 +6,15 @@ Usage (after `make demo`, which exports the pretrained models there):
         --data=demo/catalog.csv --index_dir=demo_output/index
 
 embeds every track of the catalog CSV with the latest exports of
-`--embedding_model` (stage 2 ranking, default `msd_musicnn`: musicnn trained
+`--embedding_models` (stage 2 ranking, default `msd_musicnn`: musicnn trained
 on the Million Song Dataset) and `--tag_model` (stage 1 tags, default
 `mtat_crnn`: the reference's MagnaTagATune CRNN; `--tag_model=` for none),
-any exported models by their folder names (e.g. the demo-trained
-`--embedding_model=short_chunk_res --tag_model=crnn`), in a Beam job
+any exported models by their folder names, `NAME/VERSION` for another
+version than the latest (e.g. the demo-trained
+`--embedding_models=short_chunk_res --tag_model=crnn/1`). Several ranking
+models make an ensemble: each model's embedding is L2-normalised, weighted
+(`--embedding_weights`, default equal), concatenated and normalised again,
+e.g. `--embedding_models=msd_musicnn,mtt_musicnn`. The job runs in Beam
 (DirectRunner on all cores unless Beam flags say otherwise, e.g.
 `--runner=DataflowRunner ...`), then writes the index to `--index_dir` with
 `rejected.csv`. `--data` may instead name TFRecord datasets
@@ -24,13 +28,13 @@ from __future__ import annotations
 from tfrecords.tf_startup import run
 
 import logging as std_logging
-import os
 import sys
 
 from absl import app, flags, logging
 
 from data_prep import catalog as catalog_lib
 from serving import flag_groups
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model
 from serving.export.exported_model import ModelMismatchError
 from serving.retrieval import embedding_job, searcher
@@ -38,14 +42,21 @@ from serving.retrieval.catalog_index import IndexMismatchError
 
 _EXPORT_BASE = flag_groups.define_export_base("the exported models, as <export_base>/<model name>/<version>/.")
 flag_groups.refuse_renamed("export_dir", "export_base")
-_EMBEDDING_MODEL = flags.DEFINE_string(
-    "embedding_model", "msd_musicnn", "The stage-2 ranking model's folder name under --export_base."
+_EMBEDDING_MODELS = flags.DEFINE_list(
+    "embedding_models",
+    ["msd_musicnn"],
+    "Stage 2's ranking model(s): NAME or NAME/VERSION under --export_base (default: the latest version); "
+    "several make an ensemble whose embeddings are combined.",
+)
+_EMBEDDING_WEIGHTS = flags.DEFINE_list(
+    "embedding_weights", None, "One positive weight per --embedding_models entry (default: all 1)."
 )
 _TAG_MODEL = flags.DEFINE_string(
-    "tag_model", "mtat_crnn", "The stage-1 tag model's folder name under --export_base ('' for none)."
+    "tag_model", "mtat_crnn", "Stage 1's tag model: NAME or NAME/VERSION under --export_base ('' for none)."
 )
-_EMBEDDING_VERSION = flags.DEFINE_integer("embedding_version", None, "Version of the ranking model (default latest).")
-_TAG_VERSION = flags.DEFINE_integer("tag_version", None, "Version of the tag model (default latest).")
+flag_groups.refuse_renamed("embedding_model", "embedding_models")
+flag_groups.refuse_renamed("embedding_version", "embedding_models", "NAME/VERSION")
+flag_groups.refuse_renamed("tag_version", "tag_model", "NAME/VERSION")
 _DATA = flags.DEFINE_list("data", None, "A catalog CSV, or TFRecord dataset directories (comma-separated).")
 _AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio paths (default: the CSV's folder).")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", required=True)
@@ -55,17 +66,14 @@ _KIND = flags.DEFINE_enum("kind", "auto", ["auto", *searcher.KINDS], "ScaNN conf
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
 
 
-def _models() -> dict[str, exported_model.ModelRef]:
-    refs = {
-        embedding_job.EMBEDDING_ROLE: exported_model.resolve(
-            os.path.join(_EXPORT_BASE.value, _EMBEDDING_MODEL.value), _EMBEDDING_VERSION.value
-        )
-    }
-    if _TAG_MODEL.value:
-        refs[embedding_job.TAG_ROLE] = exported_model.resolve(
-            os.path.join(_EXPORT_BASE.value, _TAG_MODEL.value), _TAG_VERSION.value
-        )
-    return refs
+def _models() -> embedding_job.JobModels:
+    refs = [exported_model.resolve_named(_EXPORT_BASE.value, spec) for spec in _EMBEDDING_MODELS.value]
+    try:
+        weights = tuple(float(w) for w in _EMBEDDING_WEIGHTS.value or ())
+    except ValueError:
+        raise ValueError(f"--embedding_weights={','.join(_EMBEDDING_WEIGHTS.value)}: not numbers") from None
+    tag_model = exported_model.resolve_named(_EXPORT_BASE.value, _TAG_MODEL.value) if _TAG_MODEL.value else None
+    return embedding_job.JobModels(EmbeddingModels(tuple(refs), weights), tag_model)
 
 
 def main(argv):
@@ -73,7 +81,7 @@ def main(argv):
     std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
     try:
         _run(argv[1:])
-    except (catalog_lib.CatalogError, FileNotFoundError, IndexMismatchError, ModelMismatchError) as error:
+    except (catalog_lib.CatalogError, FileNotFoundError, IndexMismatchError, ModelMismatchError, ValueError) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
     except KeyError as error:  # Unknown ids in --delete.
         sys.exit(f"error: {error.args[0]}")

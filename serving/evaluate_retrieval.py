@@ -41,7 +41,7 @@ MFCC_NAME = "MFCC-20+delta mean/std: embeddings only"
 
 def labelled(index: CatalogIndex, scores: list[evaluation.RetrievalScores]):
     """Each configuration named after the models that made it."""
-    ranking = index.embedding_model.name
+    ranking = index.embedding_models.label
     tags = index.tag_model.name if index.tag_model else None
     names = {"two stages": f"{tags} tags + {ranking}", "embeddings only": ranking, "tags only": f"{tags} tags"}
     return [

@@ -48,7 +48,7 @@ class ModelServerFlags:
     def embedder(self, catalog, export_base: str | None = None):
         """The embedder of `catalog`'s models: TF Serving when `--server` is given, else in-process."""
         return embedders.make_embedder(
-            catalog.embedding_model, catalog.tag_model, self.server.value, self.protocol.value, export_base
+            catalog.embedding_models, catalog.tag_model, self.server.value, self.protocol.value, export_base
         )
 
 
@@ -91,14 +91,13 @@ def define_tag_filter() -> TagFilterFlags:
     )
 
 
-def refuse_renamed(old: str, new: str) -> None:
-    """Keeps `--OLD` defined only to refuse it with a message naming `--NEW`."""
+def refuse_renamed(old: str, new: str, how: str = "") -> None:
+    """Keeps `--OLD` defined only to refuse it with a message naming `--NEW` (and `how` to say it now)."""
+    message = f"--{old} was renamed --{new} in this binary; use --{new}" + (f" ({how})" if how else "")
 
     def define():
         flags.DEFINE_string(old, None, f"Renamed: use --{new}.")
-        flags.register_validator(
-            old, lambda value: value is None, message=f"--{old} was renamed --{new} in this binary; use --{new}"
-        )
+        flags.register_validator(old, lambda value: value is None, message=message)
         return old
 
     _once(f"renamed:{old}", define)

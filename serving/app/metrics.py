@@ -67,7 +67,8 @@ class Metrics:
             ["role", "name", "version", "checksum", "architecture"],
             registry=self.registry,
         )
-        for role, ref in (("embedding", catalog.embedding_model), ("tag", catalog.tag_model)):
+        roles = [("embedding", ref) for ref in catalog.embedding_models.models] + [("tag", catalog.tag_model)]
+        for role, ref in roles:
             if ref is not None:
                 models.labels(role, ref.name, str(ref.version), ref.checksum, ref.model_name).set(1)
         info = catalog.searcher.info
@@ -76,7 +77,7 @@ class Metrics:
             "The catalog index served (value 1).",
             ["searcher", "embedding_dim", "model"],
             registry=self.registry,
-        ).labels(info.kind, str(info.embedding_dim), catalog.embedding_model.key).set(1)
+        ).labels(info.kind, str(info.embedding_dim), catalog.embedding_models.key).set(1)
         Gauge("recommender_index_tracks", "Tracks in the catalog index.", registry=self.registry).set(len(catalog))
 
     @contextlib.contextmanager

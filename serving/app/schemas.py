@@ -113,11 +113,15 @@ class ModelInfo(pydantic.BaseModel):
     architecture: str
 
 
+class RankingModelInfo(ModelInfo):
+    weight: float = Field(description="Its weight in the combined embedding (1 for a single model).")
+
+
 class Health(pydantic.BaseModel):
     status: Literal["ok"]
     tracks: int
     searcher: str
-    embedding_model: ModelInfo
+    embedding_models: list[RankingModelInfo] = Field(description="The ranking model(s), in combination order.")
     tag_model: ModelInfo | None
     embedder: str = Field(description="`in-process` or `tf-serving HOST:PORT (PROTOCOL)`.")
     audio_served: bool

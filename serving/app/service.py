@@ -273,7 +273,12 @@ class RecommendationService:
             raise ApiError(status, error.reason, f"{upload.filename}: {detail}") from None
         except ServingError as error:
             raise ApiError(502, "model_server_error", f"TF Serving failed: {error}") from None
-        query = RecommenderQuery(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
+        query = RecommenderQuery(
+            embedding=embedding,
+            tag_probabilities=tags,
+            content_sha256=content_sha256,
+            embedded_by=self.embedder.embedding_models,
+        )
         result = self._recommend(query, params, timings)
         info = {"kind": "upload", "filename": upload.filename, "duration_s": round(duration_s, 3)}
         return self._response(result, query, params, info, timings)
@@ -310,7 +315,12 @@ class RecommendationService:
             "status": "ok",
             "tracks": len(self.catalog),
             "searcher": self.catalog.searcher.info.kind,
-            "embedding_model": _model_info(self.catalog.embedding_model),
+            "embedding_models": [
+                {**_model_info(ref), "weight": weight}
+                for ref, weight in zip(
+                    self.catalog.embedding_models.models, self.catalog.embedding_models.weights, strict=True
+                )
+            ],
             "tag_model": _model_info(self.catalog.tag_model),
             "embedder": f"tf-serving {config.server} ({config.protocol})" if config.server else "in-process",
             "audio_served": config.audio_root is not None,
@@ -322,5 +332,5 @@ class RecommendationService:
 def make_embedder(catalog: CatalogIndex, config: AppConfig):
     """The index's models, in-process or through TF Serving."""
     return embedders.make_embedder(
-        catalog.embedding_model, catalog.tag_model, config.server, config.protocol, config.export_base
+        catalog.embedding_models, catalog.tag_model, config.server, config.protocol, config.export_base
     )

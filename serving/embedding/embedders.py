@@ -1,8 +1,13 @@
 """Embedding query audio with the models an index was built with, in-process or through TF Serving.
 
-    embedder = LocalEmbedder(index.embedding_model, index.tag_model)
-    embedder = RemoteEmbedder("localhost:8500", index.embedding_model, index.tag_model)
+    embedder = LocalEmbedder(index.embedding_models, index.tag_model)
+    embedder = RemoteEmbedder("localhost:8500", index.embedding_models, index.tag_model)
     embedding, tag_probabilities = embedder.features(waveform)
+
+With several ranking models (an ensemble, `serving.embedding.ensemble`), each
+model embeds the waveform (concurrently, one thread per model: TensorFlow
+and gRPC release the GIL) and the parts are combined exactly as the index
+combined them; a model that is both a ranking and the tag model runs once.
 
 Both pin the exact model versions recorded in the index: in-process, the
 SavedModel's checksum is checked; through TF Serving, requests name the
@@ -11,10 +16,12 @@ version, so a server without it refuses instead of answering with another.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import numpy as np
 
+from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.tf_serving_client import TaggerClient
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef, resolve
@@ -39,33 +46,79 @@ def locate(ref: ModelRef, export_base: str | None) -> ModelRef:
     return found
 
 
-class LocalEmbedder:
+def _same(a: ModelRef, b: ModelRef) -> bool:
+    return (a.name, a.version, a.checksum) == (b.name, b.version, b.checksum)
+
+
+class _Embedder:
+    """Runs each distinct model once per query, concurrently, and combines the ranking parts."""
+
+    def __init__(self, embedding_models: EmbeddingModels, tag_model: ModelRef | None, connect):
+        self.embedding_models = embedding_models
+        self.sample_rate = embedding_models.sample_rate
+        refs = list(embedding_models.models)
+        if tag_model is not None and not any(_same(tag_model, ref) for ref in refs):
+            refs.append(tag_model)
+        self._models = [connect(ref) for ref in refs]
+        self._tag_index = None
+        if tag_model is not None:
+            self._tag_index = next(i for i, ref in enumerate(refs) if _same(tag_model, ref))
+        self._signatures = [self._signature(i) for i in range(len(refs))]
+        self._pool = (
+            concurrent.futures.ThreadPoolExecutor(len(self._models), thread_name_prefix="embedder")
+            if len(self._models) > 1
+            else None
+        )
+
+    def _signature(self, i: int) -> str:
+        """The signature giving what model `i` is needed for: its embedding, its tags, or both."""
+        ranks, tags = i < len(self.embedding_models.models), i == self._tag_index
+        if ranks and tags:
+            return sig.SERVING_DEFAULT
+        return sig.EMBED_SIGNATURE if ranks else sig.TAGS_SIGNATURE
+
+    def _outputs(self, model, signature: str, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def features(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The combined embedding `[dim]` and tag probabilities `[num_tags]` (or None) of a mono waveform."""
+        if self._pool is None:
+            outputs = [self._outputs(self._models[0], self._signatures[0], waveform)]
+        else:
+            outputs = list(
+                self._pool.map(self._outputs, self._models, self._signatures, [waveform] * len(self._models))
+            )
+        parts = [outputs[i][sig.EMBEDDING_OUTPUT] for i in range(len(self.embedding_models.models))]
+        tags = outputs[self._tag_index][sig.TAGS_OUTPUT] if self._tag_index is not None else None
+        return self.embedding_models.combine(parts), tags
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+class LocalEmbedder(_Embedder):
     """Runs the index's models in this process.
 
     Args:
-        embedding_model: The ranking model.
+        embedding_models: The ranking model(s), with their weights.
         tag_model: The tag model, or None.
         export_base: The serving base path of the exports, if not where the index recorded them.
     """
 
-    def __init__(self, embedding_model: ModelRef, tag_model: ModelRef | None, export_base: str | None = None):
-        self.sample_rate = embedding_model.sample_rate
-        self._embedding = LoadedModel(locate(embedding_model, export_base))
-        self._tags = LoadedModel(locate(tag_model, export_base)) if tag_model else None
+    def __init__(self, embedding_models: EmbeddingModels, tag_model: ModelRef | None, export_base: str | None = None):
+        super().__init__(embedding_models, tag_model, lambda ref: LoadedModel(locate(ref, export_base)))
 
-    def features(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The embedding `[dim]` and tag probabilities `[num_tags]` (or None) of a mono waveform."""
-        embedding = self._embedding.from_waveform(waveform)[sig.EMBEDDING_OUTPUT]
-        tags = self._tags.from_waveform(waveform)[sig.TAGS_OUTPUT] if self._tags else None
-        return embedding, tags
+    def _outputs(self, model: LoadedModel, signature: str, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        return model.from_waveform(waveform)  # Both outputs: the graph computes them together anyway.
 
 
-class RemoteEmbedder:
+class RemoteEmbedder(_Embedder):
     """Asks TF Serving, pinning the index's model versions.
 
     Args:
         server: `host:port` of TF Serving's gRPC (or REST) endpoint.
-        embedding_model: The ranking model (its name and version are requested).
+        embedding_models: The ranking model(s) (their names and versions are requested).
         tag_model: The tag model, or None.
         protocol: `grpc` or `rest`.
         timeout_s: Per-request deadline.
@@ -74,24 +127,25 @@ class RemoteEmbedder:
     def __init__(
         self,
         server: str,
-        embedding_model: ModelRef,
+        embedding_models: EmbeddingModels,
         tag_model: ModelRef | None,
         protocol: str = "grpc",
         timeout_s: float = 30.0,
     ):
-        self.sample_rate = embedding_model.sample_rate
-        self._embedding = TaggerClient(server, embedding_model.name, protocol, embedding_model.version, timeout_s)
-        self._tags = TaggerClient(server, tag_model.name, protocol, tag_model.version, timeout_s) if tag_model else None
+        super().__init__(
+            embedding_models,
+            tag_model,
+            lambda ref: TaggerClient(server, ref.name, protocol, ref.version, timeout_s),
+        )
 
-    def features(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """As `LocalEmbedder.features`, computed by the server."""
-        embedding = self._embedding.predict(waveform, signature=sig.EMBED_SIGNATURE).embedding[0]
-        tags = self._tags.predict(waveform, signature=sig.TAGS_SIGNATURE).tags[0] if self._tags else None
-        return embedding, tags
+    def _outputs(self, client: TaggerClient, signature: str, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        prediction = client.predict(waveform, signature=signature)
+        outputs = {sig.EMBEDDING_OUTPUT: prediction.embedding, sig.TAGS_OUTPUT: prediction.tags}
+        return {name: value[0] for name, value in outputs.items() if value is not None}
 
 
 def make_embedder(
-    embedding_model: ModelRef,
+    embedding_models: EmbeddingModels,
     tag_model: ModelRef | None,
     server: str | None = None,
     protocol: str = "grpc",
@@ -99,5 +153,5 @@ def make_embedder(
 ):
     """An index's models: through TF Serving at `server` if given, else in this process (from `export_base`)."""
     if server:
-        return RemoteEmbedder(server, embedding_model, tag_model, protocol)
-    return LocalEmbedder(embedding_model, tag_model, export_base)
+        return RemoteEmbedder(server, embedding_models, tag_model, protocol)
+    return LocalEmbedder(embedding_models, tag_model, export_base)

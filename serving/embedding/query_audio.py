@@ -1,7 +1,7 @@
 """A query's audio: decoded and checked like the catalog's, then embedded.
 
 waveform, duration_s, sha256 = load_query_audio("song.mp3", sample_rate=16000)
-query = audio_query("song.mp3", LocalEmbedder(catalog.embedding_model, catalog.tag_model))
+query = audio_query("song.mp3", LocalEmbedder(catalog.embedding_models, catalog.tag_model))
 """
 
 from __future__ import annotations
@@ -48,4 +48,9 @@ def audio_query(path: str, embedder) -> Query:
     """Decodes an audio file (see `load_query_audio`) and embeds it with a `LocalEmbedder` or `RemoteEmbedder`."""
     waveform, _, content_sha256 = load_query_audio(path, embedder.sample_rate)
     embedding, tags = embedder.features(waveform)
-    return Query(embedding=embedding, tag_probabilities=tags, content_sha256=content_sha256)
+    return Query(
+        embedding=embedding,
+        tag_probabilities=tags,
+        content_sha256=content_sha256,
+        embedded_by=embedder.embedding_models,
+    )

@@ -131,6 +131,19 @@ def resolve(path: str, version: int | None = None) -> ModelRef:
     )
 
 
+def resolve_named(export_base: str, spec: str) -> ModelRef:
+    """The model `NAME` (its latest version) or `NAME/VERSION` under a serving base path.
+
+    Raises:
+        ValueError: A spec that is not `NAME` or `NAME/VERSION`, naming it.
+        FileNotFoundError: No such export, naming the path.
+    """
+    name, _, version = spec.strip().partition("/")
+    if not name or name in (".", "..") or (version and not version.isdigit()) or "/" in version:
+        raise ValueError(f"{spec!r}: expected a model's folder name under the serving base path, NAME or NAME/VERSION")
+    return resolve(os.path.join(export_base, name), int(version) if version else None)
+
+
 def _trained_on(info: artifact.ModelInfo) -> str:
     if info.provenance:
         return info.provenance.training_data

@@ -5,9 +5,10 @@ track ids, which are mapped back to rows, never positions in a filtered
 list. On disk (`INDEX_DIR/`):
 
 - `catalog_index.json`: format version, the models (name, version, SavedModel
-  checksum, vocabulary, embedding size), the track count;
+  checksum, vocabulary, embedding size; several ranking models with their
+  weights for an ensemble, `serving.embedding.ensemble`), the track count;
 - `tracks.jsonl`: one track's metadata per line, in row order;
-- `embeddings.npy` `[tracks, dim]` float32 (L2-normalised, ranking model);
+- `embeddings.npy` `[tracks, dim]` float32 (L2-normalised; the ranking models' combined vector);
 - `tag_probabilities.npy` `[tracks, num_tags]` float32 (tag model), when
   there is a tag model;
 - `searcher/`: the `serving.retrieval.searcher.TrackIndex` (ScaNN, relative paths; its
@@ -30,7 +31,8 @@ import shutil
 import numpy as np
 
 from models.pretrained import sha256_of
-from serving.export.exported_model import ModelRef
+from serving.embedding.ensemble import EmbeddingModels
+from serving.export.exported_model import ModelMismatchError, ModelRef
 from serving.retrieval.searcher import TrackIndex, normalise
 
 
@@ -38,7 +40,8 @@ class IndexMismatchError(ValueError):
     """An index of another format, or built with other models than expected; the message says which."""
 
 
-FORMAT_VERSION = 2  # 2: manifest.json, pickle-free searcher ids.
+FORMAT_VERSION = 3  # 2: manifest.json, pickle-free searcher ids; 3: several ranking models.
+READABLE_FORMATS = (2, 3)
 INFO_FILENAME = "catalog_index.json"
 MANIFEST_FILENAME = "manifest.json"
 TRACKS_FILENAME = "tracks.jsonl"
@@ -82,7 +85,7 @@ class CatalogIndex:
         tracks: The tracks, in row order.
         embeddings: `[tracks, dim]`, L2-normalised.
         tag_probabilities: `[tracks, num_tags]`, or None without a tag model.
-        embedding_model: The model that made the embeddings.
+        embedding_models: The model(s) that made the embeddings, with their weights.
         tag_model: The model that made the tag probabilities, or None.
         searcher: The ScaNN index over `embeddings`.
     """
@@ -92,15 +95,15 @@ class CatalogIndex:
         tracks: list[TrackRecord],
         embeddings: np.ndarray,
         tag_probabilities: np.ndarray | None,
-        embedding_model: ModelRef,
+        embedding_models: EmbeddingModels,
         tag_model: ModelRef | None,
         searcher: TrackIndex,
     ):
-        _check_rows(tracks, embeddings, tag_probabilities, embedding_model, tag_model)
+        _check_rows(tracks, embeddings, tag_probabilities, embedding_models, tag_model)
         self.tracks = list(tracks)
         self.embeddings = embeddings
         self.tag_probabilities = tag_probabilities
-        self.embedding_model = embedding_model
+        self.embedding_models = embedding_models
         self.tag_model = tag_model
         self.searcher = searcher
         self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
@@ -111,14 +114,26 @@ class CatalogIndex:
         tracks: list[TrackRecord],
         embeddings: np.ndarray,
         tag_probabilities: np.ndarray | None,
-        embedding_model: ModelRef,
+        embedding_models: EmbeddingModels | ModelRef,
         tag_model: ModelRef | None,
         kind: str = "auto",
         leaves_searched_fraction: float = 0.05,
     ) -> CatalogIndex:
-        """Builds the catalog and its ScaNN index (configured by size unless `kind` says otherwise)."""
+        """Builds the catalog and its ScaNN index (configured by size unless `kind` says otherwise).
+
+        Args:
+            tracks: The tracks, one per row.
+            embeddings: `[tracks, dim]`: the ranking models' combined embeddings.
+            tag_probabilities: `[tracks, num_tags]`, or None without a tag model.
+            embedding_models: The ranking models (a single `ModelRef`: that model alone).
+            tag_model: The tag model, or None.
+            kind: `auto` or one of `serving.retrieval.searcher.KINDS`.
+            leaves_searched_fraction: For a tree searcher, the share of leaves searched.
+        """
+        if isinstance(embedding_models, ModelRef):
+            embedding_models = EmbeddingModels((embedding_models,))
         embeddings = normalise(embeddings)
-        _check_rows(tracks, embeddings, tag_probabilities, embedding_model, tag_model)
+        _check_rows(tracks, embeddings, tag_probabilities, embedding_models, tag_model)
         searcher = TrackIndex.build(
             [t.track_id for t in tracks],
             embeddings,
@@ -126,7 +141,7 @@ class CatalogIndex:
             leaves_searched_fraction=leaves_searched_fraction,
         )
         probabilities = None if tag_probabilities is None else np.asarray(tag_probabilities, np.float32)
-        return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher)
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -152,7 +167,7 @@ class CatalogIndex:
     def upsert(self, tracks: list[TrackRecord], embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
         """Adds tracks and replaces known ones, updating the ScaNN index in place (no rebuild)."""
         embeddings = normalise(embeddings)
-        _check_rows(tracks, embeddings, tag_probabilities, self.embedding_model, self.tag_model)
+        _check_rows(tracks, embeddings, tag_probabilities, self.embedding_models, self.tag_model)
         new_tracks, new_rows = [], []
         for i, track in enumerate(tracks):
             row = self._rows.get(track.track_id)
@@ -196,7 +211,7 @@ class CatalogIndex:
             "format_version": FORMAT_VERSION,
             "num_tracks": len(self),
             "embedding_dim": int(self.embeddings.shape[1]),
-            "embedding_model": self.embedding_model.to_dict(),
+            "embedding_models": self.embedding_models.to_dict(),
             "tag_model": self.tag_model.to_dict() if self.tag_model else None,
             "searcher": dataclasses.asdict(self.searcher.info),
         }
@@ -245,7 +260,7 @@ class CatalogIndex:
     def load(
         cls,
         directory: str,
-        expected_embedding_model: ModelRef | None = None,
+        expected_embedding_models: EmbeddingModels | None = None,
         expected_tag_model: ModelRef | None = None,
     ) -> CatalogIndex:
         """Loads an index, refusing one made with other models than those expected.
@@ -262,12 +277,18 @@ class CatalogIndex:
         _check_manifest(directory)
         with open(info_path, encoding="utf-8") as handle:
             info = json.load(handle)
-        if info["format_version"] != FORMAT_VERSION:
-            raise IndexMismatchError(f"{directory}: index format {info['format_version']}, expected {FORMAT_VERSION}")
-        embedding_model = ModelRef.from_dict(info["embedding_model"])
+        if info["format_version"] not in READABLE_FORMATS:
+            raise IndexMismatchError(
+                f"{directory}: index format {info['format_version']}, this version reads {list(READABLE_FORMATS)}: "
+                "rebuild it with serving.build_index"
+            )
+        embedding_models = _embedding_models(info)
         tag_model = ModelRef.from_dict(info["tag_model"]) if info["tag_model"] else None
-        if expected_embedding_model is not None:
-            _check_model(directory, "embedding", embedding_model, expected_embedding_model)
+        if expected_embedding_models is not None:
+            try:
+                embedding_models.check_same(expected_embedding_models, "the ranking given")
+            except ModelMismatchError as error:
+                raise IndexMismatchError(f"{directory}: {error}") from None
         if expected_tag_model is not None:
             _check_model(directory, "tag", tag_model, expected_tag_model)
         with open(os.path.join(directory, TRACKS_FILENAME), encoding="utf-8") as handle:
@@ -275,24 +296,30 @@ class CatalogIndex:
         embeddings = np.load(os.path.join(directory, EMBEDDINGS_FILENAME))
         probabilities_path = os.path.join(directory, TAG_PROBABILITIES_FILENAME)
         probabilities = np.load(probabilities_path) if tag_model else None
-        searcher = _load_searcher(directory, embedding_model)
+        searcher = _load_searcher(directory, embedding_models)
         if len(searcher) != len(tracks) or set(searcher.track_ids) != {t.track_id for t in tracks}:
             raise IndexMismatchError(
                 f"{directory}: the searcher's {len(searcher)} track ids do not match the {len(tracks)} of "
                 f"{TRACKS_FILENAME}: the index is damaged, rebuild it"
             )
-        return cls(tracks, embeddings, probabilities, embedding_model, tag_model, searcher)
+        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher)
 
 
-def _load_searcher(directory: str, embedding_model: ModelRef) -> TrackIndex:
+def _embedding_models(info: dict) -> EmbeddingModels:
+    if "embedding_model" in info:  # Format 2: one ranking model.
+        return EmbeddingModels((ModelRef.from_dict(info["embedding_model"]),))
+    return EmbeddingModels.from_dict(info["embedding_models"])
+
+
+def _load_searcher(directory: str, embedding_models: EmbeddingModels) -> TrackIndex:
     try:
         searcher = TrackIndex.load(os.path.join(directory, SEARCHER_DIRNAME))
     except ValueError as error:
         raise DamagedIndexError(str(error)) from error
-    if searcher.info.embedding_dim != embedding_model.embedding_dim:
+    if searcher.info.embedding_dim != embedding_models.embedding_dim:
         raise IndexMismatchError(
-            f"{directory}: the searcher holds {searcher.info.embedding_dim}-d embeddings, {embedding_model.key} "
-            f"makes {embedding_model.embedding_dim}-d ones: rebuild the index"
+            f"{directory}: the searcher holds {searcher.info.embedding_dim}-d embeddings, {embedding_models.key} "
+            f"makes {embedding_models.embedding_dim}-d ones: rebuild the index"
         )
     return searcher
 
@@ -370,14 +397,14 @@ def _check_model(directory: str, role: str, built: ModelRef | None, expected: Mo
         )
 
 
-def _check_rows(tracks, embeddings, tag_probabilities, embedding_model: ModelRef, tag_model: ModelRef | None):
+def _check_rows(tracks, embeddings, tag_probabilities, embedding_models: EmbeddingModels, tag_model: ModelRef | None):
     ids = [t.track_id for t in tracks]
     if len(set(ids)) != len(ids):
         raise ValueError("track ids must be unique")
-    if embeddings.shape != (len(tracks), embedding_model.embedding_dim):
+    if embeddings.shape != (len(tracks), embedding_models.embedding_dim):
         raise IndexMismatchError(
-            f"embeddings {embeddings.shape} for {len(tracks)} tracks and the {embedding_model.embedding_dim}-d "
-            f"model {embedding_model.key}"
+            f"embeddings {embeddings.shape} for {len(tracks)} tracks and the {embedding_models.embedding_dim}-d "
+            f"ranking of {embedding_models.key}"
         )
     if (tag_model is None) != (tag_probabilities is None):
         raise ValueError("tag probabilities go with a tag model, and a tag model with tag probabilities")

@@ -1,8 +1,9 @@
 """The catalog embedding job (Apache Beam) and the index it builds.
 
-Every catalog track goes through the exported models once: the ranking model
-(Short-Chunk ResNet) gives its embedding, the tag model (CRNN) its tag
-probabilities. The input is either
+Every catalog track goes through the exported models once: the ranking
+model(s) (e.g. musicnn; several make an ensemble whose embeddings are
+combined, `serving.embedding.ensemble`) give its embedding, the tag model
+(e.g. the CRNN) its tag probabilities. The input is either
 
 - a catalog CSV (`data_prep`'s format): audio is decoded and checked exactly
   as the preprocessing pipeline does, then fed to the models' waveform
@@ -39,6 +40,7 @@ from data_prep import audio, beam_jobs
 from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from data_prep.catalog import Catalog, CatalogEntry
 from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, register_reasons, rejections_to_csv
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
@@ -111,6 +113,35 @@ def decode_features(serialized: bytes) -> TrackFeatures:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class JobModels:
+    """The models the job runs: the ranking model(s) and, optionally, the tag model.
+
+    Each model has a role: `embedding:<name>` for every ranking model, `tag`
+    for the tag model (a model may have both roles; it then runs once per role).
+    """
+
+    embedding_models: EmbeddingModels
+    tag_model: ModelRef | None = None
+
+    @property
+    def by_role(self) -> dict[str, ModelRef]:
+        roles = {f"{EMBEDDING_ROLE}:{ref.name}": ref for ref in self.embedding_models.models}
+        if self.tag_model is not None:
+            roles[TAG_ROLE] = self.tag_model
+        return roles
+
+    @property
+    def sample_rate(self) -> int:
+        return self.embedding_models.sample_rate
+
+    def features(self, track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
+        """A track's indexed features: the combined embedding and the tag probabilities."""
+        parts = [outputs[f"{EMBEDDING_ROLE}:{ref.name}"][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
+        tags = outputs[TAG_ROLE][sig.TAGS_OUTPUT] if TAG_ROLE in outputs else None
+        return TrackFeatures(track, self.embedding_models.combine(parts), tags)
+
+
 class _Models:
     """The models one worker loads once and shares between its threads (`beam.utils.shared`)."""
 
@@ -135,10 +166,14 @@ class _EmbedDoFn(beam.DoFn):
 
 
 class EmbedAudio(_EmbedDoFn):
-    """Decodes a catalog track and runs both models on its waveform."""
+    """Decodes a catalog track and runs every model on its waveform."""
+
+    def __init__(self, models: JobModels, shared_handle: shared.Shared):
+        super().__init__(models.by_role, shared_handle)
+        self._job_models = models
 
     def process(self, entry: CatalogEntry):
-        sample_rate = next(iter(self._refs.values())).sample_rate
+        sample_rate = self._job_models.sample_rate
         try:
             source = audio.open_source(entry.uri)
             waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
@@ -165,7 +200,12 @@ class EmbedAudio(_EmbedDoFn):
             duration_s=round(waveform.size / sample_rate, 3),
             content_sha256=content_sha256,
         )
-        yield _features(track, outputs)
+        yield self._job_models.features(track, outputs)
+
+
+def _kind(role: str) -> str:
+    """`embedding` or `tag`: what a role's model is for (its name is in the key or path shown next to it)."""
+    return role.partition(":")[0]
 
 
 def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
@@ -174,15 +214,11 @@ def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
         for name, value in sorted(values.items()):
             if not np.all(np.isfinite(value)):
                 return f"the {role} model's {name} output is not finite"
-    embedding = outputs.get(EMBEDDING_ROLE, {}).get("embedding")
-    if embedding is not None and not np.any(embedding):
-        return "the embedding model's embedding is all zeros"
+    for role, values in sorted(outputs.items()):
+        embedding = values.get(sig.EMBEDDING_OUTPUT)
+        if role.startswith(EMBEDDING_ROLE) and embedding is not None and not np.any(embedding):
+            return f"the {role} model's embedding is all zeros"
     return None
-
-
-def _features(track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
-    tags = outputs[TAG_ROLE][sig.TAGS_OUTPUT] if TAG_ROLE in outputs else None
-    return TrackFeatures(track, outputs[EMBEDDING_ROLE][sig.EMBEDDING_OUTPUT], tags)
 
 
 class EmbedLogMel(_EmbedDoFn):
@@ -227,8 +263,9 @@ class JoinRoles(beam.DoFn):
 
     REJECTED = "rejected"
 
-    def __init__(self, roles: list[str], dataset_of_role: dict[str, str]):
-        self._roles = roles
+    def __init__(self, models: JobModels, dataset_of_role: dict[str, str]):
+        self._job_models = models
+        self._roles = sorted(models.by_role)
         self._dataset_of_role = dataset_of_role
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
@@ -243,8 +280,7 @@ class JoinRoles(beam.DoFn):
             outputs.update(part_outputs)
             copies.update(part_outputs.keys())
             errors += [error] if error else []
-            if EMBEDDING_ROLE in part_outputs:
-                track = part_track
+            track = track or part_track
         if errors:
             yield self._reject(errors[0])
             return
@@ -259,7 +295,7 @@ class JoinRoles(beam.DoFn):
             yield self._reject(Rejection(0, track_id, "", "incomplete_features", detail))
             return
         self._embedded.inc()
-        yield _features(track, outputs)
+        yield self._job_models.features(track, outputs)
 
 
 def _write_outputs(embedded, rejected, staging_dir: str):
@@ -272,11 +308,11 @@ def _write_outputs(embedded, rejected, staging_dir: str):
     _ = rejected | "StageRejections" >> beam_jobs.WriteRejections(os.path.join(staging_dir, _REJECTIONS_PREFIX))
 
 
-def _catalog_pipeline(pipeline, catalog: Catalog, refs: dict[str, ModelRef], staging_dir: str):
+def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str):
     results = (
         pipeline
         | "Entries" >> beam.Create(list(catalog.entries))
-        | "Embed" >> beam.ParDo(EmbedAudio(refs, shared.Shared())).with_outputs(EmbedAudio.REJECTED, main="embedded")
+        | "Embed" >> beam.ParDo(EmbedAudio(models, shared.Shared())).with_outputs(EmbedAudio.REJECTED, main="embedded")
     )
     _write_outputs(results.embedded, results[EmbedAudio.REJECTED], staging_dir)
 
@@ -298,7 +334,7 @@ def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[s
         if len(matching) != 1:
             problem = "no dataset has" if not matching else f"{len(matching)} datasets ({', '.join(matching)}) have"
             raise ValueError(
-                f"{problem} the log-mel parameters of the {role} model {ref.key} (fingerprint "
+                f"{problem} the log-mel parameters of the {_kind(role)} model {ref.key} (fingerprint "
                 f"{ref.log_mel_fingerprint}); datasets: {found}. Give one dataset per model (preprocess with "
                 "the model's parameters), or index from the catalog CSV"
             )
@@ -315,7 +351,8 @@ def _read_shard(path: str, compression: str):
         yield record.numpy()
 
 
-def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], refs: dict[str, ModelRef], staging_dir: str):
+def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], models: JobModels, staging_dir: str):
+    refs = models.by_role
     parts = []
     for number, dataset_dir in enumerate(sorted(set(dataset_of_role.values()))):
         info = dataset_info.load(dataset_dir)
@@ -331,7 +368,7 @@ def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], refs: dict[str
         parts
         | "FlattenParts" >> beam.Flatten()
         | "ByTrack" >> beam.GroupByKey()
-        | "Join" >> beam.ParDo(JoinRoles(sorted(refs), dataset_of_role)).with_outputs(JoinRoles.REJECTED, main="joined")
+        | "Join" >> beam.ParDo(JoinRoles(models, dataset_of_role)).with_outputs(JoinRoles.REJECTED, main="joined")
     )
     _write_outputs(joined.joined, joined[JoinRoles.REJECTED], staging_dir)
 
@@ -358,7 +395,7 @@ def _tfrecord_track_ids(dataset_dirs: list[str]) -> set[str]:
 
 
 def embed(
-    refs: dict[str, ModelRef],
+    models: JobModels,
     work_dir: str,
     catalog: Catalog | None = None,
     dataset_dirs: list[str] | None = None,
@@ -367,7 +404,7 @@ def embed(
     """Runs the embedding job over a catalog CSV or TFRecord datasets.
 
     Args:
-        refs: The models by role (`embedding` required, `tag` optional).
+        models: The ranking model(s) and the tag model, if any.
         work_dir: Where the job stages its outputs (removed afterwards).
         catalog: A parsed catalog CSV; or
         dataset_dirs: TFRecord dataset directories.
@@ -378,9 +415,7 @@ def embed(
     """
     if (catalog is None) == (dataset_dirs is None):
         raise ValueError("give either a catalog or TFRecord datasets")
-    if EMBEDDING_ROLE not in refs:
-        raise ValueError("an embedding model is required")
-    rates = {ref.sample_rate for ref in refs.values()}
+    rates = {ref.sample_rate for ref in models.by_role.values()}
     if len(rates) != 1:
         raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
     staging_dir = os.path.join(work_dir, STAGING_DIRNAME)
@@ -388,12 +423,12 @@ def embed(
     os.makedirs(staging_dir)  # The index folder is local: ScaNN serializes to local files.
     pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(list(pipeline_args or [])))
     if catalog is not None:
-        _catalog_pipeline(pipeline, catalog, refs, staging_dir)
+        _catalog_pipeline(pipeline, catalog, models, staging_dir)
         num_input = catalog.num_rows
         early = list(catalog.rejections)
     else:
-        dataset_of_role = match_datasets(dataset_dirs, refs)
-        _tfrecord_pipeline(pipeline, dataset_of_role, refs, staging_dir)
+        dataset_of_role = match_datasets(dataset_dirs, models.by_role)
+        _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir)
         num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_role.values()))))
         early = []
     result = pipeline.run()
@@ -418,7 +453,7 @@ class BuildSummary:
     num_tracks: int
     rejections: list[Rejection]
     searcher_kind: str
-    embedding_model: str
+    embedding_models: str
     tag_model: str
 
     def render(self) -> str:
@@ -428,7 +463,7 @@ class BuildSummary:
             f"  tracks in: {self.num_input}; embedded: {self.num_indexed}; rejected: {len(self.rejections)}",
             *(f"    {reason}: {count} ({REASONS[reason]})" for reason, count in sorted(by_reason.items())),
             f"  index now holds {self.num_tracks} tracks; searcher: {self.searcher_kind}",
-            f"  embedding model: {self.embedding_model}",
+            f"  ranking by: {self.embedding_models}",
             f"  tag model: {self.tag_model or 'none (stage 1 unavailable)'}",
         ]
         if self.rejections:
@@ -450,7 +485,7 @@ def _stack(features: list[TrackFeatures], with_tags: bool):
 
 def build_index(
     index_dir: str,
-    refs: dict[str, ModelRef],
+    models: JobModels,
     catalog: Catalog | None = None,
     dataset_dirs: list[str] | None = None,
     update: bool = False,
@@ -462,7 +497,7 @@ def build_index(
 
     Args:
         index_dir: The index folder.
-        refs: The models by role (`embedding`, optionally `tag`).
+        models: The ranking model(s) (with weights) and the tag model, if any.
         catalog: A parsed catalog CSV; or
         dataset_dirs: TFRecord dataset directories.
         update: Add the tracks to the existing index (replacing known ids)
@@ -474,15 +509,15 @@ def build_index(
     """
     existing = None
     if update:
-        existing = CatalogIndex.load(index_dir, refs[EMBEDDING_ROLE], refs.get(TAG_ROLE))
-        if (existing.tag_model is None) != (TAG_ROLE not in refs):
+        existing = CatalogIndex.load(index_dir, models.embedding_models, models.tag_model)
+        if (existing.tag_model is None) != (models.tag_model is None):
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
     work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
     try:
-        run = embed(refs, work_dir, catalog, dataset_dirs, pipeline_args)
+        run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
-    tracks, embeddings, tags = _stack(run.features, TAG_ROLE in refs)
+    tracks, embeddings, tags = _stack(run.features, models.tag_model is not None)
     if existing is not None:
         if tracks:
             existing.upsert(tracks, embeddings, tags)
@@ -491,7 +526,7 @@ def build_index(
         if not tracks:
             raise ValueError(f"no track could be embedded: {len(run.rejections)} rejected (see the reasons above)")
         index = CatalogIndex.build(
-            tracks, embeddings, tags, refs[EMBEDDING_ROLE], refs.get(TAG_ROLE), kind, leaves_searched_fraction
+            tracks, embeddings, tags, models.embedding_models, models.tag_model, kind, leaves_searched_fraction
         )
     index.save(index_dir)
     with open(os.path.join(index_dir, REJECTED_FILENAME), "w", encoding="utf-8") as handle:
@@ -504,8 +539,8 @@ def build_index(
         num_tracks=len(index),
         rejections=run.rejections,
         searcher_kind=index.searcher.info.kind,
-        embedding_model=refs[EMBEDDING_ROLE].key,
-        tag_model=refs[TAG_ROLE].key if TAG_ROLE in refs else "",
+        embedding_models=models.embedding_models.key,
+        tag_model=models.tag_model.key if models.tag_model else "",
     )
 
 

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import describe
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 
@@ -87,12 +88,16 @@ class Query:
             without a tag model).
         track_id: The catalog track this is, if any (excluded from results).
         content_sha256: Hash of the query audio (its duplicates are excluded).
+        embedded_by: The ranking model(s) that made `embedding`, when known
+            (an embedder's query): other models, versions or weights than the
+            index's are refused.
     """
 
     embedding: np.ndarray
     tag_probabilities: np.ndarray | None = None
     track_id: str | None = None
     content_sha256: str = ""
+    embedded_by: EmbeddingModels | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,7 +262,9 @@ class Recommender:
         """
         tag_filter = self.tag_filter if isinstance(tag_filter, _RecommenderDefault) else tag_filter
         self._check_settings(k, tag_filter, rank_by_embedding, max_per_artist)
-        query_embedding = _unit_query_embedding(query)
+        if query.embedded_by is not None:
+            self.catalog.embedding_models.check_same(query.embedded_by)
+        query_embedding = _unit_query_embedding(query, self.catalog.embedding_models.embedding_dim)
         candidates = self._candidates(query, tag_filter)
         selection = _Selection(self.catalog.embeddings, self.duplicate_cosine, max_per_artist, k)
         ranked = self._rank(query, query_embedding, candidates.allowed, selection, rank_by_embedding)
@@ -318,7 +325,7 @@ class Recommender:
 
     def _models(self, rank_by_embedding: bool) -> dict[str, str | None]:
         tags = describe(self.catalog.tag_model) if self.catalog.tag_model else None
-        ranking = describe(self.catalog.embedding_model) if rank_by_embedding else f"tag probabilities of {tags}"
+        ranking = self.catalog.embedding_models.describe() if rank_by_embedding else f"tag probabilities of {tags}"
         return {"tags": tags, "ranking": ranking}
 
     def _top_tag(self, probabilities) -> str:
@@ -389,8 +396,10 @@ class Recommender:
         )
 
 
-def _unit_query_embedding(query: Query) -> np.ndarray:
+def _unit_query_embedding(query: Query, dim: int) -> np.ndarray:
     embedding = np.asarray(query.embedding, np.float32)
+    if embedding.shape != (dim,):
+        raise ValueError(f"the query embedding has shape {embedding.shape}; this index ranks {dim}-d embeddings")
     if not np.all(np.isfinite(embedding)) or not np.any(embedding):
         raise ValueError("the query embedding is zero or not finite")
     return embedding / np.linalg.norm(embedding)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from data_prep import catalog, pipeline
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
 from serving.retrieval import embedding_job
 from tests.conftest import REPO_ROOT
@@ -58,19 +59,25 @@ def trained_crnn(trained):
 
 @pytest.fixture(scope="session")
 def model_refs(trained, trained_crnn) -> dict[str, exported_model.ModelRef]:
+    """The demo-trained models: the ResNet ranks (`embedding`), the CRNN tags (`tag`)."""
     return {
-        embedding_job.EMBEDDING_ROLE: exported_model.resolve(str(trained[2])),
-        embedding_job.TAG_ROLE: exported_model.resolve(str(trained_crnn[1])),
+        "embedding": exported_model.resolve(str(trained[2])),
+        "tag": exported_model.resolve(str(trained_crnn[1])),
     }
 
 
 @pytest.fixture(scope="session")
-def demo_index(tmp_path_factory, demo_catalog, model_refs):
+def job_models(model_refs) -> embedding_job.JobModels:
+    return embedding_job.JobModels(EmbeddingModels((model_refs["embedding"],)), model_refs["tag"])
+
+
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory, demo_catalog, job_models):
     """The whole demo catalog embedded by the real Beam job into a saved index."""
     index_dir = tmp_path_factory.mktemp("index") / "demo"
     summary = embedding_job.build_index(
         str(index_dir),
-        model_refs,
+        job_models,
         catalog=catalog.read_catalog(str(demo_catalog)),
         pipeline_args=["--direct_running_mode=in_memory"],
     )
@@ -91,13 +98,13 @@ def pretrained_exports(tmp_path_factory) -> dict[str, str]:
 def pretrained_index(tmp_path_factory, demo_catalog, pretrained_exports):
     """The demo catalog indexed by the pretrained models: CRNN tags for stage 1, musicnn embeddings for stage 2."""
     index_dir = tmp_path_factory.mktemp("pretrained_index") / "index"
-    refs = {
-        embedding_job.EMBEDDING_ROLE: exported_model.resolve(pretrained_exports["msd_musicnn"]),
-        embedding_job.TAG_ROLE: exported_model.resolve(pretrained_exports["mtat_crnn"]),
-    }
+    models = embedding_job.JobModels(
+        EmbeddingModels((exported_model.resolve(pretrained_exports["msd_musicnn"]),)),
+        exported_model.resolve(pretrained_exports["mtat_crnn"]),
+    )
     embedding_job.build_index(
         str(index_dir),
-        refs,
+        models,
         catalog=catalog.read_catalog(str(demo_catalog)),
         pipeline_args=["--direct_running_mode=in_memory"],
     )

@@ -28,7 +28,9 @@ def test_health_and_schema(server, client, model_refs):
     health = client.get("/healthz").raise_for_status().json()
     assert health["status"] == "ok" and health["tracks"] == 16 and health["embedder"] == "in-process"
     assert health["audio_served"] and health["max_upload_bytes"] == MAX_UPLOAD_MB * 2**20
-    assert health["embedding_model"]["checksum"] == model_refs["embedding"].checksum
+    assert [(m["checksum"], m["weight"]) for m in health["embedding_models"]] == [
+        (model_refs["embedding"].checksum, 1.0)
+    ]
     assert health["tag_model"]["checksum"] == model_refs["tag"].checksum
     paths = client.get("/openapi.json").raise_for_status().json()["paths"]
     assert {"/recommend", "/tracks", "/tracks/{track_id}/similar", "/tracks/{track_id}/audio", "/healthz"} <= set(paths)

@@ -19,11 +19,11 @@ from tests.serving import tf_serving_standin
 
 def test_rest_embedder_equals_local_embedder(demo_index, entries, standin_models):
     index = CatalogIndex.load(str(demo_index[0]))
-    local = LocalEmbedder(index.embedding_model, index.tag_model)
+    local = LocalEmbedder(index.embedding_models, index.tag_model)
     path = list(entries.values())[2].uri
     expected = query_audio.audio_query(path, local)
     with tf_serving_standin.rest_server(standin_models) as address:
-        remote = query_audio.audio_query(path, RemoteEmbedder(address, index.embedding_model, index.tag_model, "rest"))
+        remote = query_audio.audio_query(path, RemoteEmbedder(address, index.embedding_models, index.tag_model, "rest"))
     np.testing.assert_allclose(remote.embedding, expected.embedding, atol=1e-5)
     np.testing.assert_allclose(remote.tag_probabilities, expected.tag_probabilities, atol=1e-5)
     assert remote.content_sha256 == expected.content_sha256
@@ -34,14 +34,14 @@ def test_rest_embedder_equals_local_embedder(demo_index, entries, standin_models
 def test_a_moved_or_changed_export_is_checked(tmp_path, demo_index, trained):
     index = CatalogIndex.load(str(demo_index[0]))
     with pytest.raises(FileNotFoundError, match="no exported version|not an export"):
-        LocalEmbedder(index.embedding_model, None, export_base=str(tmp_path))
+        LocalEmbedder(index.embedding_models, None, export_base=str(tmp_path))
     # Another export under the same name and version (here: fewer chunks per track) has another checksum.
     saved_model.export(
         str(trained[0] / "run_short_chunk_res"), str(tmp_path / "short_chunk_res"), version=1, num_chunks=2
     )
     with pytest.raises(ModelMismatchError, match=r"short_chunk_res/1@\w+ .*index was built with short_chunk_res/1@"):
-        LocalEmbedder(index.embedding_model, None, export_base=str(tmp_path))
+        LocalEmbedder(index.embedding_models, None, export_base=str(tmp_path))
     moved = tmp_path / "moved"
-    shutil.copytree(os.path.dirname(index.embedding_model.path), moved / "short_chunk_res")
-    embedder = LocalEmbedder(index.embedding_model, None, export_base=str(moved))
+    shutil.copytree(os.path.dirname(index.embedding_models.models[0].path), moved / "short_chunk_res")
+    embedder = LocalEmbedder(index.embedding_models, None, export_base=str(moved))
     assert embedder.features(np.zeros(16000, np.float32))[1] is None

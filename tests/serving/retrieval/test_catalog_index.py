@@ -12,6 +12,7 @@ import shutil
 import numpy as np
 import pytest
 
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelRef
 from serving.retrieval.catalog_index import CatalogIndex, DamagedIndexError, IndexMismatchError, TrackRecord
 
@@ -49,7 +50,7 @@ def test_round_trip_and_relocation(tmp_path):
     assert loaded.tracks == index.tracks
     np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
     np.testing.assert_array_equal(loaded.tag_probabilities, index.tag_probabilities)
-    assert loaded.embedding_model == index.embedding_model and loaded.tag_model == index.tag_model
+    assert loaded.embedding_models == index.embedding_models and loaded.tag_model == index.tag_model
     assert _results(loaded, queries) == _results(index, queries)
     assert loaded.info()["num_tracks"] == 50 and loaded.info()["searcher"]["kind"] == "brute_force"
 
@@ -94,8 +95,8 @@ def test_save_replaces_the_index_and_keeps_other_files(tmp_path):
 def test_loading_for_other_models_fails_naming_both(tmp_path):
     _build().save(str(tmp_path / "index"))
     other = _ref(checksum="c2")
-    with pytest.raises(IndexMismatchError, match=r"ranker/1@c1.*ranker/1@c2"):
-        CatalogIndex.load(str(tmp_path / "index"), expected_embedding_model=other)
+    with pytest.raises(IndexMismatchError, match=r"uses ranker/1@c2 but the index was built with ranker/1@c1"):
+        CatalogIndex.load(str(tmp_path / "index"), expected_embedding_models=EmbeddingModels((other,)))
     with pytest.raises(IndexMismatchError, match=r"tagger/1@c1.*tagger/2@c1"):
         CatalogIndex.load(str(tmp_path / "index"), expected_tag_model=dataclasses.replace(_ref("tagger", 4), version=2))
     with pytest.raises(FileNotFoundError, match="build_index"):

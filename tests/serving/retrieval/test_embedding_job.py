@@ -14,6 +14,7 @@ import soundfile
 
 from data_prep import audio, catalog
 from data_prep.rejections import rejections_from_csv
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import LoadedModel
 from serving.retrieval import embedding_job
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
@@ -27,14 +28,12 @@ def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo
     parsed = catalog.read_catalog(str(demo_catalog))
     assert summary.num_input == summary.num_indexed == summary.num_tracks == len(parsed.entries) == 16
     assert summary.rejections == []
-    index = CatalogIndex.load(
-        str(index_dir), model_refs[embedding_job.EMBEDDING_ROLE], model_refs[embedding_job.TAG_ROLE]
-    )
+    index = CatalogIndex.load(str(index_dir), EmbeddingModels((model_refs["embedding"],)), model_refs["tag"])
     assert {t.track_id: (t.artist, t.title, t.album, t.path) for t in index.tracks} == {
         e.track_id: (e.artist, e.title, e.album, e.path) for e in parsed.entries
     }
-    embedding_model = LoadedModel(model_refs[embedding_job.EMBEDDING_ROLE])
-    tag_model = LoadedModel(model_refs[embedding_job.TAG_ROLE])
+    embedding_model = LoadedModel(model_refs["embedding"])
+    tag_model = LoadedModel(model_refs["tag"])
     for entry in parsed.entries[::5]:
         track = index.track(entry.track_id)
         assert track.content_sha256 == audio.content_sha256(entry.uri)
@@ -45,11 +44,11 @@ def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo
             index.embeddings[row], embedding_model.from_waveform(waveform)["embedding"], atol=1e-5
         )
         np.testing.assert_allclose(index.tag_probabilities[row], tag_model.from_waveform(waveform)["tags"], atol=1e-5)
-    assert index.vocabulary == model_refs[embedding_job.TAG_ROLE].vocabulary
+    assert index.vocabulary == model_refs["tag"].vocabulary
     assert (index_dir / embedding_job.REJECTED_FILENAME).read_text().splitlines() == ["row,track_id,path,reason,detail"]
 
 
-def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_catalog, model_refs):
+def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_catalog, job_models):
     audio_dir = tmp_path / "audio"
     audio_dir.mkdir()
     demo = catalog.read_catalog(str(demo_catalog))
@@ -71,7 +70,7 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_
         writer.writerows(rows)
     index_dir = tmp_path / "index"
     summary = embedding_job.build_index(
-        str(index_dir), model_refs, catalog=catalog.read_catalog(str(tmp_path / "catalog.csv")), pipeline_args=IN_MEMORY
+        str(index_dir), job_models, catalog=catalog.read_catalog(str(tmp_path / "catalog.csv")), pipeline_args=IN_MEMORY
     )
     assert summary.num_input == 6 and summary.num_indexed == 2
     reasons = {r.track_id: r.reason for r in summary.rejections if r.track_id != good[0].track_id}
@@ -93,7 +92,7 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         "-m",
         "serving.build_index",
         f"--export_base={root / 'export'}",
-        "--embedding_model=short_chunk_res",
+        "--embedding_models=short_chunk_res",
         "--tag_model=crnn",
         f"--data={data_128},{data_96}",
         f"--index_dir={index_dir}",
@@ -120,12 +119,14 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         )
 
 
-def test_a_dataset_with_other_log_mel_parameters_is_refused(tmp_path, trained_crnn, model_refs):
+def test_a_dataset_with_other_log_mel_parameters_is_refused(tmp_path, trained_crnn, job_models):
     with pytest.raises(ValueError, match=r"no dataset has the log-mel parameters of the embedding model"):
-        embedding_job.build_index(str(tmp_path / "index"), model_refs, dataset_dirs=[str(trained_crnn[0])])
+        embedding_job.build_index(str(tmp_path / "index"), job_models, dataset_dirs=[str(trained_crnn[0])])
 
 
-def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(tmp_path, demo_index, demo_catalog, model_refs):
+def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
+    tmp_path, demo_index, demo_catalog, model_refs, job_models
+):
     full_dir = demo_index[0]
     index_dir = tmp_path / "index"
     shutil.copytree(full_dir, index_dir)
@@ -135,7 +136,7 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(tmp_path, dem
     assert all(t not in CatalogIndex.load(str(index_dir)) for t in removed)
     subset = catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[-3:], (), parsed.audio_root)
     summary = embedding_job.build_index(
-        str(index_dir), model_refs, catalog=subset, update=True, pipeline_args=IN_MEMORY
+        str(index_dir), job_models, catalog=subset, update=True, pipeline_args=IN_MEMORY
     )
     assert summary.num_indexed == 3 and summary.num_tracks == 16
     updated, full = CatalogIndex.load(str(index_dir)), CatalogIndex.load(str(full_dir))
@@ -148,11 +149,8 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(tmp_path, dem
     assert [[i for i, _ in row] for row in updated.searcher.search(queries, 5)] == [
         [i for i, _ in row] for row in full.searcher.search(queries, 5)
     ]
-    swapped = {
-        embedding_job.EMBEDDING_ROLE: model_refs[embedding_job.TAG_ROLE],
-        embedding_job.TAG_ROLE: model_refs[embedding_job.TAG_ROLE],
-    }
-    with pytest.raises(IndexMismatchError, match="short_chunk_res/1@.*crnn/1@"):
+    swapped = embedding_job.JobModels(EmbeddingModels((model_refs["tag"],)), model_refs["tag"])
+    with pytest.raises(IndexMismatchError, match="ranking given uses crnn/1@.*built with short_chunk_res/1@"):
         embedding_job.build_index(str(index_dir), swapped, catalog=subset, update=True)
 
 
@@ -162,12 +160,12 @@ def test_datasets_must_map_one_to_one_onto_the_models(tmp_path, trained, trained
     shutil.copytree(data_128, copy)
     with pytest.raises(ValueError, match=r"2 datasets .* have the log-mel parameters of the embedding model"):
         embedding_job.match_datasets([str(data_128), str(copy), str(data_96)], model_refs)
-    only_embedding = {embedding_job.EMBEDDING_ROLE: model_refs[embedding_job.EMBEDDING_ROLE]}
+    only_embedding = {"embedding": model_refs["embedding"]}
     with pytest.raises(ValueError, match=rf"no model reads {data_96}"):
         embedding_job.match_datasets([str(data_128), str(data_96)], only_embedding)
     assert embedding_job.match_datasets([str(data_96), str(data_128)], model_refs) == {
-        embedding_job.EMBEDDING_ROLE: str(data_128),
-        embedding_job.TAG_ROLE: str(data_96),
+        "embedding": str(data_128),
+        "tag": str(data_96),
     }
 
 
