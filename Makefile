@@ -52,9 +52,8 @@ demo: $(STAMP) $(PRETRAINED_STAMP)
 	$(BIN)/python -m train.evaluate --model_dir=$(DEMO_OUT)/crnn --split=test
 	rm -rf $(DEMO_OUT)/export
 	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/short_chunk_res --export_dir=$(DEMO_OUT)/export/short_chunk_res
-	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn --num_chunks=1
-	@# One 29 s chunk covers a 30 s preview: more CRNN chunks would repeat nearly the same pass.
-	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/mtat_crnn --export_dir=$(DEMO_OUT)/export/mtat_crnn --num_chunks=1
+	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn
+	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/mtat_crnn --export_dir=$(DEMO_OUT)/export/mtat_crnn
 	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/msd_musicnn --export_dir=$(DEMO_OUT)/export/msd_musicnn
 	$(BIN)/python -m serving.build_index --export_base=$(DEMO_OUT)/export --embedding_models=short_chunk_res \
 		--tag_model=crnn --data=demo/catalog.csv --index_dir=$(DEMO_OUT)/index_demo_trained

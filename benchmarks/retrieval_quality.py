@@ -65,16 +65,15 @@ def _catalog_path() -> str:
 
 
 def _exports(work: str) -> dict[str, exported_model.ModelRef]:
-    """Every model to compare, exported as `make demo` exports it (one 29 s chunk for a CRNN)."""
+    """Every model to compare, exported as `make demo` exports it (default chunking: `readers.chunk_count`)."""
     sources = {name: str(PRETRAINED / name) for name in PRETRAINED_EMBEDDINGS}
     for name in ("short_chunk_res", "crnn"):
         if (DEMO_OUTPUT / name / "best" / "model_info.json").exists():
             sources[f"demo-trained {name}"] = str(DEMO_OUTPUT / name)
     refs = {}
     for name, source in sources.items():
-        chunks = 1 if name.endswith("crnn") else saved_model.DEFAULT_NUM_CHUNKS
         folder = name.replace("demo-trained ", "demo_")
-        refs[name] = exported_model.resolve(saved_model.export(source, os.path.join(work, "export", folder), 1, chunks))
+        refs[name] = exported_model.resolve(saved_model.export(source, os.path.join(work, "export", folder), 1))
     return refs
 
 
@@ -164,7 +163,8 @@ def run_benchmark(command: str) -> report.Section:
         f"{len({tag for tags in truth.values() for tag in tags})} albums (the `tags` column); each track queries "
         f"the others and a result is relevant when it shares the album ({baseline.num_queries} queries; "
         f"{len(skipped)} tracks the MFCC baseline could not decode). None of these models saw this music. Models "
-        "are exported as `make demo` exports them (musicnn and VGG: 16 chunks of 3 s averaged; CRNN: one 29 s "
+        "are exported as `make demo` exports them (up to 16 chunks, as `readers.chunk_count` says: ten 3 s chunks "
+        "of a 30 s track for musicnn and VGG, one 29 s CRNN "
         "chunk) and indexed by the Beam job (exact search at this size). Two stages: keep tracks sharing one of "
         "the query's top-3 CRNN tags with probability >= 0.5 (skipped for a query without one), rank by the "
         "embedding. Demo-trained rows appear when `make demo` ran first (8 training tracks, 6 epochs). "

@@ -9,10 +9,15 @@ Two modes:
   strategy pass the `tf.distribute.InputContext` that
   `strategy.distribute_datasets_from_function` provides: shards are then
   split between input pipelines and the global batch between replicas.
-* `eval_dataset`: every track once, in file order, as `num_chunks` evenly
-  spaced chunks (the Won et al. evaluation: chunk `i` starts at
-  `i * ((frames - chunk_frames) // num_chunks)`), with its track id and
-  labels, so that predictions can be averaged per track. Deterministic.
+* `eval_dataset`: every track once, in file order, as evenly spaced chunks
+  (the Won et al. evaluation: chunk `i` of `n` starts at
+  `i * ((frames - chunk_frames) // n)`), with its track id and labels, so
+  that predictions can be averaged per track. Deterministic.
+
+How many chunks a track gets is `chunk_count`: enough to leave no gap
+between consecutive chunks, at most `max_chunks`: a track no longer than two
+chunks gets one pass (a 30 s preview through the CRNN's 29 s input), a
+10-minute one the full count. The exported serving graph uses the same rule.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tfrecords import dataset_info as dataset_info_lib
 from tfrecords import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
+NUM_CHUNKS = "num_chunks"  # eval_dataset: how many of a track's chunks are real (the rest is padding).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +97,28 @@ def random_crops(log_mel: tf.Tensor, crop_frames: int, num_crops: int, seed: tf.
     return tf.gather(log_mel, offsets)
 
 
-def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, num_chunks: int) -> tf.Tensor:
-    """The Won et al. evaluation chunks `[num_chunks, chunk_frames, n_mels]`."""
+def chunk_count(num_frames, chunk_frames: int, max_chunks: int) -> tf.Tensor:
+    """How many evenly spaced chunks a track of `num_frames` frames gets: `ceil(frames / chunk) - 1`, in [1, max].
+
+    With chunk `i` of `n` starting at `i * ((frames - chunk) // n)`, that is
+    the fewest chunks that leave no gap between consecutive ones (hop ≤
+    chunk), and consecutive chunks of a track longer than two chunks overlap
+    by less than half a chunk. Fewer chunks than that would skip music; more
+    would run the model again over what it already saw (16 chunks of 29 s
+    on a 30 s preview are 16 passes over nearly the same audio). A track at
+    least `max_chunks + 1` chunks long gets `max_chunks`, exactly as before.
+    """
+    num_frames = tf.maximum(tf.cast(num_frames, tf.int32), chunk_frames)  # Shorter tracks are repeated to a chunk.
+    needed = (num_frames + chunk_frames - 1) // chunk_frames - 1
+    return tf.clip_by_value(needed, 1, max_chunks)
+
+
+def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, max_chunks: int) -> tf.Tensor:
+    """The Won et al. evaluation chunks `[n, chunk_frames, n_mels]`, `n = chunk_count(frames, ...)`."""
     log_mel = repeat_to_frames(log_mel, chunk_frames)
-    hop = (tf.shape(log_mel)[0] - chunk_frames) // num_chunks
+    frames = tf.shape(log_mel)[0]
+    num_chunks = chunk_count(frames, chunk_frames, max_chunks)
+    hop = (frames - chunk_frames) // num_chunks
     starts = tf.range(num_chunks) * hop
     offsets = starts[:, tf.newaxis] + tf.range(chunk_frames)[tf.newaxis, :]
     return tf.gather(log_mel, offsets)
@@ -232,21 +256,26 @@ def eval_dataset(
         dataset_dir: A directory written by `python -m data_prep`.
         split: The split to read.
         chunk_frames: Frames per chunk.
-        num_chunks: Chunks per track (16 in the Won et al. evaluation).
+        num_chunks: The most chunks per track (16 in the Won et al.
+            evaluation); shorter tracks get fewer (`chunk_count`).
         info: The dataset's info, if already loaded.
 
     Returns:
         A dataset of dicts, one per track: `track_id` (string), `log_mel`
-        `[num_chunks, chunk_frames, n_mels]`, `labels` `[num_tags]`,
-        `artist`, `album`, `title`, `tags` and `duration_s`.
+        `[n, chunk_frames, n_mels]` (`n` = `chunk_count` of the track; batch
+        with `padded_batch` and mask by `num_chunks`), `num_chunks`,
+        `labels` `[num_tags]`, `artist`, `album`, `title`, `tags` and
+        `duration_s`.
     """
     info = info or dataset_info_lib.load(dataset_dir)
     files = _files(dataset_dir, info, split)
 
     def to_chunks(parsed):
+        chunks = evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks)
         return {
             schema.TRACK_ID: parsed[schema.TRACK_ID],
-            schema.LOG_MEL: evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks),
+            schema.LOG_MEL: chunks,
+            NUM_CHUNKS: tf.shape(chunks)[0],
             schema.LABELS: parsed[schema.LABELS],
             schema.ARTIST: parsed[schema.ARTIST],
             schema.ALBUM: parsed[schema.ALBUM],

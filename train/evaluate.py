@@ -23,7 +23,9 @@ from train import evaluation_report
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate.")
 _DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "Overrides the dataset the run was trained on.")
-_NUM_CHUNKS = flags.DEFINE_integer("num_chunks", 16, "Evenly spaced chunks per track.")
+_NUM_CHUNKS = flags.DEFINE_integer(
+    "num_chunks", 16, "The most evenly spaced chunks per track (fewer for short tracks)."
+)
 _ROBUSTNESS = flags.DEFINE_boolean("robustness", False, "Also evaluate under pitch shift and time stretch.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where reports go; default MODEL_DIR/evaluation.")
 
@@ -34,8 +36,8 @@ def main(argv):
     output_dir = _OUTPUT_DIR.value or os.path.join(_MODEL_DIR.value, evaluation_report.EVALUATION_DIRNAME)
     summary = evaluation_report.evaluate(run, _SPLIT.value, output_dir, _NUM_CHUNKS.value)
     print(
-        f"{run.experiment.model_name} on {summary['split']} ({summary['tracks']} tracks, {summary['chunks_per_track']} "
-        f"chunks each): ROC-AUC {summary['roc_auc_macro']:.4f}, PR-AUC {summary['pr_auc_macro']:.4f}, "
+        f"{run.experiment.model_name} on {summary['split']} ({summary['tracks']} tracks, up to "
+        f"{summary['max_chunks_per_track']} chunks each): ROC-AUC {summary['roc_auc_macro']:.4f}, PR-AUC {summary['pr_auc_macro']:.4f}, "
         f"loss {summary['loss']:.4f}"
     )
     if summary["tags_left_out"]:

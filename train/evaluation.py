@@ -38,7 +38,7 @@ class TrackPredictions:
 
 @tf.function(reduce_retracing=True)
 def _predict_chunks(model: keras.Model, chunks: tf.Tensor):
-    """Tags and embeddings `[tracks, chunks, ...]` of `[tracks, chunks, frames, n_mels]`.
+    """Tags and embeddings `[tracks, chunks, ...]` of `[tracks, chunks, frames, n_mels]` (padding chunks included).
 
     One function for the process, so that validating every epoch (or
     evaluating several splits) reuses its trace for the same model instead of
@@ -65,18 +65,20 @@ def predict_tracks(
     info = info or dataset_info.load(dataset_dir)
     dataset = readers.eval_dataset(
         dataset_dir, split=split, chunk_frames=chunk_frames, num_chunks=num_chunks, info=info
-    ).batch(tracks_per_batch)
+    ).padded_batch(tracks_per_batch)  # Tracks of other lengths get other chunk counts: padded, then masked.
 
     ids, labels, scores, embeddings, artists, titles, losses = [], [], [], [], [], [], []
     for batch in dataset:
         tags, embedding = _predict_chunks(model, batch[schema.LOG_MEL])
         tags = tags.numpy().astype(np.float64)
+        real = (np.arange(tags.shape[1])[np.newaxis, :] < batch[readers.NUM_CHUNKS].numpy()[:, np.newaxis])[..., None]
         batch_labels = batch[schema.LABELS].numpy()
         clipped = np.clip(tags, 1e-7, 1 - 1e-7)
         repeated = batch_labels[:, np.newaxis, :]
-        losses.append(-(repeated * np.log(clipped) + (1 - repeated) * np.log(1 - clipped)).mean(axis=(1, 2)))
-        scores.append(tags.mean(axis=1))
-        embeddings.append(embedding.numpy().mean(axis=1))
+        chunk_losses = -(repeated * np.log(clipped) + (1 - repeated) * np.log(1 - clipped))
+        losses.append((chunk_losses * real).sum(axis=(1, 2)) / (real.sum(axis=(1, 2)) * tags.shape[2]))
+        scores.append((tags * real).sum(axis=1) / real.sum(axis=1))
+        embeddings.append((embedding.numpy() * real).sum(axis=1) / real.sum(axis=1))
         labels.append(batch_labels)
         ids += [t.decode() for t in batch[schema.TRACK_ID].numpy()]
         artists += [a.decode() for a in batch[schema.ARTIST].numpy()]

@@ -81,7 +81,7 @@ def evaluate(run: LoadedRun, split: str, output_dir: str, num_chunks: int = 16) 
     summary = {
         "split": split,
         "tracks": len(predictions.track_ids),
-        "chunks_per_track": num_chunks,
+        "max_chunks_per_track": num_chunks,
         "checkpoint": run.checkpoint,
         "roc_auc_macro": result.macro_roc_auc,
         "pr_auc_macro": result.macro_pr_auc,

@@ -27,7 +27,9 @@ from serving.export import saved_model
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The model's folder in the serving base path.", required=True)
 _VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
-_NUM_CHUNKS = flags.DEFINE_integer("num_chunks", saved_model.DEFAULT_NUM_CHUNKS, "Chunks averaged per track.")
+_NUM_CHUNKS = flags.DEFINE_integer(
+    "num_chunks", saved_model.DEFAULT_NUM_CHUNKS, "The most evenly spaced chunks per track (fewer for short tracks)."
+)
 
 
 def main(argv):

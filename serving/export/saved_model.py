@@ -2,8 +2,10 @@
 
 The exported graph takes mono 16 kHz waveforms, computes the log-mel with the
 pipeline's own function (`tfrecords.logmel`), cuts each track into evenly
-spaced chunks of the model's input length as the evaluation does, runs the
-tagger and averages over the chunks. Its signatures are
+spaced chunks of the model's input length as the evaluation does (as many
+as `tfrecords.readers.chunk_count` says for the track's length, at most
+`num_chunks`: one pass for a track up to two chunks long), runs the tagger
+and averages over the chunks. Its signatures are
 `serving.export.signatures`: `serving_default`, `tags` and `embed` take
 waveforms, `log_mel` takes the pipeline's stored log-mels.
 
@@ -47,7 +49,7 @@ class TaggerModule(tf.Module):
     Args:
         tagger: A model from `models.get_model`, weights loaded.
         info: Its `ModelInfo` (front end, input length, vocabulary).
-        num_chunks: Evenly spaced chunks averaged per track.
+        num_chunks: The most evenly spaced chunks averaged per track (`readers.chunk_count`).
     """
 
     def __init__(self, tagger, info: artifact.ModelInfo, num_chunks: int):
@@ -63,16 +65,18 @@ class TaggerModule(tf.Module):
         self._min_samples = int(MIN_SECONDS * self.spec.sample_rate)
 
     def _from_log_mel(self, log_mel):
+        # Every track of a batch has the same length, so the same number of chunks (`readers.chunk_count`).
         batch = tf.shape(log_mel)[0]
         chunks = tf.map_fn(
             lambda track: readers.evenly_spaced_chunks(track, self.chunk_frames, self.num_chunks),
             log_mel,
-            fn_output_signature=tf.TensorSpec([self.num_chunks, self.chunk_frames, self.spec.n_mels], tf.float32),
+            fn_output_signature=tf.TensorSpec([None, self.chunk_frames, self.spec.n_mels], tf.float32),
         )
+        num_chunks = tf.shape(chunks)[1]
         flat = tf.reshape(chunks, [-1, self.chunk_frames, self.spec.n_mels])
         outputs = self.tagger(flat, training=False)
-        tags = tf.reduce_mean(tf.reshape(outputs[models.TAGS], [batch, self.num_chunks, -1]), axis=1)
-        embedding = tf.reduce_mean(tf.reshape(outputs[models.EMBEDDING], [batch, self.num_chunks, -1]), axis=1)
+        tags = tf.reduce_mean(tf.reshape(outputs[models.TAGS], [batch, num_chunks, -1]), axis=1)
+        embedding = tf.reduce_mean(tf.reshape(outputs[models.EMBEDDING], [batch, num_chunks, -1]), axis=1)
         return {sig.TAGS_OUTPUT: tags, sig.EMBEDDING_OUTPUT: tf.math.l2_normalize(embedding, axis=-1)}
 
     def _from_waveform(self, waveform):
@@ -136,7 +140,7 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
             written by `python -m train` (its `best/` artifact is taken).
         export_base: The model's folder in a TF Serving model base path.
         version: The version number; default: one more than the highest.
-        num_chunks: Chunks averaged per track in the serving graph.
+        num_chunks: The most chunks averaged per track in the serving graph (fewer for short tracks).
 
     Returns:
         The version directory. It is written next to it first and renamed,

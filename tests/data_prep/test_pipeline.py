@@ -225,7 +225,10 @@ def test_readers_work_on_the_pipeline_output(messy_run):
     assert batch.shape == (4, 231, 128) and labels.shape == (4, info.num_tags)
     chunks = list(readers.eval_dataset(directory, split="train"))
     assert len(chunks) == info.splits["train"].examples
-    assert chunks[0][schema.LOG_MEL].shape == (16, 231, 128)
+    for item in chunks:  # As many chunks as each track's length needs (`readers.chunk_count`), at most 16.
+        frames = int(item[schema.DURATION_S] * info.log_mel.sample_rate) // info.log_mel.hop_length + 1
+        expected = int(readers.chunk_count(frames, 231, 16))
+        assert item[schema.LOG_MEL].shape == (expected, 231, 128) and int(item[readers.NUM_CHUNKS]) == expected
 
 
 def test_rerun_is_idempotent(messy_run, tmp_path):

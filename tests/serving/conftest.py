@@ -86,11 +86,11 @@ def demo_index(tmp_path_factory, demo_catalog, job_models):
 
 @pytest.fixture(scope="session")
 def pretrained_exports(tmp_path_factory) -> dict[str, str]:
-    """The shipped MTAT CRNN (one 29 s chunk) and the installed MSD musicnn, exported as `make demo` does."""
+    """The shipped MTAT CRNN and the installed MSD musicnn, exported as `make demo` does (default chunking)."""
     root = tmp_path_factory.mktemp("pretrained_export")
     return {
-        name: saved_model.export(str(REPO_ROOT / "pretrained" / name), str(root / name), num_chunks=chunks)
-        for name, chunks in (("mtat_crnn", 1), ("msd_musicnn", saved_model.DEFAULT_NUM_CHUNKS))
+        name: saved_model.export(str(REPO_ROOT / "pretrained" / name), str(root / name))
+        for name in ("mtat_crnn", "msd_musicnn")
     }
 
 

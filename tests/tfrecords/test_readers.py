@@ -89,30 +89,58 @@ def test_spec_augment_masks_time_and_frequency(ramp_dataset):
         assert mask.any(axis=1).sum() <= CROP and (~mask).any()
 
 
+def _expected_count(length: int, chunk: int, most: int) -> int:
+    """The rule, written out again: the fewest chunks that leave no gap (hop <= chunk), between 1 and `most`."""
+    length = max(length, chunk)
+    for count in range(1, most + 1):
+        if (length - chunk) / count <= chunk:
+            return count
+    return most
+
+
 def test_eval_chunks_follow_the_reference_offsets(ramp_dataset):
     directory, tracks, _ = ramp_dataset
     dataset = readers.eval_dataset(str(directory), split="valid", chunk_frames=CROP, num_chunks=4)
-    seen = []
+    seen, counts = [], {}
     for item in dataset:
         track_id = item[schema.TRACK_ID].numpy().decode()
         seen.append(track_id)
         log_mel, _ = tracks["valid"][track_id]
         chunks = item[schema.LOG_MEL].numpy()
-        assert chunks.shape == (4, CROP, 16)
         length = log_mel.shape[0]
-        hop = (max(length, CROP) - CROP) // 4
+        counts[length] = count = _expected_count(length, CROP, 4)
+        assert chunks.shape == (count, CROP, 16) and int(item[readers.NUM_CHUNKS]) == count
+        hop = (max(length, CROP) - CROP) // count
         for i, chunk in enumerate(chunks):
             expected = log_mel[i * hop : i * hop + CROP, 0]
             np.testing.assert_array_equal(chunk[: expected.size, 0], expected)
         assert item[schema.ARTIST].numpy().decode() == "artist " + track_id
+    assert counts == {90: 2, 300: 4, 41: 1}
     assert sorted(seen) == sorted(tracks["valid"])
     again = [item[schema.TRACK_ID].numpy().decode() for item in dataset]
     assert again == seen
 
 
-def test_default_eval_has_16_chunks(ramp_dataset):
-    item = next(iter(readers.eval_dataset(str(ramp_dataset[0]), split="valid", chunk_frames=CROP)))
-    assert item[schema.LOG_MEL].shape == (16, CROP, 16)
+@pytest.mark.parametrize(
+    ("seconds", "crnn_passes", "short_chunk_passes"),
+    [(1, 1, 1), (29, 1, 7), (30, 1, 8), (180, 6, 16), (600, 16, 16)],
+)
+def test_forward_passes_follow_the_track_length(seconds, crnn_passes, short_chunk_passes):
+    """One pass for a track up to two chunks long, the full count from 17 chunks on (16 kHz, hop 256)."""
+    frames = int(seconds * 16000) // 256 + 1
+    assert int(readers.chunk_count(frames, 1813, 16)) == crnn_passes == _expected_count(frames, 1813, 16)
+    assert int(readers.chunk_count(frames, 231, 16)) == short_chunk_passes == _expected_count(frames, 231, 16)
+    log_mel = tf.zeros([frames, 4])
+    assert readers.evenly_spaced_chunks(log_mel, 1813, 16).shape[0] == crnn_passes
+
+
+def test_long_tracks_get_the_reference_chunks_unchanged():
+    """17 chunks or longer: exactly the Won et al. evaluation's 16 chunks, starting at i * ((T - C) // 16)."""
+    log_mel = tf.constant(ramp_log_mel(17 * CROP + 5, 3))
+    chunks = readers.evenly_spaced_chunks(log_mel, CROP, 16).numpy()
+    hop = (17 * CROP + 5 - CROP) // 16
+    reference = np.stack([log_mel.numpy()[i * hop : i * hop + CROP] for i in range(16)])
+    np.testing.assert_array_equal(chunks, reference)
 
 
 def test_distributed_global_batch_and_sharding(ramp_dataset):

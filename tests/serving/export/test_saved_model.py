@@ -145,3 +145,19 @@ def test_export_of_a_directory_that_is_no_artifact_names_it(tmp_path):
     )  # fmt: skip
     assert done.returncode != 0 and f"error: {tmp_path}: no model_info.json" in done.stderr
     assert "Traceback" not in done.stderr and "cuInit" not in done.stderr and "apitools" not in done.stderr
+
+
+def test_the_crnn_export_makes_as_many_passes_as_the_track_needs(trained_crnn):
+    """A 30 s preview: one pass of the 29 s input; 3 minutes: the cap (4 here); the chunks the evaluation takes."""
+    data_96, _, path = trained_crnn
+    tagger, info = artifact.load(str(data_96.parent / "run_crnn"))
+    loaded = tf.saved_model.load(path)
+    rng = np.random.default_rng(0)
+    for seconds, passes in ((30, 1), (180, 4)):
+        waveform = (0.1 * rng.standard_normal(seconds * 16000)).astype(np.float32)
+        served = loaded.signatures["serving_default"](waveform=tf.constant(waveform[np.newaxis]))
+        log_mel = log_mel_spectrogram(waveform, info.log_mel).numpy()
+        hop = (log_mel.shape[0] - info.crop_frames) // passes
+        chunks = np.stack([log_mel[i * hop : i * hop + info.crop_frames] for i in range(passes)])
+        expected = tagger(chunks, training=False)[models.TAGS].numpy().mean(axis=0)
+        np.testing.assert_allclose(served["tags"].numpy()[0], expected, atol=1e-5)
