@@ -55,9 +55,10 @@ demo: $(STAMP) $(PRETRAINED_STAMP)
 	$(BIN)/python -m serving.export --model_dir=$(DEMO_OUT)/crnn --export_dir=$(DEMO_OUT)/export/crnn
 	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/mtat_crnn --export_dir=$(DEMO_OUT)/export/mtat_crnn
 	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/msd_musicnn --export_dir=$(DEMO_OUT)/export/msd_musicnn
+	$(BIN)/python -m serving.export --model_dir=$(PRETRAINED)/mtt_musicnn --export_dir=$(DEMO_OUT)/export/mtt_musicnn
 	$(BIN)/python -m serving.build_index --export_base=$(DEMO_OUT)/export --embedding_models=short_chunk_res \
 		--tag_model=crnn --data=demo/catalog.csv --index_dir=$(DEMO_OUT)/index_demo_trained
-	$(BIN)/python -m serving.build_index --export_base=$(DEMO_OUT)/export --embedding_models=msd_musicnn \
+	$(BIN)/python -m serving.build_index --export_base=$(DEMO_OUT)/export --embedding_models=msd_musicnn,mtt_musicnn \
 		--tag_model=mtat_crnn --data=demo/catalog.csv --index_dir=$(DEMO_OUT)/index
 	for track in $(DEMO_QUERIES); do \
 		$(BIN)/python -m serving.query --index_dir=$(DEMO_OUT)/index --track_id=$$track --k=5 || exit 1; echo; done

@@ -6,15 +6,16 @@ Usage (after `make demo`, which exports the pretrained models there):
         --data=demo/catalog.csv --index_dir=demo_output/index
 
 embeds every track of the catalog CSV with the latest exports of
-`--embedding_models` (stage 2 ranking, default `msd_musicnn`: musicnn trained
-on the Million Song Dataset) and `--tag_model` (stage 1 tags, default
+`--embedding_models` (stage 2 ranking, default `msd_musicnn,mtt_musicnn`: an
+ensemble of musicnn trained on the Million Song Dataset and on
+MagnaTagATune) and `--tag_model` (stage 1 tags, default
 `mtat_crnn`: the reference's MagnaTagATune CRNN; `--tag_model=` for none),
 any exported models by their folder names, `NAME/VERSION` for another
 version than the latest (e.g. the demo-trained
 `--embedding_models=short_chunk_res --tag_model=crnn/1`). Several ranking
 models make an ensemble: each model's embedding is L2-normalised, weighted
 (`--embedding_weights`, default equal), concatenated and normalised again,
-e.g. `--embedding_models=msd_musicnn,mtt_musicnn`. The job runs in Beam
+e.g. the default. The job runs in Beam
 (DirectRunner on all cores unless Beam flags say otherwise, e.g.
 `--runner=DataflowRunner ...`), then writes the index to `--index_dir` with
 `rejected.csv`. `--data` may instead name TFRecord datasets
@@ -44,7 +45,7 @@ _EXPORT_BASE = flag_groups.define_export_base("the exported models, as <export_b
 flag_groups.refuse_renamed("export_dir", "export_base")
 _EMBEDDING_MODELS = flags.DEFINE_list(
     "embedding_models",
-    ["msd_musicnn"],
+    ["msd_musicnn", "mtt_musicnn"],
     "Stage 2's ranking model(s): NAME or NAME/VERSION under --export_base (default: the latest version); "
     "several make an ensemble whose embeddings are combined.",
 )

@@ -22,7 +22,7 @@ BATCHING_FIELDS = {
 def test_model_config_serves_the_pretrained_and_trained_taggers():
     config = text_format.Parse((DEPLOY / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
     models = {c.name: c for c in config.model_config_list.config}
-    assert set(models) == {"mtat_crnn", "msd_musicnn", "short_chunk_res", "crnn"}
+    assert set(models) == {"mtat_crnn", "msd_musicnn", "mtt_musicnn", "short_chunk_res", "crnn"}
     for name, model in models.items():
         assert model.base_path == f"/models/{name}" and model.model_platform == "tensorflow"
 
