@@ -46,10 +46,6 @@ def locate(ref: ModelRef, export_base: str | None) -> ModelRef:
     return found
 
 
-def _same(a: ModelRef, b: ModelRef) -> bool:
-    return (a.name, a.version, a.checksum) == (b.name, b.version, b.checksum)
-
-
 class _Embedder:
     """Runs each distinct model once per query, concurrently, and combines the ranking parts."""
 
@@ -57,12 +53,14 @@ class _Embedder:
         self.embedding_models = embedding_models
         self.sample_rate = embedding_models.sample_rate
         refs = list(embedding_models.models)
-        if tag_model is not None and not any(_same(tag_model, ref) for ref in refs):
-            refs.append(tag_model)
-        self._models = [connect(ref) for ref in refs]
+        identities = [ref.identity for ref in refs]
         self._tag_index = None
         if tag_model is not None:
-            self._tag_index = next(i for i, ref in enumerate(refs) if _same(tag_model, ref))
+            if tag_model.identity not in identities:
+                refs.append(tag_model)
+                identities.append(tag_model.identity)
+            self._tag_index = identities.index(tag_model.identity)
+        self._models = [connect(ref) for ref in refs]
         self._signatures = [self._signature(i) for i in range(len(refs))]
         self._pool = (
             concurrent.futures.ThreadPoolExecutor(len(self._models), thread_name_prefix="embedder")

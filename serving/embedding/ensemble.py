@@ -110,8 +110,7 @@ class EmbeddingModels:
 
     def check_same(self, other: EmbeddingModels, what: str = "the query's embedding"):
         """Raises `ModelMismatchError` naming both unless `other` is exactly these models, versions and weights."""
-        ours = [(m.name, m.version, m.checksum) for m in self.models]
-        theirs = [(m.name, m.version, m.checksum) for m in other.models]
+        ours, theirs = [m.identity for m in self.models], [m.identity for m in other.models]
         if ours != theirs or self.weights != other.weights:
             raise ModelMismatchError(
                 f"{what} uses {other.key} but the index was built with {self.key}: "

@@ -62,6 +62,11 @@ class ModelRef:
         """`name/version@checksum`: what an index records and checks."""
         return f"{self.name}/{self.version}@{self.checksum}"
 
+    @property
+    def identity(self) -> tuple[str, int, str]:
+        """(name, version, checksum): what makes two references the same exported model."""
+        return (self.name, self.version, self.checksum)
+
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "vocabulary": list(self.vocabulary)}
 
@@ -71,7 +76,7 @@ class ModelRef:
 
     def check_same(self, other: ModelRef, role: str):
         """Raises `ModelMismatchError` naming both when `other` is another model."""
-        if (self.name, self.version, self.checksum) != (other.name, other.version, other.checksum):
+        if self.identity != other.identity:
             raise ModelMismatchError(
                 f"the {role} model is {other.key} ({other.path}) but the index was built with {self.key} "
                 f"({self.path}): use that version or rebuild the index"

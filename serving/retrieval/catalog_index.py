@@ -390,7 +390,7 @@ def _recover(directory: str):
 def _check_model(directory: str, role: str, built: ModelRef | None, expected: ModelRef):
     if built is None:
         raise IndexMismatchError(f"{directory} was built without a {role} model; {expected.key} was expected")
-    if (built.name, built.version, built.checksum) != (expected.name, expected.version, expected.checksum):
+    if built.identity != expected.identity:
         raise IndexMismatchError(
             f"{directory} was built with the {role} model {built.key} ({built.embedding_dim}-d embeddings), "
             f"not {expected.key} ({expected.embedding_dim}-d): rebuild the index or use that model"

@@ -126,7 +126,7 @@ class JobModels:
 
     @property
     def by_role(self) -> dict[str, ModelRef]:
-        roles = {f"{EMBEDDING_ROLE}:{ref.name}": ref for ref in self.embedding_models.models}
+        roles = {_embedding_role(ref): ref for ref in self.embedding_models.models}
         if self.tag_model is not None:
             roles[TAG_ROLE] = self.tag_model
         return roles
@@ -137,7 +137,7 @@ class JobModels:
 
     def features(self, track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
         """A track's indexed features: the combined embedding and the tag probabilities."""
-        parts = [outputs[f"{EMBEDDING_ROLE}:{ref.name}"][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
+        parts = [outputs[_embedding_role(ref)][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
         tags = outputs[TAG_ROLE][sig.TAGS_OUTPUT] if TAG_ROLE in outputs else None
         return TrackFeatures(track, self.embedding_models.combine(parts), tags)
 
@@ -201,6 +201,10 @@ class EmbedAudio(_EmbedDoFn):
             content_sha256=content_sha256,
         )
         yield self._job_models.features(track, outputs)
+
+
+def _embedding_role(ref: ModelRef) -> str:
+    return f"{EMBEDDING_ROLE}:{ref.name}"
 
 
 def _kind(role: str) -> str:
