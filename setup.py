@@ -14,9 +14,6 @@ INSTALL_REQUIRES = [
     # Preprocessing pipeline; 2.60 is the first release supporting Python 3.12
     # and the DirectRunner's multi-processing mode as used here.
     "apache-beam>=2.60",
-    # Beam's TFRecord sink (the index builder's staging files) needs a CRC32C
-    # implementation; this is what the `apache-beam[tfrecord]` extra installs.
-    "google-crc32c>=1.1",
     # Decoding: libsndfile >= 1.1 (bundled in soundfile >= 0.13 wheels) reads
     # MP3 and Opus, which older wheels cannot.
     "soundfile>=0.13",

@@ -280,16 +280,21 @@ def content_sha256(source: str | bytes) -> str:
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Averages the channels of a `[frames, channels]` array.
 
-    A matrix-vector product: `ndarray.mean(axis=1)` over a few interleaved
-    channels is about 60 times slower.
+    Channel by channel, in one thread: `ndarray.mean(axis=1)` over a few
+    interleaved channels is about 30 times slower, and a BLAS matrix-vector
+    product starts OpenBLAS's thread pool, whose threads spin after the call
+    and take the CPU from the other tracks the pipeline's workers decode
+    (about 20 % of the preprocessing's throughput on two cores).
     """
     if samples.ndim == 1:
         return samples.astype(np.float32, copy=False)
     channels = samples.shape[1]
-    if channels == 1:
-        return np.ascontiguousarray(samples[:, 0], dtype=np.float32)
-    weights = np.full(channels, 1.0 / channels, dtype=np.float32)
-    return np.asarray(samples, dtype=np.float32) @ weights
+    mono = np.array(samples[:, 0], dtype=np.float32)
+    for channel in range(1, channels):
+        mono += samples[:, channel]
+    if channels > 1:
+        mono *= np.float32(1.0 / channels)
+    return mono
 
 
 def resample(waveform: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:

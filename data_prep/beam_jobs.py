@@ -2,8 +2,8 @@
 
 `python -m data_prep` (catalog to TFRecords) and `python -m serving.build_index`
 (catalog to embeddings) both run on any Beam runner, count their work with
-Beam metrics under their own namespace, and stage the rows they reject as
-JSON lines that the launcher reads back to reconcile its counts.
+Beam metrics under their own namespace, and stage each row they reject as a
+small JSON file that the launcher reads back to reconcile its counts.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from data_prep.rejections import Rejection
+from data_prep.splits import stable_hash
 
-REJECTIONS_SUFFIX = ".jsonl"
+REJECTION_SUFFIX = ".rejection.json"
 
 
 def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
@@ -52,25 +53,23 @@ def beam_counters(result, namespace: str) -> dict[str, int]:
     return dict(counters)
 
 
-class WriteRejections(beam.PTransform):
-    """Stages a PCollection of `Rejection`s as JSON-lines files `PATH_PREFIX*.jsonl` (read with `read_rejections`)."""
+def stage_rejection(staging_dir: str, rejection: Rejection):
+    """Writes one rejection as its own small file in `staging_dir` (read back with `read_rejections`).
 
-    def __init__(self, path_prefix: str):
-        super().__init__()
-        self._path_prefix = path_prefix
-
-    def expand(self, rejections):
-        return (
-            rejections
-            | "RejectionsToJson" >> beam.Map(Rejection.to_json)
-            | "WriteRejections" >> beam.io.WriteToText(self._path_prefix, file_name_suffix=REJECTIONS_SUFFIX)
-        )
+    A worker writes it where it rejects the track, so the pipeline needs no
+    text sink (the fixed cost of Beam's `WriteToText`, with its own
+    shuffle, is larger than a small catalog's work). The file is named by the
+    row and track id: a bundle the runner retries rewrites the same file.
+    """
+    name = f"{stable_hash(f'{rejection.row}:{rejection.track_id}'):016x}{REJECTION_SUFFIX}"
+    with tf.io.gfile.GFile(tf.io.gfile.join(staging_dir, name), "w") as handle:
+        handle.write(rejection.to_json())
 
 
-def read_rejections(path_prefix: str) -> list[Rejection]:
-    """The rejections `WriteRejections(path_prefix)` staged, in file order."""
+def read_rejections(staging_dir: str) -> list[Rejection]:
+    """The rejections `stage_rejection` wrote into `staging_dir`, by row and track id."""
     rejections = []
-    for path in sorted(tf.io.gfile.glob(f"{path_prefix}*{REJECTIONS_SUFFIX}")):
+    for path in tf.io.gfile.glob(tf.io.gfile.join(staging_dir, f"*{REJECTION_SUFFIX}")):
         with tf.io.gfile.GFile(path) as handle:
-            rejections += [Rejection.from_json(line) for line in handle if line.strip()]
-    return rejections
+            rejections.append(Rejection.from_json(handle.read()))
+    return sorted(rejections, key=lambda r: (r.row, r.track_id))

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import threading
 
 import apache_beam as beam
 import numpy as np
@@ -47,9 +48,9 @@ from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_sample
 
 METRICS_NAMESPACE = "data_prep"
 STAGING_DIRNAME = "_staging"
-_STATS_PREFIX = "_shard_stats"
+_STATS_SUFFIX = ".stats.json"
 _EXAMPLES_DIRNAME = "examples"
-_REJECTIONS_PREFIX = "_rejections"
+_REJECTIONS_DIRNAME = "rejections"
 _COMPRESSION_SUFFIX = {"GZIP": ".gz", "ZLIB": ".zz", "": ""}
 
 
@@ -208,31 +209,49 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
     return tasks, rejections, vocabulary
 
 
-class ProcessTrack(beam.DoFn):
-    """Reads one track's audio and emits its serialized example or a rejection."""
+_LOG_MEL_FUNCTIONS: dict[LogMelSpec, tf.types.experimental.PolymorphicFunction] = {}
+_LOG_MEL_FUNCTIONS_LOCK = threading.Lock()
 
-    REJECTED = "rejected"
+
+def waveform_log_mel_function(spec: LogMelSpec) -> tf.types.experimental.PolymorphicFunction:
+    """`log_mel_spectrogram` for one waveform `[samples]`, traced once per process and spec.
+
+    The worker threads of a process share it (tracing costs more than a
+    track's log-mel); AutoGraph is off: the computation has no Python control
+    flow to convert, and converting it triples the tracing time.
+    """
+    with _LOG_MEL_FUNCTIONS_LOCK:
+        if spec not in _LOG_MEL_FUNCTIONS:
+            function = tf.function(
+                lambda waveform: log_mel_spectrogram(waveform, spec),
+                input_signature=[tf.TensorSpec([None], tf.float32)],
+                autograph=False,
+            )
+            function.get_concrete_function()
+            _LOG_MEL_FUNCTIONS[spec] = function
+        return _LOG_MEL_FUNCTIONS[spec]
+
+
+class ProcessTrack(beam.DoFn):
+    """Reads one track's audio; emits its example's metadata (the example is staged) or stages its rejection."""
 
     def __init__(self, config: PreprocessConfig, staging_dir: str):
         self._config = config
         self._examples_dir = tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME)
+        self._rejections_dir = tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME)
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "decoded")
         self._rejected = Metrics.counter(METRICS_NAMESPACE, "rejected")
         self._audio_ms = Metrics.counter(METRICS_NAMESPACE, "audio_milliseconds")
         self._fallback = Metrics.counter(METRICS_NAMESPACE, "decoded_with_ffmpeg")
 
     def setup(self):
-        spec = self._config.log_mel
-        self._log_mel = tf.function(
-            lambda waveform: log_mel_spectrogram(waveform, spec),
-            input_signature=[tf.TensorSpec([None], tf.float32)],
-        )
+        self._log_mel = waveform_log_mel_function(self._config.log_mel)
 
     def process(self, task: TrackTask):
         try:
             example, seconds = self._process(task)
         except audio.AudioError as error:
-            yield self._reject(task, error.reason, error.detail)
+            self._reject(task, error.reason, error.detail)
             return
         # The example goes to a staging file and only its metadata through the
         # shuffle: a shuffle of whole spectrograms costs more than the work.
@@ -247,7 +266,9 @@ class ProcessTrack(beam.DoFn):
         self._rejected.inc()
         Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
         entry = task.entry
-        return beam.pvalue.TaggedOutput(self.REJECTED, Rejection(entry.row, entry.track_id, entry.path, reason, detail))
+        beam_jobs.stage_rejection(
+            self._rejections_dir, Rejection(entry.row, entry.track_id, entry.path, reason, detail)
+        )
 
     def _process(self, task: TrackTask) -> tuple[bytes, float]:
         config, entry = self._config, task.entry
@@ -275,7 +296,7 @@ class ProcessTrack(beam.DoFn):
 
 
 class WriteShard(beam.DoFn):
-    """Writes one shard, sorted by track id, and emits its statistics as JSON.
+    """Writes one shard, sorted by track id, and its statistics as JSON next to it.
 
     The examples are read from the staging files `ProcessTrack` wrote; they
     stay until the whole staging folder is removed on publishing, so that a
@@ -296,44 +317,40 @@ class WriteShard(beam.DoFn):
                 with tf.io.gfile.GFile(example_path, "rb") as handle:
                     writer.write(handle.read())
         tag_counts = collections.Counter(tag for _, _, _, tags in examples for tag in tags)
-        yield json.dumps(
-            {
-                "split": split,
-                "shard": name,
-                "examples": len(examples),
-                "seconds": sum(seconds for _, _, seconds, _ in examples),
-                "tag_counts": dict(tag_counts),
-                "track_ids": [track_id for track_id, _, _, _ in examples],
-            },
-            sort_keys=True,
-        )
+        stats = {
+            "split": split,
+            "shard": name,
+            "examples": len(examples),
+            "seconds": sum(seconds for _, _, seconds, _ in examples),
+            "tag_counts": dict(tag_counts),
+            "track_ids": [track_id for track_id, _, _, _ in examples],
+        }
+        with tf.io.gfile.GFile(tf.io.gfile.join(self._staging_dir, name + _STATS_SUFFIX), "w") as handle:
+            handle.write(json.dumps(stats, sort_keys=True))
 
 
 def build_pipeline(pipeline: beam.Pipeline, tasks: list[TrackTask], config: PreprocessConfig, staging_dir: str):
-    """Adds the preprocessing transforms to `pipeline`."""
-    processed = (
+    """Adds the preprocessing transforms to `pipeline`.
+
+    Four steps and no sink: the workers write the staged examples, shards,
+    shard statistics and rejections themselves, under names that a retried
+    bundle rewrites identically, and the launcher reads them back.
+    """
+    _ = (
         pipeline
         | "CreateTasks" >> beam.Create(tasks)
-        | "ProcessTracks"
-        >> beam.ParDo(ProcessTrack(config, staging_dir)).with_outputs(ProcessTrack.REJECTED, main="examples")
-    )
-    _ = (
-        processed.examples
+        | "ProcessTracks" >> beam.ParDo(ProcessTrack(config, staging_dir))
         | "GroupIntoShards" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(WriteShard(staging_dir, config.compression))
-        | "WriteShardStats"
-        >> beam.io.WriteToText(tf.io.gfile.join(staging_dir, _STATS_PREFIX), shard_name_template="", num_shards=1)
-    )
-    _ = processed[ProcessTrack.REJECTED] | "StageRejections" >> beam_jobs.WriteRejections(
-        tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX)
     )
 
 
-def _read_json_lines(path: str) -> list[dict]:
-    if not tf.io.gfile.exists(path):
-        return []
-    with tf.io.gfile.GFile(path, "r") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+def _read_shard_stats(staging_dir: str) -> list[dict]:
+    stats = []
+    for path in sorted(tf.io.gfile.glob(tf.io.gfile.join(staging_dir, f"*{_STATS_SUFFIX}"))):
+        with tf.io.gfile.GFile(path, "r") as handle:
+            stats.append(json.loads(handle.read()))
+    return stats
 
 
 def _remove_previous_dataset(output_dir: str):
@@ -371,6 +388,7 @@ def run(
     if tf.io.gfile.exists(staging_dir):
         tf.io.gfile.rmtree(staging_dir)
     tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME))
+    tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
 
     options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
     logging.info("Preprocessing %d tracks (%d rejected up front)", len(tasks), len(early_rejections))
@@ -379,8 +397,8 @@ def run(
     result = pipeline.run()
     result.wait_until_finish()
 
-    shard_stats = _read_json_lines(tf.io.gfile.join(staging_dir, _STATS_PREFIX))
-    late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_PREFIX))
+    shard_stats = _read_shard_stats(staging_dir)
+    late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
     rejections = sorted(early_rejections + late_rejections, key=lambda r: r.row)
     written_ids = [track_id for stats in shard_stats for track_id in stats["track_ids"]]
     accounted = collections.Counter(written_ids + [r.track_id for r in late_rejections])

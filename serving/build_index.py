@@ -17,7 +17,8 @@ models make an ensemble: each model's embedding is L2-normalised, weighted
 (`--embedding_weights`, default equal), concatenated and normalised again,
 e.g. the default. The job runs in Beam
 (DirectRunner on all cores unless Beam flags say otherwise, e.g.
-`--runner=DataflowRunner ...`), then writes the index to `--index_dir` with
+`--runner=DataflowRunner ...`; each worker sends up to `--tracks_per_batch`
+tracks of one length through a model at once), then writes the index to `--index_dir` with
 `rejected.csv`. `--data` may instead name TFRecord datasets
 (`--data=demo_output/tfrecords_128,demo_output/tfrecords_96`): each model
 reads the one with its log-mel parameters. Add or replace tracks in an
@@ -65,6 +66,12 @@ _UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the exis
 _DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
 _KIND = flags.DEFINE_enum("kind", "auto", ["auto", *searcher.KINDS], "ScaNN configuration; auto chooses by size.")
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
+_TRACKS_PER_BATCH = flags.DEFINE_integer(
+    "tracks_per_batch",
+    embedding_job.DEFAULT_TRACKS_PER_BATCH,
+    "The most tracks of one length a worker sends through a model in one pass (1: one at a time).",
+    lower_bound=1,
+)
 
 
 def _models() -> embedding_job.JobModels:
@@ -111,6 +118,7 @@ def _run(pipeline_args: list[str]):
         kind=_KIND.value,
         leaves_searched_fraction=_LEAVES.value,
         pipeline_args=pipeline_args,
+        tracks_per_batch=_TRACKS_PER_BATCH.value,
     )
     print(summary.render())
 

@@ -178,7 +178,7 @@ def fingerprint_checksum(fingerprint) -> str:
 
 
 class LoadedModel:
-    """An exported model loaded in this process, one track per call.
+    """An exported model loaded in this process: one track per call, or a batch of tracks of one length.
 
     Args:
         ref: The model to load (from `resolve`).
@@ -194,15 +194,35 @@ class LoadedModel:
     def from_waveform(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         """Tags `[num_tags]` and embedding `[dim]` of a mono waveform at the model's rate."""
         waveform = np.asarray(waveform, np.float32)
-        if waveform.ndim != 1 or waveform.size < self.min_samples:
+        if waveform.ndim != 1:
+            raise ValueError(f"expected a mono waveform, got shape {waveform.shape}")
+        return self.from_waveforms(waveform[np.newaxis])[0]
+
+    def from_waveforms(self, waveforms: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """One pass over a batch `[tracks, samples]` of waveforms of one length: each track's tags and embedding.
+
+        Each track's outputs are those `from_waveform` gives it alone (the
+        graph chunks every track the same way); a batch only spreads the
+        model's fixed costs and fills the CPU's vector units better.
+        """
+        waveforms = np.asarray(waveforms, np.float32)
+        if waveforms.ndim != 2 or waveforms.shape[1] < self.min_samples:
             raise ValueError(
-                f"expected a mono waveform of at least {saved_model.MIN_SECONDS} s ({self.min_samples} samples), "
-                f"got shape {waveform.shape}"
+                f"expected mono waveforms of at least {saved_model.MIN_SECONDS} s ({self.min_samples} samples), "
+                f"got shape {waveforms.shape[1:] if waveforms.ndim == 2 else waveforms.shape}"
             )
-        outputs = self._waveform(**{sig.WAVEFORM_INPUT: tf.constant(waveform[np.newaxis])})
-        return {name: value.numpy()[0] for name, value in outputs.items()}
+        return _per_track(self._waveform(**{sig.WAVEFORM_INPUT: tf.constant(waveforms)}))
 
     def from_log_mel(self, log_mel: np.ndarray) -> dict[str, np.ndarray]:
         """Tags and embedding of one track's log-mel `[frames, n_mels]` (as the pipeline stores it)."""
-        outputs = self._log_mel(**{sig.LOG_MEL_INPUT: tf.constant(np.asarray(log_mel, np.float32)[np.newaxis])})
-        return {name: value.numpy()[0] for name, value in outputs.items()}
+        return self.from_log_mels(np.asarray(log_mel, np.float32)[np.newaxis])[0]
+
+    def from_log_mels(self, log_mels: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """`from_log_mel` for a batch `[tracks, frames, n_mels]` of log-mels of one length, in one pass."""
+        return _per_track(self._log_mel(**{sig.LOG_MEL_INPUT: tf.constant(np.asarray(log_mels, np.float32))}))
+
+
+def _per_track(outputs: dict[str, tf.Tensor]) -> list[dict[str, np.ndarray]]:
+    values = {name: value.numpy() for name, value in outputs.items()}
+    size = len(next(iter(values.values())))
+    return [{name: value[index] for name, value in values.items()} for index in range(size)]

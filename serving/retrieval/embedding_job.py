@@ -14,10 +14,12 @@ combined, `serving.embedding.ensemble`) give its embedding, the tag model
   CRNN), and tracks are joined by id.
 
 The job runs on any Beam runner (the DirectRunner on all cores by default);
-each worker loads each SavedModel once. Results go through staging TFRecords;
-the driver then builds the `CatalogIndex` (ScaNN) and writes it with
-`rejected.csv`. Counts reconcile: input tracks = indexed + rejected, or the
-build fails.
+each worker loads each SavedModel once and sends tracks of one length through
+it together (`tracks_per_batch` at a time: a catalog of 30 s previews mostly
+has one length). Workers stage each track's features, or its rejection, as a
+file of its own; the driver then builds the `CatalogIndex` (ScaNN) and writes
+it with `rejected.csv`. Counts reconcile: input tracks = indexed + rejected,
+or the build fails.
 """
 
 from __future__ import annotations
@@ -34,12 +36,14 @@ import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils import shared
 
 from data_prep import audio, beam_jobs
 from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from data_prep.catalog import Catalog, CatalogEntry
 from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, register_reasons, rejections_to_csv
+from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
@@ -51,7 +55,12 @@ METRICS_NAMESPACE = "build_index"
 STAGING_DIRNAME = "_embedding_staging"
 EMBEDDING_ROLE = "embedding"
 TAG_ROLE = "tag"
-_REJECTIONS_PREFIX = "rejected"
+DEFAULT_TRACKS_PER_BATCH = 8
+# Pending waveforms (or log-mel values) a worker holds while it waits for a batch of one length to fill: 256 MB.
+MAX_PENDING_VALUES = 64 * 1024 * 1024
+_FEATURES_DIRNAME = "features"
+_FEATURES_SUFFIX = ".features"
+_REJECTIONS_DIRNAME = "rejections"
 
 # This job's own rejection reasons, besides the catalog's and the audio's.
 register_reasons(
@@ -98,6 +107,13 @@ def encode_features(features: TrackFeatures) -> bytes:
     if features.tag_probabilities is not None:
         feature["tag_probabilities"] = tf.train.Feature(float_list=tf.train.FloatList(value=features.tag_probabilities))
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def stage_features(staging_dir: str, features: TrackFeatures):
+    """Writes one track's features as a file of its own, named by its id (a retried bundle rewrites it)."""
+    name = f"{stable_hash(features.track.track_id):016x}{_FEATURES_SUFFIX}"
+    with tf.io.gfile.GFile(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME, name), "wb") as handle:
+        handle.write(encode_features(features))
 
 
 def decode_features(serialized: bytes) -> TrackFeatures:
@@ -149,58 +165,150 @@ class _Models:
         self.by_role = {role: LoadedModel(ref) for role, ref in refs.items()}
 
 
-class _EmbedDoFn(beam.DoFn):
-    REJECTED = "rejected"
+class BatchesByShape:
+    """Gathers a worker's inputs into batches of one shape (what one pass of a signature takes).
 
-    def __init__(self, refs: dict[str, ModelRef], shared_handle: shared.Shared):
+    `add` returns a batch when `batch_size` inputs of one shape are pending,
+    or, past `max_pending_values` pending values, the largest pending batch
+    (a catalog where every length differs still runs in bounded memory);
+    `flush` returns what is left, at the end of a bundle.
+    """
+
+    def __init__(self, batch_size: int, max_pending_values: int = MAX_PENDING_VALUES):
+        if batch_size < 1:
+            raise ValueError(f"tracks per batch must be at least 1, got {batch_size}")
+        self._batch_size = batch_size
+        self._max_pending_values = max_pending_values
+        self._pending: dict[tuple[int, ...], list] = {}
+        self._pending_values = 0
+
+    def add(self, array: np.ndarray, item) -> list[list]:
+        """Adds `item`, whose model input is `array`; returns the batches now complete."""
+        batch = self._pending.setdefault(array.shape, [])
+        batch.append(item)
+        self._pending_values += array.size
+        ready = []
+        if len(batch) == self._batch_size:
+            ready.append(self._take(array.shape))
+        while self._pending_values > self._max_pending_values:
+            ready.append(self._take(max(self._pending, key=lambda shape: np.prod(shape) * len(self._pending[shape]))))
+        return ready
+
+    def flush(self) -> list[list]:
+        return [self._take(shape) for shape in list(self._pending)]
+
+    def _take(self, shape) -> list:
+        batch = self._pending.pop(shape)
+        self._pending_values -= int(np.prod(shape)) * len(batch)
+        return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class _Input:
+    """One track on its way to the models: its model input and what the job needs to index or reject it."""
+
+    values: np.ndarray
+    track: TrackRecord
+    row: int = 0
+    path: str = ""
+
+
+class _EmbedDoFn(beam.DoFn):
+    """Runs every model of a worker on batches of tracks of one length.
+
+    Subclasses turn an element into an `_Input` (`_prepare`) and say what
+    to do with each track's outputs (`_emit`) and with its rejection
+    (`_rejected`). Outputs are checked track by track (`unusable_outputs`).
+    """
+
+    def __init__(
+        self, refs: dict[str, ModelRef], shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int
+    ):
         self._refs = refs
         self._shared = shared_handle
+        self._staging_dir = staging_dir
+        self._tracks_per_batch = tracks_per_batch
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
     def setup(self):
         self._models = self._shared.acquire(lambda: _Models(self._refs), tag=json.dumps(sorted(self._refs)))
 
-    def _reject(self, row: int, track_id: str, path: str, reason: str, detail: str):
+    def start_bundle(self):
+        self._batches = BatchesByShape(self._tracks_per_batch)
+
+    def process(self, element):
+        prepared = self._prepare(element)
+        if prepared is not None:
+            for batch in self._batches.add(prepared.values, prepared):
+                yield from self._run(batch)
+
+    def finish_bundle(self):
+        for batch in self._batches.flush():
+            for output in self._run(batch):
+                yield GlobalWindows.windowed_value(output)
+
+    def _run(self, batch: list[_Input]):
+        try:
+            outputs = self._outputs(np.stack([item.values for item in batch]))
+        except (ValueError, tf.errors.InvalidArgumentError) as error:
+            # The tracks of a batch share their input's shape, and the model refused that shape.
+            for item in batch:
+                yield from self._rejected(item, "model_error", str(error).splitlines()[0])
+            return
+        for item, track_outputs in zip(batch, outputs, strict=True):
+            problem = unusable_outputs(track_outputs)
+            if problem:
+                yield from self._rejected(item, "model_error", problem)
+            else:
+                yield from self._emit(item, track_outputs)
+
+    def _outputs(self, values: np.ndarray) -> list[dict[str, dict[str, np.ndarray]]]:
+        """Every role's outputs for each track of the batch."""
+        by_role = {role: self._model_outputs(model, values) for role, model in self._models.by_role.items()}
+        return [{role: outputs[index] for role, outputs in by_role.items()} for index in range(len(values))]
+
+    def _reject(self, item: _Input, reason: str, detail: str):
         Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
-        return beam.pvalue.TaggedOutput(self.REJECTED, Rejection(row, track_id, path, reason, detail))
+        rejection = Rejection(item.row, item.track.track_id, item.path, reason, detail)
+        beam_jobs.stage_rejection(tf.io.gfile.join(self._staging_dir, _REJECTIONS_DIRNAME), rejection)
 
 
 class EmbedAudio(_EmbedDoFn):
-    """Decodes a catalog track and runs every model on its waveform."""
+    """Decodes catalog tracks and runs every model on their waveforms; stages features and rejections."""
 
-    def __init__(self, models: JobModels, shared_handle: shared.Shared):
-        super().__init__(models.by_role, shared_handle)
+    def __init__(self, models: JobModels, shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int):
+        super().__init__(models.by_role, shared_handle, staging_dir, tracks_per_batch)
         self._job_models = models
 
-    def process(self, entry: CatalogEntry):
+    def _prepare(self, entry: CatalogEntry) -> _Input | None:
         sample_rate = self._job_models.sample_rate
+        track = TrackRecord(
+            track_id=entry.track_id, artist=entry.artist, title=entry.title, album=entry.album, path=entry.path
+        )
         try:
             source = audio.open_source(entry.uri)
             waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
             content_sha256 = audio.content_sha256(source)
         except audio.AudioError as error:
-            yield self._reject(entry.row, entry.track_id, entry.path, error.reason, error.detail)
-            return
-        try:
-            outputs = {role: model.from_waveform(waveform) for role, model in self._models.by_role.items()}
-        except (ValueError, tf.errors.InvalidArgumentError) as error:
-            yield self._reject(entry.row, entry.track_id, entry.path, "model_error", str(error).splitlines()[0])
-            return
-        problem = unusable_outputs(outputs)
-        if problem:
-            yield self._reject(entry.row, entry.track_id, entry.path, "model_error", problem)
-            return
-        self._embedded.inc()
-        track = TrackRecord(
-            track_id=entry.track_id,
-            artist=entry.artist,
-            title=entry.title,
-            album=entry.album,
-            path=entry.path,
-            duration_s=round(waveform.size / sample_rate, 3),
-            content_sha256=content_sha256,
+            self._reject(_Input(np.zeros(0), track, entry.row, entry.path), error.reason, error.detail)
+            return None
+        track = dataclasses.replace(
+            track, duration_s=round(waveform.size / sample_rate, 3), content_sha256=content_sha256
         )
-        yield self._job_models.features(track, outputs)
+        return _Input(waveform, track, entry.row, entry.path)
+
+    @staticmethod
+    def _model_outputs(model: LoadedModel, waveforms: np.ndarray):
+        return model.from_waveforms(waveforms)
+
+    def _emit(self, item: _Input, outputs):
+        self._embedded.inc()
+        stage_features(self._staging_dir, self._job_models.features(item.track, outputs))
+        return ()
+
+    def _rejected(self, item: _Input, reason: str, detail: str):
+        self._reject(item, reason, detail)
+        return ()
 
 
 def _embedding_role(ref: ModelRef) -> str:
@@ -226,56 +334,57 @@ def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
 
 
 class EmbedLogMel(_EmbedDoFn):
-    """Runs the models that share one dataset's log-mel on a stored example.
+    """Runs the models that share one dataset's log-mel on its stored examples, in batches of one length.
 
     Emits `(track_id, (role -> outputs, TrackRecord, Rejection or None))` for the join.
     """
 
-    def __init__(self, refs, shared_handle, log_mel_dtype: str, dataset_dir: str):
-        super().__init__(refs, shared_handle)
+    def __init__(
+        self, refs, shared_handle, staging_dir: str, tracks_per_batch: int, log_mel_dtype: str, dataset_dir: str
+    ):
+        super().__init__(refs, shared_handle, staging_dir, tracks_per_batch)
         self._log_mel_dtype = log_mel_dtype
         self._dataset_dir = dataset_dir
 
-    def process(self, serialized: bytes):
+    def _prepare(self, serialized: bytes) -> _Input:
         example = schema.decode_example(serialized, self._log_mel_dtype)
-        track_id = example[schema.TRACK_ID]
-        try:
-            outputs = {
-                role: model.from_log_mel(example[schema.LOG_MEL]) for role, model in self._models.by_role.items()
-            }
-        except (ValueError, tf.errors.InvalidArgumentError) as error:
-            detail = f"{self._dataset_dir}: {str(error).splitlines()[0]}"
-            yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", detail))
-            return
-        problem = unusable_outputs(outputs)
-        if problem:
-            yield track_id, ({}, None, Rejection(0, track_id, "", "model_error", f"{self._dataset_dir}: {problem}"))
-            return
+        log_mel = np.asarray(example[schema.LOG_MEL], np.float32)
         track = TrackRecord(
-            track_id=track_id,
+            track_id=example[schema.TRACK_ID],
             artist=example[schema.ARTIST],
             title=example[schema.TITLE],
             album=example[schema.ALBUM],
             duration_s=round(float(example[schema.DURATION_S]), 3),
             content_sha256=hashlib.sha256(example[schema.LOG_MEL].tobytes()).hexdigest(),
         )
-        yield track_id, (outputs, track, None)
+        return _Input(log_mel, track)
+
+    @staticmethod
+    def _model_outputs(model: LoadedModel, log_mels: np.ndarray):
+        return model.from_log_mels(log_mels)
+
+    def _emit(self, item: _Input, outputs):
+        yield item.track.track_id, (outputs, item.track, None)
+
+    def _rejected(self, item: _Input, reason: str, detail: str):
+        rejection = Rejection(0, item.track.track_id, "", reason, f"{self._dataset_dir}: {detail}")
+        yield item.track.track_id, ({}, None, rejection)
 
 
 class JoinRoles(beam.DoFn):
-    """Merges one track's outputs from several datasets; an error or a missing role is a rejection."""
+    """Merges one track's outputs from several datasets and stages its features; an error or a missing
+    role is a rejection."""
 
-    REJECTED = "rejected"
-
-    def __init__(self, models: JobModels, dataset_of_role: dict[str, str]):
+    def __init__(self, models: JobModels, dataset_of_role: dict[str, str], staging_dir: str):
         self._job_models = models
         self._roles = sorted(models.by_role)
         self._dataset_of_role = dataset_of_role
+        self._staging_dir = staging_dir
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
     def _reject(self, rejection: Rejection):
         Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
-        return beam.pvalue.TaggedOutput(self.REJECTED, rejection)
+        beam_jobs.stage_rejection(tf.io.gfile.join(self._staging_dir, _REJECTIONS_DIRNAME), rejection)
 
     def process(self, keyed):
         track_id, parts = keyed
@@ -286,39 +395,28 @@ class JoinRoles(beam.DoFn):
             errors += [error] if error else []
             track = track or part_track
         if errors:
-            yield self._reject(errors[0])
+            self._reject(errors[0])
             return
         repeated = [role for role, count in copies.items() if count > 1]
         if repeated:
             detail = "; ".join(f"{copies[r]} examples in {self._dataset_of_role[r]}" for r in repeated)
-            yield self._reject(Rejection(0, track_id, "", "duplicate_track_id", detail))
+            self._reject(Rejection(0, track_id, "", "duplicate_track_id", detail))
             return
         missing = [role for role in self._roles if role not in outputs]
         if missing:
             detail = "; ".join(f"not in {self._dataset_of_role[r]} (the {r} model's dataset)" for r in missing)
-            yield self._reject(Rejection(0, track_id, "", "incomplete_features", detail))
+            self._reject(Rejection(0, track_id, "", "incomplete_features", detail))
             return
         self._embedded.inc()
-        yield self._job_models.features(track, outputs)
+        stage_features(self._staging_dir, self._job_models.features(track, outputs))
 
 
-def _write_outputs(embedded, rejected, staging_dir: str):
+def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str, tracks_per_batch: int):
     _ = (
-        embedded
-        | "EncodeFeatures" >> beam.Map(encode_features)
-        | "WriteFeatures"
-        >> beam.io.WriteToTFRecord(os.path.join(staging_dir, "features"), file_name_suffix=".tfrecord")
-    )
-    _ = rejected | "StageRejections" >> beam_jobs.WriteRejections(os.path.join(staging_dir, _REJECTIONS_PREFIX))
-
-
-def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str):
-    results = (
         pipeline
         | "Entries" >> beam.Create(list(catalog.entries))
-        | "Embed" >> beam.ParDo(EmbedAudio(models, shared.Shared())).with_outputs(EmbedAudio.REJECTED, main="embedded")
+        | "Embed" >> beam.ParDo(EmbedAudio(models, shared.Shared(), staging_dir, tracks_per_batch))
     )
-    _write_outputs(results.embedded, results[EmbedAudio.REJECTED], staging_dir)
 
 
 def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[str, str]:
@@ -355,7 +453,9 @@ def _read_shard(path: str, compression: str):
         yield record.numpy()
 
 
-def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], models: JobModels, staging_dir: str):
+def _tfrecord_pipeline(
+    pipeline, dataset_of_role: dict[str, str], models: JobModels, staging_dir: str, tracks_per_batch: int
+):
     refs = models.by_role
     parts = []
     for number, dataset_dir in enumerate(sorted(set(dataset_of_role.values()))):
@@ -366,22 +466,25 @@ def _tfrecord_pipeline(pipeline, dataset_of_role: dict[str, str], models: JobMod
             pipeline
             | f"Shards{number}" >> beam.Create(paths)
             | f"Read{number}" >> beam.FlatMap(_read_shard, info.compression)
-            | f"Embed{number}" >> beam.ParDo(EmbedLogMel(roles, shared.Shared(), info.log_mel_dtype, dataset_dir))
+            | f"Embed{number}"
+            >> beam.ParDo(
+                EmbedLogMel(roles, shared.Shared(), staging_dir, tracks_per_batch, info.log_mel_dtype, dataset_dir)
+            )
         )
-    joined = (
+    _ = (
         parts
         | "FlattenParts" >> beam.Flatten()
         | "ByTrack" >> beam.GroupByKey()
-        | "Join" >> beam.ParDo(JoinRoles(models, dataset_of_role)).with_outputs(JoinRoles.REJECTED, main="joined")
+        | "Join" >> beam.ParDo(JoinRoles(models, dataset_of_role, staging_dir))
     )
-    _write_outputs(joined.joined, joined[JoinRoles.REJECTED], staging_dir)
 
 
 def _read_staging(staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
     features = []
-    for path in sorted(tf.io.gfile.glob(os.path.join(staging_dir, "features*.tfrecord"))):
-        features += [decode_features(record.numpy()) for record in tf.data.TFRecordDataset(path)]
-    rejections = beam_jobs.read_rejections(os.path.join(staging_dir, _REJECTIONS_PREFIX))
+    for path in tf.io.gfile.glob(os.path.join(staging_dir, _FEATURES_DIRNAME, f"*{_FEATURES_SUFFIX}")):
+        with tf.io.gfile.GFile(path, "rb") as handle:
+            features.append(decode_features(handle.read()))
+    rejections = beam_jobs.read_rejections(os.path.join(staging_dir, _REJECTIONS_DIRNAME))
     return sorted(features, key=lambda f: f.track.track_id), rejections
 
 
@@ -404,6 +507,7 @@ def embed(
     catalog: Catalog | None = None,
     dataset_dirs: list[str] | None = None,
     pipeline_args: list[str] | None = None,
+    tracks_per_batch: int = DEFAULT_TRACKS_PER_BATCH,
 ) -> EmbeddingRun:
     """Runs the embedding job over a catalog CSV or TFRecord datasets.
 
@@ -413,6 +517,7 @@ def embed(
         catalog: A parsed catalog CSV; or
         dataset_dirs: TFRecord dataset directories.
         pipeline_args: Beam pipeline flags.
+        tracks_per_batch: The most tracks of one length a worker sends through a model in one pass.
 
     Raises:
         RuntimeError: The counts do not reconcile (a bug, never data).
@@ -424,15 +529,16 @@ def embed(
         raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
     staging_dir = os.path.join(work_dir, STAGING_DIRNAME)
     shutil.rmtree(staging_dir, ignore_errors=True)
-    os.makedirs(staging_dir)  # The index folder is local: ScaNN serializes to local files.
+    for folder in (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME):  # The index folder is local: ScaNN writes local files.
+        os.makedirs(os.path.join(staging_dir, folder))
     pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(list(pipeline_args or [])))
     if catalog is not None:
-        _catalog_pipeline(pipeline, catalog, models, staging_dir)
+        _catalog_pipeline(pipeline, catalog, models, staging_dir, tracks_per_batch)
         num_input = catalog.num_rows
         early = list(catalog.rejections)
     else:
         dataset_of_role = match_datasets(dataset_dirs, models.by_role)
-        _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir)
+        _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir, tracks_per_batch)
         num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_role.values()))))
         early = []
     result = pipeline.run()
@@ -496,6 +602,7 @@ def build_index(
     kind: str = "auto",
     leaves_searched_fraction: float = 0.05,
     pipeline_args: list[str] | None = None,
+    tracks_per_batch: int = DEFAULT_TRACKS_PER_BATCH,
 ) -> BuildSummary:
     """Embeds a catalog and writes (or updates) its index in `index_dir`.
 
@@ -510,6 +617,7 @@ def build_index(
         kind: The ScaNN configuration (`auto`: by size) for a new index.
         leaves_searched_fraction: For a tree index, the share of leaves searched.
         pipeline_args: Beam pipeline flags.
+        tracks_per_batch: See `embed`.
     """
     existing = None
     if update:
@@ -518,7 +626,7 @@ def build_index(
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
     work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
     try:
-        run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args)
+        run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args, tracks_per_batch)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     tracks, embeddings, tags = _stack(run.features, models.tag_model is not None)

@@ -20,25 +20,37 @@ def test_default_options_use_every_core_in_threads_unless_told_otherwise():
     assert given.view_as(DirectOptions).direct_num_workers == 1
 
 
-def _count_and_reject(number: int):
-    Metrics.counter("test_beam_jobs", "seen").inc()
-    if number % 3 == 0:
-        yield beam.pvalue.TaggedOutput("rejected", Rejection(number, f"t{number}", f"{number}.mp3", "silent", "quiet"))
-    else:
-        yield number
+class _CountAndReject(beam.DoFn):
+    def __init__(self, staging_dir: str):
+        self._staging_dir = staging_dir
+
+    def process(self, number: int):
+        Metrics.counter("test_beam_jobs", "seen").inc()
+        if number % 3 == 0:
+            rejection = Rejection(number, f"t{number}", f"{number}.mp3", "silent", f"quiet, é {number}")
+            beam_jobs.stage_rejection(self._staging_dir, rejection)
+        else:
+            yield number
 
 
-def test_rejections_are_staged_and_read_back_with_the_counters(tmp_path):
-    options = beam_jobs.default_pipeline_options(["--direct_running_mode=in_memory"])
+def test_rejections_are_staged_by_the_workers_and_read_back_with_the_counters(tmp_path):
+    staging_dir = tmp_path / "rejected"
+    staging_dir.mkdir()
+    options = beam_jobs.default_pipeline_options([])
     pipeline = beam.Pipeline(options=options)
-    outputs = (
-        pipeline | beam.Create(range(1, 11)) | beam.FlatMap(_count_and_reject).with_outputs("rejected", main="kept")
-    )
-    _ = outputs.rejected | beam_jobs.WriteRejections(str(tmp_path / "rejected"))
+    _ = pipeline | beam.Create(range(1, 11)) | beam.ParDo(_CountAndReject(str(staging_dir)))
     result = pipeline.run()
     result.wait_until_finish()
-    staged = beam_jobs.read_rejections(str(tmp_path / "rejected"))
-    assert sorted(r.row for r in staged) == [3, 6, 9]
-    assert all(r.reason == "silent" and r.path == f"{r.row}.mp3" for r in staged)
+    staged = beam_jobs.read_rejections(str(staging_dir))
+    assert [r.row for r in staged] == [3, 6, 9]
+    assert all(r.reason == "silent" and r.path == f"{r.row}.mp3" and r.detail.endswith(f"é {r.row}") for r in staged)
     assert beam_jobs.beam_counters(result, "test_beam_jobs") == {"seen": 10}
     assert beam_jobs.read_rejections(str(tmp_path / "nothing_here")) == []
+
+
+def test_a_retried_rejection_rewrites_the_same_file(tmp_path):
+    rejection = Rejection(4, "t4", "4.mp3", "silent", "quiet")
+    for _ in range(2):
+        beam_jobs.stage_rejection(str(tmp_path), rejection)
+    assert len(list(tmp_path.iterdir())) == 1
+    assert beam_jobs.read_rejections(str(tmp_path)) == [rejection]

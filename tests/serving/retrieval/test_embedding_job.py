@@ -24,6 +24,8 @@ IN_MEMORY = ["--direct_running_mode=in_memory"]
 
 
 def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo_index, demo_catalog, model_refs):
+    """The job sends the demo's tracks (16 of one length) through the models 8 at a time (the default):
+    each track still gets exactly what the model gives it alone."""
     index_dir, summary = demo_index
     parsed = catalog.read_catalog(str(demo_catalog))
     assert summary.num_input == summary.num_indexed == summary.num_tracks == len(parsed.entries) == 16
@@ -195,3 +197,25 @@ def test_staging_records_are_the_same_bytes_in_every_process():
         assert done.returncode == 0, done.stderr[-2000:]
         outputs.add(done.stdout)
     assert len(outputs) == 1
+
+
+def test_inputs_are_batched_by_shape_up_to_the_batch_size():
+    batches = embedding_job.BatchesByShape(batch_size=3)
+    ready = []
+    for number, length in enumerate([100, 200, 100, 100, 200, 100]):
+        ready += batches.add(np.zeros(length), number)
+    assert ready == [[0, 2, 3]]  # Three of length 100 filled a batch.
+    assert sorted(batches.flush()) == [[1, 4], [5]]
+    assert batches.flush() == []
+
+
+def test_batches_wait_in_bounded_memory_when_every_length_differs():
+    batches = embedding_job.BatchesByShape(batch_size=8, max_pending_values=1000)
+    ready = []
+    for length in range(300, 310):
+        ready += batches.add(np.zeros(length), length)
+    # Past 1000 pending values the largest pending batch leaves early: never more than 1000 + one input wait.
+    assert [len(batch) for batch in ready] == [1] * 7
+    left = batches.flush()
+    assert sorted(item for batch in ready + left for item in batch) == list(range(300, 310))
+    assert sum(length for batch in left for length in batch) <= 1000
