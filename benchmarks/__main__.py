@@ -33,6 +33,7 @@ from absl import flags
 
 from benchmarks import (
     app_load,
+    catalog_embedding,
     index_search,
     model_inference,
     preprocess_throughput,
@@ -47,6 +48,7 @@ BENCHMARKS = {
     "reader": reader_throughput.run_benchmark,
     "model_inference": model_inference.run_benchmark,
     "index_search": index_search.run_benchmark,
+    "catalog_embedding": catalog_embedding.run_benchmark,
     "recommend_latency": recommend_latency.run_benchmark,
     "app_load": app_load.run_benchmark,
     "retrieval_quality": retrieval_quality.run_benchmark,
