@@ -63,6 +63,7 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",
+        "filelock>=3.12",  # tests/conftest.py: fixtures built once and shared by the xdist workers.
         "ruff>=0.6",
         "pyyaml>=6",  # The deployment-file tests parse docker-compose.yml and kubernetes.yaml.
         # The converter's tests run the PyTorch reference architectures. The

@@ -1,4 +1,9 @@
-"""Trained and exported demo models, and a demo index, shared by the serving tests."""
+"""Trained and exported demo models, and a demo index, shared by the serving tests.
+
+Each is built once per test run, by whichever pytest-xdist worker needs it
+first (the `built_once` fixture of `tests/conftest.py`); the others wait for it and reuse it. No
+test writes into them: tests that change an export or an index copy it first.
+"""
 
 from __future__ import annotations
 
@@ -43,18 +48,21 @@ def demo_subset(demo_catalog):
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory, demo_subset):
+def trained(built_once, demo_subset):
     """A Short-Chunk ResNet trained briefly on three demo tracks (128 mel bands) and exported."""
-    root = tmp_path_factory.mktemp("export")
-    data, export_base, path = _train_and_export(root, demo_subset, "short_chunk_res.gin", 128, "short_chunk_res")
-    return root, demo_subset, export_base, path
+
+    def build(root):
+        _, export_base, path = _train_and_export(root, demo_subset, "short_chunk_res.gin", 128, "short_chunk_res")
+        return root, demo_subset, export_base, path
+
+    return built_once("trained", build)
 
 
 @pytest.fixture(scope="session")
-def trained_crnn(trained):
+def trained_crnn(built_once, trained):
     """A CRNN trained briefly on the same tracks at 96 mel bands, exported next to the ResNet."""
     root, parsed, _, _ = trained
-    return _train_and_export(root, parsed, "crnn.gin", 96, "crnn")
+    return built_once("trained_crnn", lambda _: _train_and_export(root, parsed, "crnn.gin", 96, "crnn"))
 
 
 @pytest.fixture(scope="session")
@@ -72,43 +80,52 @@ def job_models(model_refs) -> embedding_job.JobModels:
 
 
 @pytest.fixture(scope="session")
-def demo_index(tmp_path_factory, demo_catalog, job_models):
+def demo_index(built_once, demo_catalog, job_models):
     """The whole demo catalog embedded by the real Beam job into a saved index."""
-    index_dir = tmp_path_factory.mktemp("index") / "demo"
-    summary = embedding_job.build_index(
-        str(index_dir),
-        job_models,
-        catalog=catalog.read_catalog(str(demo_catalog)),
-        pipeline_args=["--direct_running_mode=in_memory"],
-    )
-    return index_dir, summary
+
+    def build(root):
+        summary = embedding_job.build_index(
+            str(root / "demo"),
+            job_models,
+            catalog=catalog.read_catalog(str(demo_catalog)),
+            pipeline_args=["--direct_running_mode=in_memory"],
+        )
+        return root / "demo", summary
+
+    return built_once("demo_index", build)
 
 
 @pytest.fixture(scope="session")
-def pretrained_exports(tmp_path_factory) -> dict[str, str]:
+def pretrained_exports(built_once) -> dict[str, str]:
     """The shipped MTAT CRNN and the installed MSD musicnn, exported as `make demo` does (default chunking)."""
-    root = tmp_path_factory.mktemp("pretrained_export")
-    return {
-        name: saved_model.export(str(REPO_ROOT / "pretrained" / name), str(root / name))
-        for name in ("mtat_crnn", "msd_musicnn")
-    }
+
+    def build(root):
+        return {
+            name: saved_model.export(str(REPO_ROOT / "pretrained" / name), str(root / name))
+            for name in ("mtat_crnn", "msd_musicnn")
+        }
+
+    return built_once("pretrained_exports", build)
 
 
 @pytest.fixture(scope="session")
-def pretrained_index(tmp_path_factory, demo_catalog, pretrained_exports):
+def pretrained_index(built_once, demo_catalog, pretrained_exports):
     """The demo catalog indexed by the pretrained models: CRNN tags for stage 1, musicnn embeddings for stage 2."""
-    index_dir = tmp_path_factory.mktemp("pretrained_index") / "index"
-    models = embedding_job.JobModels(
-        EmbeddingModels((exported_model.resolve(pretrained_exports["msd_musicnn"]),)),
-        exported_model.resolve(pretrained_exports["mtat_crnn"]),
-    )
-    embedding_job.build_index(
-        str(index_dir),
-        models,
-        catalog=catalog.read_catalog(str(demo_catalog)),
-        pipeline_args=["--direct_running_mode=in_memory"],
-    )
-    return index_dir
+
+    def build(root):
+        models = embedding_job.JobModels(
+            EmbeddingModels((exported_model.resolve(pretrained_exports["msd_musicnn"]),)),
+            exported_model.resolve(pretrained_exports["mtat_crnn"]),
+        )
+        embedding_job.build_index(
+            str(root / "index"),
+            models,
+            catalog=catalog.read_catalog(str(demo_catalog)),
+            pipeline_args=["--direct_running_mode=in_memory"],
+        )
+        return root / "index"
+
+    return built_once("pretrained_index", build)
 
 
 @pytest.fixture(scope="session")
