@@ -315,8 +315,8 @@ def run_benchmark(command: str) -> report.Section:
         f"Baseline: one client issuing the same requests sequentially against the same server in the same run "
         f"({_BASELINE_S.value:.0f} s per endpoint). The ratios are the throughput and the p50 latency of the "
         f"{clients} concurrent clients relative to one. On {report.num_cpus()} cores the load generator's threads "
-        "(one Python process), the service's event loop and its inference threads (decode + two forward passes "
-        "per upload, CPU-bound) all share the CPU, so throughput under load can fall below a lone client's and the "
+        "(one Python process), the service's event loop and its inference threads (decode + every model of "
+        "the index per upload, CPU-bound) all share the CPU, so throughput under load can fall below a lone client's and the "
         "p50 ratio is mostly queueing; the figure that must hold is zero errors.",
         report.load_note(load_at_start),
     ]
