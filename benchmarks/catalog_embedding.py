@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from benchmarks import report
+from benchmarks import preprocess_throughput, report
 from data_prep import audio, pipeline
 from data_prep import catalog as catalog_lib
 from data_prep.audio_checks import AudioChecks, load_checked_waveform
@@ -54,8 +54,6 @@ TARGET_RATIO = 2.0
 TOP_K = 10
 RANKING_MODELS = ("msd_musicnn", "mtt_musicnn")
 TAG_MODEL = "mtat_crnn"
-SHARED_CATALOG = report.REPO_ROOT.parent / "shared" / "data" / "music" / "catalog.csv"
-DEMO_CATALOG = report.REPO_ROOT / "demo" / "catalog.csv"
 PRETRAINED = report.REPO_ROOT / "pretrained"
 WHY_NOT_FASTER = (
     "Why the job is no faster: the three models are compute-bound (10 musicnn passes of 3 s each per 30 s"
@@ -153,8 +151,8 @@ def agreement(row: Row, baseline: Row) -> tuple[float, float]:
 def run_benchmark(command: str) -> report.Section:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     load_at_start = report.load_average()
-    is_fallback = not SHARED_CATALOG.exists()
-    catalog = catalog_lib.read_catalog(str(DEMO_CATALOG if is_fallback else SHARED_CATALOG))
+    path, is_fallback = preprocess_throughput.find_catalog()
+    catalog = catalog_lib.read_catalog(path)
     with tempfile.TemporaryDirectory(prefix="catalog_embedding_") as work_dir:
         models = export_defaults(work_dir)
         for entry in catalog.entries:  # Every system finds the files in the page cache.
@@ -197,12 +195,10 @@ def run_benchmark(command: str) -> report.Section:
         ["System", "Tracks", "Wall (s)", "Tracks/s", "vs baseline", "min cosine to baseline", "top-10 overlap"],
         table_rows,
     )
-    source = f"`{catalog.source}` ({catalog.num_rows} rows)"
-    if is_fallback:
-        source += f"; **`{SHARED_CATALOG}` was missing: the small bundled demo catalog stands in**"
     ratios = {row.system: row.tracks_per_s / baseline.tracks_per_s for row in rows[1:]}
     notes = [
-        f"Catalog: {source}. Models: {', '.join(RANKING_MODELS)} (ranking ensemble) and {TAG_MODEL} (tags), "
+        preprocess_throughput.fallback_note(catalog, is_fallback),
+        f"Models: {', '.join(RANKING_MODELS)} (ranking ensemble) and {TAG_MODEL} (tags), "
         "exported from `pretrained/` with the default chunking (10 musicnn passes and 1 CRNN pass for a 30 s track).",
         "The baseline decodes and checks each track as the job does, then calls each model's waveform signature on "
         "it alone. The job rows are timed around `embedding_job.embed` (DirectRunner, one worker thread per core); "

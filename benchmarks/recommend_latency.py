@@ -219,14 +219,14 @@ def _app_requests(base_url: str, mp3: str, runs: int) -> np.ndarray:
     return np.array(rows)
 
 
-def _spec(ref) -> LogMelSpec:
-    """An exported model's front end (its `model_info.json` travels under `assets.extra/`)."""
-    return artifact.read_info(os.path.join(ref.path, "assets.extra")).log_mel
+def _info(ref) -> artifact.ModelInfo:
+    """An exported model's `ModelInfo` (its `model_info.json` travels under `assets.extra/`)."""
+    return artifact.read_info(os.path.join(ref.path, "assets.extra"))
 
 
 def _front_ends_ms(refs, waveform: np.ndarray, runs: int) -> float:
     """The log-mel of every model (each graph computes its own), timed alone on the query's waveform."""
-    functions = [pipeline.waveform_log_mel_function(_spec(ref)) for ref in refs]
+    functions = [pipeline.waveform_log_mel_function(_info(ref).log_mel) for ref in refs]
     return float(np.median(_timings(lambda: [f(tf.constant(waveform)).numpy() for f in functions], runs)))
 
 
@@ -234,9 +234,10 @@ def _old_default_models_ms(refs, waveform: np.ndarray, runs: int) -> float:
     """The old defaults' model time: each model's front end and 16 forward passes on its evenly spaced chunks."""
     calls = []
     for ref in refs:
+        info = _info(ref)
         model = exported_model.LoadedModel(ref)
-        front_end = pipeline.waveform_log_mel_function(_spec(ref))
-        length = artifact.read_info(os.path.join(ref.path, "assets.extra")).crop_frames
+        front_end = pipeline.waveform_log_mel_function(info.log_mel)
+        length = info.crop_frames
         frames = int(front_end(tf.constant(waveform)).shape[0])
         starts = [i * ((frames - length) // OLD_DEFAULT_CHUNKS) for i in range(OLD_DEFAULT_CHUNKS)]
 
