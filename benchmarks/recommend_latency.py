@@ -60,11 +60,12 @@ from benchmarks.index_search import ClusteredUnitVectors
 from data_prep import audio, pipeline
 from models import artifact
 from serving.embedding import query_audio
+from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
 from serving.export import signatures as sig
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import Query, Recommender, TagFilter
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+from tfrecords.logmel import LogMelSpec
 
 SECTION = "recommend_latency"
 CATALOG_SIZE = 10_000
@@ -113,14 +114,17 @@ def _query_mp3(work_dir: str) -> str:
     return path
 
 
-def _catalog(embedding_ref, tag_ref) -> CatalogIndex:
-    embeddings = ClusteredUnitVectors(dim=embedding_ref.embedding_dim).sample(CATALOG_SIZE, seed=3)
-    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(CATALOG_SIZE, NUM_TAGS)).astype(np.float32)
+def _catalog(embedding_models: EmbeddingModels, tag_ref) -> CatalogIndex:
+    """10,000 synthetic tracks indexed as if by these models (their identity, their embeddings' size)."""
+    dim = sum(ref.embedding_dim for ref in embedding_models.models)
+    embeddings = ClusteredUnitVectors(dim=dim).sample(CATALOG_SIZE, seed=3)
+    num_tags = len(tag_ref.vocabulary)
+    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(CATALOG_SIZE, num_tags)).astype(np.float32)
     tracks = [
         TrackRecord(f"track{i:05d}", artist=f"artist {i % 997}", title=f"title {i}", content_sha256=f"{i:064x}")
         for i in range(CATALOG_SIZE)
     ]
-    return CatalogIndex.build(tracks, embeddings, probabilities, embedding_ref, tag_ref)
+    return CatalogIndex.build(tracks, embeddings, probabilities, embedding_models, tag_ref)
 
 
 def _timings(function, runs: int) -> np.ndarray:
@@ -162,7 +166,7 @@ class _Request:
 
 def _measure(work_dir: str, mp3: str, num_chunks: int, tag_ref, runs: int) -> dict[str, float]:
     embedding_ref = _export(work_dir, "short_chunk_res", num_chunks)
-    catalog = _catalog(embedding_ref, tag_ref)
+    catalog = _catalog(EmbeddingModels((embedding_ref,)), tag_ref)
     loaded = {"short_chunk_res": exported_model.LoadedModel(embedding_ref), "crnn": exported_model.LoadedModel(tag_ref)}
     request = _Request(mp3, loaded["short_chunk_res"], loaded["crnn"], Recommender(catalog, TagFilter(0.3, 3)))
     for _ in range(3):
@@ -170,13 +174,7 @@ def _measure(work_dir: str, mp3: str, num_chunks: int, tag_ref, runs: int) -> di
     stages = np.array([request() for _ in range(runs)])
     # The front end alone, on the same waveform, for both models (it runs inside their graphs).
     waveform, _ = audio.load_mono(mp3, mp3, 16000)
-    front_ends = [
-        tf.function(
-            lambda w, spec=LogMelSpec(n_mels=n_mels): log_mel_spectrogram(w, spec),
-            input_signature=[tf.TensorSpec([None], tf.float32)],
-        )
-        for n_mels, _ in MODELS.values()
-    ]
+    front_ends = [pipeline.waveform_log_mel_function(LogMelSpec(n_mels=n_mels)) for n_mels, _ in MODELS.values()]
     front_end = _timings(lambda: [f(tf.constant(waveform)).numpy() for f in front_ends], runs)
     medians = np.median(stages, axis=0)
     return {
@@ -187,20 +185,6 @@ def _measure(work_dir: str, mp3: str, num_chunks: int, tag_ref, runs: int) -> di
         "front end": float(np.median(front_end)),
         "search": float(medians[2]),
     }
-
-
-def _defaults_index(models, index_dir: str):
-    """10,000 synthetic tracks indexed as if by the default models (their identity, the ensemble's size)."""
-    embedding_models, tag_ref = models.embedding_models, models.tag_model
-    dim = sum(ref.embedding_dim for ref in embedding_models.models)
-    embeddings = ClusteredUnitVectors(dim=dim).sample(CATALOG_SIZE, seed=3)
-    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(CATALOG_SIZE, len(tag_ref.vocabulary)))
-    tracks = [
-        TrackRecord(f"track{i:05d}", artist=f"artist {i % 997}", title=f"title {i}", content_sha256=f"{i:064x}")
-        for i in range(CATALOG_SIZE)
-    ]
-    index = CatalogIndex.build(tracks, embeddings, probabilities.astype(np.float32), embedding_models, tag_ref)
-    index.save(index_dir)
 
 
 def _app_requests(base_url: str, mp3: str, runs: int) -> np.ndarray:
@@ -253,7 +237,7 @@ def measure_defaults(work_dir: str, mp3: str, runs: int) -> dict[str, float]:
     """The shipped defaults through `serving.app`, and the old defaults' figures in the same run."""
     models = export_defaults(work_dir)
     index_dir = os.path.join(work_dir, "defaults_index")
-    _defaults_index(models, index_dir)
+    _catalog(models.embedding_models, models.tag_model).save(index_dir)
     with app_process(index_dir, None, os.path.join(work_dir, "app.log")) as base_url:
         requests = _app_requests(base_url, mp3, runs)
     waveform, _ = audio.load_mono(mp3, mp3, 16000)

@@ -158,6 +158,12 @@ class JobModels:
         return TrackFeatures(track, self.embedding_models.combine(parts), tags)
 
 
+def _count_and_stage(staging_dir: str, rejection: Rejection):
+    """Counts a rejection by reason and stages it for the driver (`beam_jobs.stage_rejection`)."""
+    Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
+    beam_jobs.stage_rejection(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME), rejection)
+
+
 class _Models:
     """The models one worker loads once and shares between its threads (`beam.utils.shared`)."""
 
@@ -267,10 +273,8 @@ class _EmbedDoFn(beam.DoFn):
         by_role = {role: self._model_outputs(model, values) for role, model in self._models.by_role.items()}
         return [{role: outputs[index] for role, outputs in by_role.items()} for index in range(len(values))]
 
-    def _reject(self, item: _Input, reason: str, detail: str):
-        Metrics.counter(METRICS_NAMESPACE, f"rejected_{reason}").inc()
-        rejection = Rejection(item.row, item.track.track_id, item.path, reason, detail)
-        beam_jobs.stage_rejection(tf.io.gfile.join(self._staging_dir, _REJECTIONS_DIRNAME), rejection)
+    def _reject(self, rejection: Rejection):
+        _count_and_stage(self._staging_dir, rejection)
 
 
 class EmbedAudio(_EmbedDoFn):
@@ -282,18 +286,21 @@ class EmbedAudio(_EmbedDoFn):
 
     def _prepare(self, entry: CatalogEntry) -> _Input | None:
         sample_rate = self._job_models.sample_rate
-        track = TrackRecord(
-            track_id=entry.track_id, artist=entry.artist, title=entry.title, album=entry.album, path=entry.path
-        )
         try:
             source = audio.open_source(entry.uri)
             waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
             content_sha256 = audio.content_sha256(source)
         except audio.AudioError as error:
-            self._reject(_Input(np.zeros(0), track, entry.row, entry.path), error.reason, error.detail)
+            self._reject(Rejection(entry.row, entry.track_id, entry.path, error.reason, error.detail))
             return None
-        track = dataclasses.replace(
-            track, duration_s=round(waveform.size / sample_rate, 3), content_sha256=content_sha256
+        track = TrackRecord(
+            track_id=entry.track_id,
+            artist=entry.artist,
+            title=entry.title,
+            album=entry.album,
+            path=entry.path,
+            duration_s=round(waveform.size / sample_rate, 3),
+            content_sha256=content_sha256,
         )
         return _Input(waveform, track, entry.row, entry.path)
 
@@ -307,7 +314,7 @@ class EmbedAudio(_EmbedDoFn):
         return ()
 
     def _rejected(self, item: _Input, reason: str, detail: str):
-        self._reject(item, reason, detail)
+        self._reject(Rejection(item.row, item.track.track_id, item.path, reason, detail))
         return ()
 
 
@@ -383,8 +390,7 @@ class JoinRoles(beam.DoFn):
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
     def _reject(self, rejection: Rejection):
-        Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
-        beam_jobs.stage_rejection(tf.io.gfile.join(self._staging_dir, _REJECTIONS_DIRNAME), rejection)
+        _count_and_stage(self._staging_dir, rejection)
 
     def process(self, keyed):
         track_id, parts = keyed
