@@ -10,7 +10,9 @@ Stage 2 (embedding rank): the ScaNN index returns the nearest tracks by
 cosine similarity; results outside the candidates are dropped, so the search
 over-fetches and widens (4x at a time, up to max(4096, 16·(k+1)) results)
 until `k` results are found; candidates it has not reached by then are scored exactly from
-their stored embeddings, so every candidate can be found. When fewer than
+their stored embeddings, so every candidate can be found. A stage 1 that
+leaves no more candidates than that cap skips the search: all of them are
+scored exactly (as cheap, and an approximate index could miss one). When fewer than
 `k` exist, the result says how many it found. Without stage 2,
 candidates are ranked by the cosine similarity of their tag probabilities.
 
@@ -345,6 +347,9 @@ class Recommender:
         # Widening stops at `limit` results: past that, a selective tag filter is
         # cheaper (and exact) to finish by scoring the remaining candidates directly.
         limit = min(len(self.catalog), max(MAX_SEARCH_RESULTS, OVERFETCH * OVERFETCH * (selection.k + 1)))
+        if np.count_nonzero(allowed) <= limit:
+            # As few candidates as the search could return: scoring them all is exact, and as cheap.
+            return self._score_exactly(np.flatnonzero(allowed), query_embedding, selection)
         fetch = min(limit, OVERFETCH * (selection.k + 1))
         while True:
             for track_id, _ in self.catalog.searcher.search(query_embedding, fetch)[0]:
@@ -362,11 +367,14 @@ class Recommender:
             fetch = min(limit, fetch * OVERFETCH)
         # Candidates the search did not reach (or that an approximate searcher
         # never returns): scored exactly from their stored embeddings.
-        rest = np.flatnonzero(allowed & ~seen)
-        if rest.size:
-            scores = self.catalog.embeddings[rest] @ query_embedding
+        return self._score_exactly(np.flatnonzero(allowed & ~seen), query_embedding, selection)
+
+    def _score_exactly(self, rows: np.ndarray, query_embedding, selection: _Selection) -> list[tuple[int, float]]:
+        """Offers `rows` best first by their exact cosine to the query, until the selection is full."""
+        if rows.size:
+            scores = self.catalog.embeddings[rows] @ query_embedding
             for i in np.argsort(-scores, kind="stable"):
-                row = int(rest[i])
+                row = int(rows[i])
                 selection.offer(row, float(scores[i]), float(scores[i]), self.catalog.tracks[row])
                 if selection.full:
                     break
