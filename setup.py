@@ -58,12 +58,17 @@ EXTRAS_REQUIRE = {
     "bench": ["faiss-cpu>=1.8"],
     # Dataflow runner and GCS filesystem; heavy, so opt-in.
     "dataflow": ["apache-beam[gcp]>=2.60"],
+    # Beam's Dask runner (`--runner=dask`) and dask.distributed: the Beam jobs
+    # on a Dask cluster, or on a LocalCluster of worker processes. Install it
+    # on the launcher and on every worker.
+    "dask": ["apache-beam[dask]>=2.60"],
     # Converting the reference's PyTorch checkpoints (models.convert_torch).
     "torch": ["torch>=2.2"],
     "dev": [
         "pytest>=8",
         "pytest-xdist>=3.5",
         "filelock>=3.12",  # tests/conftest.py: fixtures built once and shared by the xdist workers.
+        "apache-beam[dask]>=2.60",  # Both Beam jobs are tested on a Dask cluster of worker processes.
         "ruff>=0.6",
         "pyyaml>=6",  # The deployment-file tests parse docker-compose.yml and kubernetes.yaml.
         # The converter's tests run the PyTorch reference architectures. The

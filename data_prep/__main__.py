@@ -29,13 +29,12 @@ from __future__ import annotations
 from tfrecords.tf_startup import run
 
 import dataclasses
-import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 
+from data_prep import beam_jobs, mtat, pipeline
 from data_prep import catalog as catalog_lib
-from data_prep import mtat, pipeline
 from data_prep.splits import SPLIT_BY_CHOICES
 from tfrecords.logmel import PRESETS, LogMelSpec
 
@@ -125,14 +124,16 @@ def _config() -> pipeline.PreprocessConfig:
 def main(argv):
     try:
         _run(argv[1:])
-    except (catalog_lib.CatalogError, FileNotFoundError, ValueError) as error:
+    except (catalog_lib.CatalogError, FileNotFoundError, ValueError, beam_jobs.RunnerUnavailableError) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
+    except beam_jobs.JobFailedError as error:
+        sys.exit(f"error: {error}\nnothing was published; run the same command again to redo it")
 
 
 def _run(pipeline_args: list[str]):
-    # Beam's DirectRunner forwards every worker's INFO lines; keep warnings.
+    # The runners forward every worker's INFO lines; keep warnings.
     logging.get_absl_handler()  # Make sure absl's handler is installed first.
-    std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
+    beam_jobs.quiet_runner_logs()
     if bool(_CATALOG.value) == bool(_MTAT_ANNOTATIONS.value):
         raise app.UsageError("give exactly one of --catalog and --mtat_annotations")
     config = _config()

@@ -1,37 +1,67 @@
-"""What the project's two Beam jobs share: pipeline options, counters and staged rejections.
+"""What the project's two Beam jobs share: runners, pipeline options, counters and staged rejections.
 
 `python -m data_prep` (catalog to TFRecords) and `python -m serving.build_index`
-(catalog to embeddings) both run on any Beam runner, count their work with
-Beam metrics under their own namespace, and stage each row they reject as a
-small JSON file that the launcher reads back to reconcile its counts.
+(catalog to embeddings) both run on any Beam runner: the DirectRunner (the
+default: threads on every core), Dask (`--runner=dask`: a `dask.distributed`
+cluster, or a `LocalCluster` of one worker process per core), Dataflow,
+Flink or Spark. The same pipeline code runs on all of them, so it uses only
+what every runner supports: `Create`, `ParDo` (no outputs from
+`finish_bundle`), `Flatten`, `GroupByKey`, and one end. Workers write their
+outputs themselves (shards, staged features, one small JSON file per
+rejection) under names that a retried bundle rewrites identically, through
+temporary files renamed into place; the launcher reads them back and
+reconciles its counts from them, never from Beam metrics (the Dask runner
+reports none).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import logging
+import math
+import os
+import uuid
 
 import apache_beam as beam
 import tensorflow as tf
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.pipeline import PipelineVisitor
 
 from data_prep.rejections import Rejection
 from data_prep.splits import stable_hash
 
 REJECTION_SUFFIX = ".rejection.json"
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+_RUNNER_ALIASES = {"dask": DASK_RUNNER, "DaskRunner": DASK_RUNNER}
+# Dask partitions per worker thread (load balance) and the most elements per
+# partition (work redone when a worker dies; scheduler overhead per task).
+_PARTITIONS_PER_THREAD = 4
+_MAX_ELEMENTS_PER_PARTITION = 64
+
+
+class RunnerUnavailableError(RuntimeError):
+    """The chosen runner cannot run here (a missing extra, an unreachable cluster)."""
+
+
+class JobFailedError(RuntimeError):
+    """The pipeline failed on its runner (e.g. a Dask worker died too often); nothing was published."""
 
 
 def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
-    """Pipeline options with this project's DirectRunner defaults.
+    """Pipeline options with this project's defaults.
 
     Without any runner flags the pipeline runs on the DirectRunner with one
     worker thread per core: decoding, resampling, the log-mel, inference and
     file writes release the GIL, and threads spare the worker processes'
-    start-up (each would import TensorFlow). Flags in `pipeline_args` win.
+    start-up (each would import TensorFlow). `--runner=dask` names Beam's
+    Dask runner. Flags in `pipeline_args` win.
     """
     options = PipelineOptions(pipeline_args)
     standard = options.view_as(StandardOptions)
     if standard.runner is None:
         standard.runner = "DirectRunner"
+    standard.runner = _RUNNER_ALIASES.get(standard.runner, standard.runner)
     if standard.runner in ("DirectRunner", "direct", "PrismRunner") or standard.runner.endswith("DirectRunner"):
         direct = options.view_as(DirectOptions)
         if "--direct_num_workers" not in " ".join(pipeline_args):
@@ -41,16 +71,156 @@ def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:
     return options
 
 
-def beam_counters(result, namespace: str) -> dict[str, int]:
-    """The committed Beam counters of a finished pipeline in `namespace` ({} where the runner has none)."""
+_RUNNER_LOGGERS = ("apache_beam", "distributed")
+_quiet_runner_logs = False
+
+
+def quiet_runner_logs():
+    """Keeps the runners' warnings and errors on the console, not their INFO chatter (Beam, Dask)."""
+    global _quiet_runner_logs
+    _quiet_runner_logs = True
+    for name in _RUNNER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def is_dask(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner == DASK_RUNNER
+
+
+def pipeline_ends(pipeline: beam.Pipeline) -> list[str]:
+    """The labels of the transforms whose outputs no other transform reads."""
+
+    class _Ends(PipelineVisitor):
+        def __init__(self):
+            self.transforms, self.consumed = [], set()
+
+        def visit_transform(self, node):
+            self.transforms.append(node)
+            self.consumed.update(node.inputs)
+
+    visitor = _Ends()
+    pipeline.visit(visitor)
+    return [
+        node.full_label
+        for node in visitor.transforms
+        if not any(output in visitor.consumed for output in node.outputs.values())
+    ]
+
+
+def run_pipeline(pipeline: beam.Pipeline, num_elements: int):
+    """Runs `pipeline` to completion on its runner and returns the result.
+
+    On Dask it connects to `--dask_client_address` (or `--dask_scheduler_file`),
+    or else starts a `LocalCluster` of one worker process per core and closes
+    it at the end; unless `--dask_npartitions`/`--dask_partition_size` say
+    otherwise, the input (`num_elements` long) is split into partitions of at
+    most 64 elements, at least 4 per worker thread.
+
+    Raises:
+        RunnerUnavailableError: Dask is not installed or its scheduler cannot be reached.
+        JobFailedError: The runner gave up on the job (its message says why).
+    """
+    options = pipeline.options  # The pipeline's own copy: the Dask runner reads its settings there.
+    if not is_dask(options):
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result
+    ends = pipeline_ends(pipeline)
+    if len(ends) != 1:  # Beam's Dask runner computes the last transform's graph only.
+        raise ValueError(f"a pipeline for the Dask runner needs exactly one end; this one has {ends}")
+    with _dask_client(options) as client:
+        _choose_partitions(options, num_elements, sum(client.nthreads().values()))
+        result = pipeline.run()
+        try:
+            result.wait_until_finish()
+        except Exception as error:  # noqa: BLE001 - whatever a worker raised, or Dask's KilledWorker.
+            raise JobFailedError(f"the job failed on the Dask cluster: {type(error).__name__}: {error}") from error
+        finally:
+            result.client.close()
+    return result
+
+
+def _dask_options(options: PipelineOptions):
+    try:
+        import distributed  # noqa: F401
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+    except (ImportError, AttributeError):
+        raise RunnerUnavailableError(
+            "--runner=dask needs Dask: pip install 'music-recommender[dask]' (apache-beam[dask])"
+        ) from None
+    return options.view_as(DaskOptions)
+
+
+@contextlib.contextmanager
+def _dask_client(options: PipelineOptions):
+    """A client of the cluster the options name, or of a `LocalCluster` started (and closed) here."""
+    dask_options = _dask_options(options)
+    import distributed
+
+    if _quiet_runner_logs:  # Importing `distributed` set its own levels.
+        quiet_runner_logs()
+    cluster = None
+    try:
+        if dask_options.address or dask_options.scheduler_file:
+            given = {"timeout": dask_options.timeout} if isinstance(dask_options.timeout, int) else {}
+            client = distributed.Client(
+                address=dask_options.address, scheduler_file=dask_options.scheduler_file, **given
+            )
+        else:
+            workers = len(os.sched_getaffinity(0))
+            cluster = distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+            )
+            client = distributed.Client(cluster)
+            dask_options.address = cluster.scheduler_address
+            logging.info(
+                "Started a Dask LocalCluster of %d worker processes at %s (dashboard: %s)",
+                workers,
+                cluster.scheduler_address,
+                cluster.dashboard_link,
+            )
+    except OSError as error:
+        where = dask_options.address or dask_options.scheduler_file or "a LocalCluster"
+        raise RunnerUnavailableError(f"cannot reach the Dask scheduler at {where}: {error}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            dask_options.address = None
+            cluster.close()
+
+
+def _choose_partitions(options: PipelineOptions, num_elements: int, num_threads: int):
+    dask_options = _dask_options(options)
+    if dask_options.npartitions or dask_options.partition_size:
+        return
+    wanted = max(_PARTITIONS_PER_THREAD * max(num_threads, 1), math.ceil(num_elements / _MAX_ELEMENTS_PER_PARTITION))
+    dask_options.npartitions = max(1, min(num_elements, wanted))
+
+
+def beam_counters(result, namespace: str) -> dict[str, int] | None:
+    """The committed Beam counters of a finished pipeline in `namespace` (None where the runner reports none)."""
     try:
         query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(namespace))
-    except Exception:  # noqa: BLE001 - not every runner reports metrics.
-        return {}
+    except Exception:  # noqa: BLE001 - not every runner reports metrics (Dask raises NotImplementedError).
+        return None
     counters = collections.Counter()
     for counter in query["counters"]:
         counters[counter.key.metric.name] += counter.committed or 0
     return dict(counters)
+
+
+def write_atomically(path: str, data: bytes | str):
+    """Writes `path` through a temporary file renamed into place.
+
+    A worker that dies mid-write, or a stale one whose work the engine gave
+    to another, never leaves a partial file under the final name.
+    """
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    with tf.io.gfile.GFile(temporary, "wb" if isinstance(data, bytes) else "w") as handle:
+        handle.write(data)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def stage_rejection(staging_dir: str, rejection: Rejection):
@@ -62,8 +232,7 @@ def stage_rejection(staging_dir: str, rejection: Rejection):
     row and track id: a bundle the runner retries rewrites the same file.
     """
     name = f"{stable_hash(f'{rejection.row}:{rejection.track_id}'):016x}{REJECTION_SUFFIX}"
-    with tf.io.gfile.GFile(tf.io.gfile.join(staging_dir, name), "w") as handle:
-        handle.write(rejection.to_json())
+    write_atomically(tf.io.gfile.join(staging_dir, name), rejection.to_json())
 
 
 def read_rejections(staging_dir: str) -> list[Rejection]:

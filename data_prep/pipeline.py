@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import threading
+import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -127,7 +128,7 @@ class Summary:
 
     info: dataset_info.DatasetInfo
     rejections: list[Rejection]
-    counters: dict[str, int]
+    counters: dict[str, int] | None
 
     def render(self) -> str:
         info = self.info
@@ -150,7 +151,9 @@ class Summary:
         if info.dropped_tags:
             lines.append(f"tags dropped (every row carrying them was rejected): {sorted(info.dropped_tags)}")
         lines.append(f"log-mel:       {info.log_mel.to_dict()}  fingerprint {info.log_mel.fingerprint()}")
-        if self.counters:
+        if self.counters is None:
+            lines.append("beam counters: none reported by this runner (the counts above come from the written files)")
+        elif self.counters:
             counters = ", ".join(f"{name}={value}" for name, value in sorted(self.counters.items()))
             lines.append(f"beam counters: {counters}")
         return "\n".join(lines)
@@ -256,8 +259,7 @@ class ProcessTrack(beam.DoFn):
         # The example goes to a staging file and only its metadata through the
         # shuffle: a shuffle of whole spectrograms costs more than the work.
         example_path = tf.io.gfile.join(self._examples_dir, f"{stable_hash(task.entry.track_id):016x}.example")
-        with tf.io.gfile.GFile(example_path, "wb") as handle:
-            handle.write(example)
+        beam_jobs.write_atomically(example_path, example)
         self._decoded.inc()
         self._audio_ms.inc(int(round(seconds * 1000)))
         yield ((task.split, task.shard, task.num_shards), (task.entry.track_id, example_path, seconds, task.tags))
@@ -312,10 +314,13 @@ class WriteShard(beam.DoFn):
         examples = sorted(examples, key=lambda item: item[0])
         name = shard_name(split, shard, num_shards, self._compression)
         options = tf.io.TFRecordOptions(compression_type=self._compression, compression_level=1)
-        with tf.io.TFRecordWriter(tf.io.gfile.join(self._staging_dir, name), options) as writer:
+        path = tf.io.gfile.join(self._staging_dir, name)
+        temporary = f"{path}.{uuid.uuid4().hex}.tmp"  # Renamed into place: see `beam_jobs.write_atomically`.
+        with tf.io.TFRecordWriter(temporary, options) as writer:
             for _, example_path, _, _ in examples:
                 with tf.io.gfile.GFile(example_path, "rb") as handle:
                     writer.write(handle.read())
+        tf.io.gfile.rename(temporary, path, overwrite=True)
         tag_counts = collections.Counter(tag for _, _, _, tags in examples for tag in tags)
         stats = {
             "split": split,
@@ -325,8 +330,9 @@ class WriteShard(beam.DoFn):
             "tag_counts": dict(tag_counts),
             "track_ids": [track_id for track_id, _, _, _ in examples],
         }
-        with tf.io.gfile.GFile(tf.io.gfile.join(self._staging_dir, name + _STATS_SUFFIX), "w") as handle:
-            handle.write(json.dumps(stats, sort_keys=True))
+        beam_jobs.write_atomically(
+            tf.io.gfile.join(self._staging_dir, name + _STATS_SUFFIX), json.dumps(stats, sort_keys=True)
+        )
 
 
 def build_pipeline(pipeline: beam.Pipeline, tasks: list[TrackTask], config: PreprocessConfig, staging_dir: str):
@@ -394,8 +400,7 @@ def run(
     logging.info("Preprocessing %d tracks (%d rejected up front)", len(tasks), len(early_rejections))
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, tasks, config, staging_dir)
-    result = pipeline.run()
-    result.wait_until_finish()
+    result = beam_jobs.run_pipeline(pipeline, len(tasks))
 
     shard_stats = _read_shard_stats(staging_dir)
     late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 from tfrecords.tf_startup import run
 
-import logging as std_logging
 import sys
 
 from absl import app, flags, logging
 
+from data_prep import beam_jobs
 from data_prep import catalog as catalog_lib
 from serving import flag_groups
 from serving.embedding.ensemble import EmbeddingModels
@@ -86,11 +86,20 @@ def _models() -> embedding_job.JobModels:
 
 def main(argv):
     logging.get_absl_handler()  # Beam's workers forward their INFO lines; keep warnings.
-    std_logging.getLogger("apache_beam").setLevel(std_logging.WARNING)
+    beam_jobs.quiet_runner_logs()
     try:
         _run(argv[1:])
-    except (catalog_lib.CatalogError, FileNotFoundError, IndexMismatchError, ModelMismatchError, ValueError) as error:
+    except (
+        catalog_lib.CatalogError,
+        FileNotFoundError,
+        IndexMismatchError,
+        ModelMismatchError,
+        ValueError,
+        beam_jobs.RunnerUnavailableError,
+    ) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
+    except beam_jobs.JobFailedError as error:
+        sys.exit(f"error: {error}\nthe index was not changed; run the same command again to redo it")
     except KeyError as error:  # Unknown ids in --delete.
         sys.exit(f"error: {error.args[0]}")
 

@@ -31,12 +31,13 @@ import json
 import logging
 import os
 import shutil
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.utils import shared
 
 from data_prep import audio, beam_jobs
@@ -112,8 +113,7 @@ def encode_features(features: TrackFeatures) -> bytes:
 def stage_features(staging_dir: str, features: TrackFeatures):
     """Writes one track's features as a file of its own, named by its id (a retried bundle rewrites it)."""
     name = f"{stable_hash(features.track.track_id):016x}{_FEATURES_SUFFIX}"
-    with tf.io.gfile.GFile(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME, name), "wb") as handle:
-        handle.write(encode_features(features))
+    beam_jobs.write_atomically(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME, name), encode_features(features))
 
 
 def decode_features(serialized: bytes) -> TrackFeatures:
@@ -222,9 +222,12 @@ class _Input:
 class _EmbedDoFn(beam.DoFn):
     """Runs every model of a worker on batches of tracks of one length.
 
-    Subclasses turn an element into an `_Input` (`_prepare`) and say what
-    to do with each track's outputs (`_emit`) and with its rejection
-    (`_rejected`). Outputs are checked track by track (`unusable_outputs`).
+    An element is a group of tracks (a chunk of catalog rows, a TFRecord
+    shard): `_embed` batches them by shape and yields every output before
+    `process` returns (runners such as Dask drop what `finish_bundle` emits).
+    Subclasses turn a track into an `_Input` (`_prepare`) and say what to do
+    with each track's outputs (`_emit`) and with its rejection (`_rejected`).
+    Outputs are checked track by track (`unusable_outputs`).
     """
 
     def __init__(
@@ -239,19 +242,15 @@ class _EmbedDoFn(beam.DoFn):
     def setup(self):
         self._models = self._shared.acquire(lambda: _Models(self._refs), tag=json.dumps(sorted(self._refs)))
 
-    def start_bundle(self):
-        self._batches = BatchesByShape(self._tracks_per_batch)
-
-    def process(self, element):
-        prepared = self._prepare(element)
-        if prepared is not None:
-            for batch in self._batches.add(prepared.values, prepared):
-                yield from self._run(batch)
-
-    def finish_bundle(self):
-        for batch in self._batches.flush():
-            for output in self._run(batch):
-                yield GlobalWindows.windowed_value(output)
+    def _embed(self, tracks):
+        batches = BatchesByShape(self._tracks_per_batch)
+        for track in tracks:
+            prepared = self._prepare(track)
+            if prepared is not None:
+                for batch in batches.add(prepared.values, prepared):
+                    yield from self._run(batch)
+        for batch in batches.flush():
+            yield from self._run(batch)
 
     def _run(self, batch: list[_Input]):
         try:
@@ -278,11 +277,14 @@ class _EmbedDoFn(beam.DoFn):
 
 
 class EmbedAudio(_EmbedDoFn):
-    """Decodes catalog tracks and runs every model on their waveforms; stages features and rejections."""
+    """Decodes a chunk of catalog rows and runs every model on their waveforms; stages features and rejections."""
 
     def __init__(self, models: JobModels, shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int):
         super().__init__(models.by_role, shared_handle, staging_dir, tracks_per_batch)
         self._job_models = models
+
+    def process(self, entries: tuple[CatalogEntry, ...]):
+        yield from self._embed(entries)
 
     def _prepare(self, entry: CatalogEntry) -> _Input | None:
         sample_rate = self._job_models.sample_rate
@@ -341,17 +343,20 @@ def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
 
 
 class EmbedLogMel(_EmbedDoFn):
-    """Runs the models that share one dataset's log-mel on its stored examples, in batches of one length.
+    """Runs the models that share one dataset's log-mel on the examples of a shard, in batches of one length.
 
-    Emits `(track_id, (role -> outputs, TrackRecord, Rejection or None))` for the join.
+    Emits `(track_id, (dataset_dir, role -> outputs, TrackRecord, Rejection or None))` for the join.
     """
 
-    def __init__(
-        self, refs, shared_handle, staging_dir: str, tracks_per_batch: int, log_mel_dtype: str, dataset_dir: str
-    ):
+    def __init__(self, refs, shared_handle, staging_dir: str, tracks_per_batch: int, dataset_dir: str):
         super().__init__(refs, shared_handle, staging_dir, tracks_per_batch)
-        self._log_mel_dtype = log_mel_dtype
+        info = dataset_info.load(dataset_dir)
+        self._log_mel_dtype = info.log_mel_dtype
+        self._compression = info.compression
         self._dataset_dir = dataset_dir
+
+    def process(self, shard_path: str):
+        yield from self._embed(_read_shard(shard_path, self._compression))
 
     def _prepare(self, serialized: bytes) -> _Input:
         example = schema.decode_example(serialized, self._log_mel_dtype)
@@ -371,11 +376,11 @@ class EmbedLogMel(_EmbedDoFn):
         return model.from_log_mels(log_mels)
 
     def _emit(self, item: _Input, outputs):
-        yield item.track.track_id, (outputs, item.track, None)
+        yield item.track.track_id, (self._dataset_dir, outputs, item.track, None)
 
     def _rejected(self, item: _Input, reason: str, detail: str):
         rejection = Rejection(0, item.track.track_id, "", reason, f"{self._dataset_dir}: {detail}")
-        yield item.track.track_id, ({}, None, rejection)
+        yield item.track.track_id, (self._dataset_dir, {}, None, rejection)
 
 
 class JoinRoles(beam.DoFn):
@@ -395,7 +400,9 @@ class JoinRoles(beam.DoFn):
     def process(self, keyed):
         track_id, parts = keyed
         outputs, track, errors, copies = {}, None, [], collections.Counter()
-        for part_outputs, part_track, error in parts:
+        # The record (its content hash is of the stored log-mel) comes from the first dataset by name,
+        # whatever order the runner delivers the parts in.
+        for _, part_outputs, part_track, error in sorted(parts, key=lambda part: part[0]):
             outputs.update(part_outputs)
             copies.update(part_outputs.keys())
             errors += [error] if error else []
@@ -417,12 +424,16 @@ class JoinRoles(beam.DoFn):
         stage_features(self._staging_dir, self._job_models.features(track, outputs))
 
 
-def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str, tracks_per_batch: int):
+def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str, tracks_per_batch: int) -> int:
+    """Adds the catalog path's transforms; returns its number of input elements (chunks of rows)."""
+    entries = list(catalog.entries)
+    chunks = [tuple(entries[start : start + tracks_per_batch]) for start in range(0, len(entries), tracks_per_batch)]
     _ = (
         pipeline
-        | "Entries" >> beam.Create(list(catalog.entries))
+        | "Chunks" >> beam.Create(chunks)
         | "Embed" >> beam.ParDo(EmbedAudio(models, shared.Shared(), staging_dir, tracks_per_batch))
     )
+    return len(chunks)
 
 
 def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[str, str]:
@@ -461,21 +472,20 @@ def _read_shard(path: str, compression: str):
 
 def _tfrecord_pipeline(
     pipeline, dataset_of_role: dict[str, str], models: JobModels, staging_dir: str, tracks_per_batch: int
-):
+) -> int:
+    """Adds the TFRecord path's transforms; returns its largest number of input elements (one dataset's shards)."""
     refs = models.by_role
-    parts = []
+    parts, most_shards = [], 0
     for number, dataset_dir in enumerate(sorted(set(dataset_of_role.values()))):
         info = dataset_info.load(dataset_dir)
         roles = {role: refs[role] for role, d in dataset_of_role.items() if d == dataset_dir}
         paths = [p for split in info.splits for p in dataset_info.shard_paths(dataset_dir, info, split)]
+        most_shards = max(most_shards, len(paths))
         parts.append(
             pipeline
             | f"Shards{number}" >> beam.Create(paths)
-            | f"Read{number}" >> beam.FlatMap(_read_shard, info.compression)
             | f"Embed{number}"
-            >> beam.ParDo(
-                EmbedLogMel(roles, shared.Shared(), staging_dir, tracks_per_batch, info.log_mel_dtype, dataset_dir)
-            )
+            >> beam.ParDo(EmbedLogMel(roles, shared.Shared(), staging_dir, tracks_per_batch, dataset_dir))
         )
     _ = (
         parts
@@ -483,14 +493,32 @@ def _tfrecord_pipeline(
         | "ByTrack" >> beam.GroupByKey()
         | "Join" >> beam.ParDo(JoinRoles(models, dataset_of_role, staging_dir))
     )
+    return most_shards
+
+
+def _staging_dir(options, work_dir: str) -> str:
+    """Where the workers stage features and rejections: under `--temp_location` if given, else in `work_dir`.
+
+    Workers on other machines than the launcher need a folder they all reach
+    (an object store, a shared file system): `--temp_location`.
+    """
+    temp_location = options.view_as(GoogleCloudOptions).temp_location
+    if temp_location:
+        return tf.io.gfile.join(temp_location, f"build_index-{uuid.uuid4().hex}")
+    return os.path.join(work_dir, STAGING_DIRNAME)
+
+
+def _remove_tree(path: str):
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
 
 
 def _read_staging(staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
     features = []
-    for path in tf.io.gfile.glob(os.path.join(staging_dir, _FEATURES_DIRNAME, f"*{_FEATURES_SUFFIX}")):
+    for path in tf.io.gfile.glob(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME, f"*{_FEATURES_SUFFIX}")):
         with tf.io.gfile.GFile(path, "rb") as handle:
             features.append(decode_features(handle.read()))
-    rejections = beam_jobs.read_rejections(os.path.join(staging_dir, _REJECTIONS_DIRNAME))
+    rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
     return sorted(features, key=lambda f: f.track.track_id), rejections
 
 
@@ -533,24 +561,28 @@ def embed(
     rates = {ref.sample_rate for ref in models.by_role.values()}
     if len(rates) != 1:
         raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
-    staging_dir = os.path.join(work_dir, STAGING_DIRNAME)
-    shutil.rmtree(staging_dir, ignore_errors=True)
-    for folder in (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME):  # The index folder is local: ScaNN writes local files.
-        os.makedirs(os.path.join(staging_dir, folder))
-    pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(list(pipeline_args or [])))
+    if tracks_per_batch < 1:
+        raise ValueError(f"tracks per batch must be at least 1, got {tracks_per_batch}")
+    options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
+    staging_dir = _staging_dir(options, work_dir)
+    _remove_tree(staging_dir)
+    for folder in (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME):
+        tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder))
+    pipeline = beam.Pipeline(options=options)
     if catalog is not None:
-        _catalog_pipeline(pipeline, catalog, models, staging_dir, tracks_per_batch)
+        num_elements = _catalog_pipeline(pipeline, catalog, models, staging_dir, tracks_per_batch)
         num_input = catalog.num_rows
         early = list(catalog.rejections)
     else:
         dataset_of_role = match_datasets(dataset_dirs, models.by_role)
-        _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir, tracks_per_batch)
+        num_elements = _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir, tracks_per_batch)
         num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_role.values()))))
         early = []
-    result = pipeline.run()
-    result.wait_until_finish()
-    features, rejections = _read_staging(staging_dir)
-    shutil.rmtree(staging_dir, ignore_errors=True)
+    try:
+        result = beam_jobs.run_pipeline(pipeline, num_elements)
+        features, rejections = _read_staging(staging_dir)
+    finally:
+        _remove_tree(staging_dir)
     rejections = early + rejections
     if len(features) + len(rejections) != num_input:
         raise RuntimeError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
@@ -54,3 +55,37 @@ def test_a_retried_rejection_rewrites_the_same_file(tmp_path):
         beam_jobs.stage_rejection(str(tmp_path), rejection)
     assert len(list(tmp_path.iterdir())) == 1
     assert beam_jobs.read_rejections(str(tmp_path)) == [rejection]
+
+
+def test_dask_is_named_by_its_short_name_and_its_input_split_for_every_worker():
+    options = beam_jobs.default_pipeline_options(["--runner=dask"])
+    assert options.view_as(StandardOptions).runner == beam_jobs.DASK_RUNNER and beam_jobs.is_dask(options)
+    assert not beam_jobs.is_dask(beam_jobs.default_pipeline_options([]))
+    dask_options = beam_jobs._dask_options(options)
+    beam_jobs._choose_partitions(options, num_elements=10, num_threads=2)
+    assert dask_options.npartitions == 8  # Four per worker thread.
+    dask_options.npartitions = None
+    beam_jobs._choose_partitions(options, num_elements=100_000, num_threads=8)
+    assert dask_options.npartitions == 1563  # At most 64 elements per partition.
+    given = beam_jobs.default_pipeline_options(["--runner=dask", "--dask_partition_size=5"])
+    beam_jobs._choose_partitions(given, num_elements=100, num_threads=2)
+    assert beam_jobs._dask_options(given).npartitions is None  # The user's choice stands.
+
+
+def test_a_pipeline_for_dask_must_have_one_end():
+    """Beam's Dask runner computes the graph of the last transform only: a second branch would be lost."""
+    pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(["--runner=dask"]))
+    numbers = pipeline | beam.Create(range(3))
+    _ = numbers | "Double" >> beam.Map(lambda n: 2 * n)
+    _ = numbers | "Square" >> beam.Map(lambda n: n * n)
+    assert beam_jobs.pipeline_ends(pipeline) == ["Double", "Square"]
+    with pytest.raises(ValueError, match=r"needs exactly one end; this one has \['Double', 'Square'\]"):
+        beam_jobs.run_pipeline(pipeline, 3)
+
+
+def test_an_unreachable_dask_scheduler_is_named():
+    args = ["--runner=dask", "--dask_client_address=tcp://127.0.0.1:9", "--dask_connection_timeout=2"]
+    pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(args))
+    _ = pipeline | beam.Create(range(3)) | beam.Map(abs)
+    with pytest.raises(beam_jobs.RunnerUnavailableError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        beam_jobs.run_pipeline(pipeline, 3)

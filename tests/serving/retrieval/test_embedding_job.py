@@ -219,3 +219,53 @@ def test_batches_wait_in_bounded_memory_when_every_length_differs():
     left = batches.flush()
     assert sorted(item for batch in ready + left for item in batch) == list(range(300, 310))
     assert sum(length for batch in left for length in batch) <= 1000
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """A Dask `LocalCluster` of two single-threaded worker processes, shared by the module's Dask runs."""
+    distributed = pytest.importorskip("distributed", reason="the dask extra is part of the dev install")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    yield cluster.scheduler_address
+    cluster.close()
+
+
+def _small_catalog(directory, demo_catalog):
+    """Three demo tracks (absolute paths, as a cluster's workers need) and a row whose file is missing."""
+    rows = list(csv.DictReader(open(demo_catalog, encoding="utf-8")))[::6][:3]
+    rows = [{**row, "path": str(demo_catalog.parent / row["path"])} for row in rows]
+    rows.append({**rows[0], "track_id": "gone", "path": str(directory / "gone.mp3")})
+    path = directory / "catalog.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return catalog.read_catalog(str(path))
+
+
+def test_on_a_dask_cluster_both_inputs_build_the_direct_runners_index(
+    tmp_path, dask_scheduler, demo_catalog, trained, trained_crnn, job_models
+):
+    """From a catalog CSV (with a bad row) and from TFRecord datasets (the join of two datasets by track)."""
+    inputs = {
+        "catalog": {"catalog": _small_catalog(tmp_path, demo_catalog)},
+        "tfrecords": {"dataset_dirs": [str(trained[0] / "data_128"), str(trained_crnn[0])]},
+    }
+    for name, data in inputs.items():
+        direct_dir, dask_dir = tmp_path / f"{name}_direct", tmp_path / f"{name}_dask"
+        embedding_job.build_index(str(direct_dir), job_models, pipeline_args=IN_MEMORY, **data)
+        summary = embedding_job.build_index(
+            str(dask_dir),
+            job_models,
+            pipeline_args=["--runner=dask", f"--dask_client_address={dask_scheduler}"],
+            **data,
+        )
+        direct, dask = CatalogIndex.load(str(direct_dir)), CatalogIndex.load(str(dask_dir))
+        assert summary.num_indexed == len(dask) == len(direct) == 3, name
+        assert dask.tracks == direct.tracks, name  # Same ids in the same order, same metadata and content hashes.
+        np.testing.assert_allclose(dask.embeddings, direct.embeddings, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(dask.tag_probabilities, direct.tag_probabilities, atol=1e-6, err_msg=name)
+        rejected = (dask_dir / embedding_job.REJECTED_FILENAME).read_text()
+        assert rejected == (direct_dir / embedding_job.REJECTED_FILENAME).read_text(), name
+    rejected = rejections_from_csv((tmp_path / "catalog_dask" / embedding_job.REJECTED_FILENAME).read_text())
+    assert [(r.track_id, r.reason) for r in rejected] == [("gone", "missing_file")]
