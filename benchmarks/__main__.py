@@ -8,11 +8,16 @@ Usage:
 of the Beam pipeline against a librosa loop; about 3 minutes on 2 cores) and
 `reader` is `benchmarks.reader_throughput` (chunks per second of
 `tfrecords.readers.train_dataset` against the research system's `.npy`
-loader; under 2 minutes); `model_inference` is
+loader; under 2 minutes); `preprocess_on_dask` is
+`benchmarks.preprocess_on_dask` (the same job on Dask worker processes against
+the DirectRunner, with the crossover; about 4 minutes); `model_inference` is
 `benchmarks.model_inference` (Short-Chunk ResNet tracks per second on the CPU
 against the PyTorch reference architecture; about 1 minute); `index_search` is
 `benchmarks.index_search` (ScaNN against NumPy brute force and faiss HNSW on
-1M clustered 512-d vectors; about 5 minutes, 8 GB of memory);
+1M clustered 512-d vectors; about 5 minutes, 8 GB of memory); `index_sizing`
+is `benchmarks.index_sizing` (the catalog index's memory, disk, build and
+load time at 100k and 1M tracks of 512-d and 200-d embeddings, and the
+sizing plan to 100M; about 20 minutes, 12 GB of memory);
 `recommend_latency` is `benchmarks.recommend_latency` (end-to-end latency of
 one 30 s MP3 query on a 10,000-track index, broken down; about 5 minutes);
 `app_load` is `benchmarks.app_load` (the web service under 16 concurrent
@@ -35,7 +40,9 @@ from benchmarks import (
     app_load,
     catalog_embedding,
     index_search,
+    index_sizing,
     model_inference,
+    preprocess_on_dask,
     preprocess_throughput,
     reader_throughput,
     recommend_latency,
@@ -45,9 +52,11 @@ from benchmarks import (
 
 BENCHMARKS = {
     "preprocess": preprocess_throughput.run_benchmark,
+    "preprocess_on_dask": preprocess_on_dask.run_benchmark,
     "reader": reader_throughput.run_benchmark,
     "model_inference": model_inference.run_benchmark,
     "index_search": index_search.run_benchmark,
+    "index_sizing": index_sizing.run_benchmark,
     "catalog_embedding": catalog_embedding.run_benchmark,
     "recommend_latency": recommend_latency.run_benchmark,
     "app_load": app_load.run_benchmark,

@@ -17,6 +17,13 @@ For the musicnn models (their own front end; e.g. to fine-tune them):
     python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_musicnn \
         --split_by=track --log_mel_preset=musicnn
 
+On Dask worker processes (a LocalCluster of one per core, or a cluster:
+`--dask_client_address=tcp://HOST:8786`; README, "Running the Beam jobs on
+a cluster"):
+
+    python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_tfrecords \
+        --split_by=track --runner=dask
+
 Any other Beam runner: append its pipeline flags, e.g.
 
     python -m data_prep --catalog=gs://bucket/catalog.csv --output_dir=gs://bucket/out \

@@ -17,7 +17,9 @@ models make an ensemble: each model's embedding is L2-normalised, weighted
 (`--embedding_weights`, default equal), concatenated and normalised again,
 e.g. the default. The job runs in Beam
 (DirectRunner on all cores unless Beam flags say otherwise, e.g.
-`--runner=DataflowRunner ...`; each worker sends up to `--tracks_per_batch`
+`--runner=dask [--dask_client_address=tcp://HOST:8786]` or
+`--runner=DataflowRunner ...`, with `--temp_location` on storage every
+worker reaches; each worker sends up to `--tracks_per_batch`
 tracks of one length through a model at once), then writes the index to `--index_dir` with
 `rejected.csv`. `--data` may instead name TFRecord datasets
 (`--data=demo_output/tfrecords_128,demo_output/tfrecords_96`): each model
@@ -65,6 +67,9 @@ _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", require
 _UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the existing index (ScaNN upsert).")
 _DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
 _KIND = flags.DEFINE_enum("kind", "auto", ["auto", *searcher.KINDS], "ScaNN configuration; auto chooses by size.")
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 1, "Split a new index into this many shards by track-id hash (README: Index sizing).", lower_bound=1
+)
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
 _TRACKS_PER_BATCH = flags.DEFINE_integer(
     "tracks_per_batch",
@@ -126,6 +131,7 @@ def _run(pipeline_args: list[str]):
         update=_UPDATE.value,
         kind=_KIND.value,
         leaves_searched_fraction=_LEAVES.value,
+        num_shards=_NUM_SHARDS.value,
         pipeline_args=pipeline_args,
         tracks_per_batch=_TRACKS_PER_BATCH.value,
     )

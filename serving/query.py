@@ -29,8 +29,7 @@ from serving import flag_groups
 from serving.embedding import query_audio
 from serving.embedding.tf_serving_client import ServingError
 from serving.retrieval import rendering
-from serving.retrieval.catalog_index import CatalogIndex
-from serving.retrieval.recommender import Recommender
+from serving.retrieval.sharded_index import load_index, recommender_for
 
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "An audio file to find similar catalog tracks for.")
@@ -61,10 +60,10 @@ def main(argv):
     if (_AUDIO.value is None) == (_TRACK_ID.value is None):
         raise app.UsageError("give exactly one of --audio and --track_id")
     try:
-        catalog = CatalogIndex.load(_INDEX_DIR.value)
+        catalog = load_index(_INDEX_DIR.value)  # One index, or the shards of one (merged per query).
         use_tags = _TAG_FILTER.value and catalog.tag_model is not None
         tag_filter = _TAG_FILTER_SETTINGS.tag_filter() if use_tags else None
-        recommender = Recommender(catalog, tag_filter)
+        recommender = recommender_for(catalog, tag_filter)
         query, label = _query(catalog, recommender)
         result = recommender.recommend(
             query,

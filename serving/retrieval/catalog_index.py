@@ -43,6 +43,7 @@ class IndexMismatchError(ValueError):
 FORMAT_VERSION = 3  # 2: manifest.json, pickle-free searcher ids; 3: several ranking models.
 READABLE_FORMATS = (2, 3)
 INFO_FILENAME = "catalog_index.json"
+SHARDS_FILENAME = "shards.json"  # Lists the shards of a sharded index (`serving.retrieval.sharded_index`).
 MANIFEST_FILENAME = "manifest.json"
 TRACKS_FILENAME = "tracks.jsonl"
 EMBEDDINGS_FILENAME = "embeddings.npy"
@@ -272,6 +273,11 @@ class CatalogIndex:
         """
         _recover(directory)
         info_path = os.path.join(directory, INFO_FILENAME)
+        if os.path.exists(os.path.join(directory, SHARDS_FILENAME)):
+            raise IndexMismatchError(
+                f"{directory} holds a sharded index (serving.retrieval.sharded_index): load one of its shard "
+                "folders, or the whole with `sharded_index.load_index` (serving.query does)"
+            )
         if not os.path.exists(info_path):
             raise FileNotFoundError(f"{directory}: no {INFO_FILENAME}; build one with `python -m serving.build_index`")
         _check_manifest(directory)

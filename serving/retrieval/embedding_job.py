@@ -48,8 +48,9 @@ from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
-from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
+from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex, TrackRecord
 from serving.retrieval.searcher import choose_kind
+from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index
 from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
@@ -603,6 +604,7 @@ class BuildSummary:
     searcher_kind: str
     embedding_models: str
     tag_model: str
+    num_shards: int = 1
 
     def render(self) -> str:
         by_reason = collections.Counter(r.reason for r in self.rejections)
@@ -610,13 +612,14 @@ class BuildSummary:
             f"index: {self.index_dir}",
             f"  tracks in: {self.num_input}; embedded: {self.num_indexed}; rejected: {len(self.rejections)}",
             *(f"    {reason}: {count} ({REASONS[reason]})" for reason, count in sorted(by_reason.items())),
-            f"  index now holds {self.num_tracks} tracks; searcher: {self.searcher_kind}",
+            f"  index now holds {self.num_tracks} tracks; searcher: {self.searcher_kind}"
+            + (f", in {self.num_shards} shards" if self.num_shards > 1 else ""),
             f"  ranking by: {self.embedding_models}",
             f"  tag model: {self.tag_model or 'none (stage 1 unavailable)'}",
         ]
         if self.rejections:
             lines.append(f"  rejected tracks and reasons: {os.path.join(self.index_dir, REJECTED_FILENAME)}")
-        suggested = choose_kind(self.num_tracks)
+        suggested = choose_kind(self.num_tracks // self.num_shards)
         if suggested != self.searcher_kind:
             lines.append(
                 f"  note: ScaNN's guidance for {self.num_tracks} tracks is `{suggested}`, this index is "
@@ -641,6 +644,7 @@ def build_index(
     leaves_searched_fraction: float = 0.05,
     pipeline_args: list[str] | None = None,
     tracks_per_batch: int = DEFAULT_TRACKS_PER_BATCH,
+    num_shards: int = 1,
 ) -> BuildSummary:
     """Embeds a catalog and writes (or updates) its index in `index_dir`.
 
@@ -656,12 +660,16 @@ def build_index(
         leaves_searched_fraction: For a tree index, the share of leaves searched.
         pipeline_args: Beam pipeline flags.
         tracks_per_batch: See `embed`.
+        num_shards: For a new index, split it into this many shards by track-id hash
+            (`serving.retrieval.sharded_index`); an update keeps the index's own.
     """
     existing = None
     if update:
-        existing = CatalogIndex.load(index_dir, models.embedding_models, models.tag_model)
+        existing = load_index(index_dir, models.embedding_models, models.tag_model)
         if (existing.tag_model is None) != (models.tag_model is None):
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
+    else:
+        _check_layout(index_dir, num_shards)
     work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
     try:
         run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args, tracks_per_batch)
@@ -675,9 +683,21 @@ def build_index(
     else:
         if not tracks:
             raise ValueError(f"no track could be embedded: {len(run.rejections)} rejected (see the reasons above)")
-        index = CatalogIndex.build(
-            tracks, embeddings, tags, models.embedding_models, models.tag_model, kind, leaves_searched_fraction
-        )
+        if num_shards > 1:
+            index = ShardedIndex.build(
+                tracks,
+                embeddings,
+                tags,
+                models.embedding_models,
+                models.tag_model,
+                num_shards,
+                kind,
+                leaves_searched_fraction,
+            )
+        else:
+            index = CatalogIndex.build(
+                tracks, embeddings, tags, models.embedding_models, models.tag_model, kind, leaves_searched_fraction
+            )
     index.save(index_dir)
     with open(os.path.join(index_dir, REJECTED_FILENAME), "w", encoding="utf-8") as handle:
         handle.write(rejections_to_csv(run.rejections))
@@ -688,15 +708,35 @@ def build_index(
         num_indexed=len(tracks),
         num_tracks=len(index),
         rejections=run.rejections,
-        searcher_kind=index.searcher.info.kind,
+        searcher_kind=_searcher_kind(index),
         embedding_models=models.embedding_models.key,
         tag_model=models.tag_model.key if models.tag_model else "",
+        num_shards=len(index.shards) if isinstance(index, ShardedIndex) else 1,
     )
+
+
+def _searcher_kind(index) -> str:
+    shards = index.shards if isinstance(index, ShardedIndex) else [index]
+    return ",".join(sorted({shard.searcher.info.kind for shard in shards}))
+
+
+def _check_layout(index_dir: str, num_shards: int):
+    """Refuses to write an index over one of another layout (a sharded one, or another number of shards)."""
+    if num_shards < 1:
+        raise ValueError(f"--num_shards must be at least 1, got {num_shards}")
+    if not os.path.isdir(index_dir) or not os.listdir(index_dir):
+        return
+    found = len(ShardedIndex.load(index_dir).shards) if is_sharded(index_dir) else 1
+    if found != num_shards and (is_sharded(index_dir) or os.path.exists(os.path.join(index_dir, INFO_FILENAME))):
+        raise ValueError(
+            f"{index_dir} holds an index of {found} shard(s); building {num_shards} there would mix layouts: "
+            "write to another --index_dir, or remove the old index first"
+        )
 
 
 def delete_tracks(index_dir: str, track_ids: list[str]) -> int:
     """Removes tracks from an index (ScaNN delete, no rebuild); returns the tracks left."""
-    index = CatalogIndex.load(index_dir)
+    index = load_index(index_dir)
     index.delete(track_ids)
     index.save(index_dir)
     return len(index)

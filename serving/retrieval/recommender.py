@@ -478,6 +478,22 @@ class _Selection:
         return bool(np.max(self._embeddings[taken_rows] @ self._embeddings[row]) >= self._duplicate_cosine)
 
 
+def select_best(offers, embeddings: np.ndarray, duplicate_cosine: float, max_per_artist: int | None, k: int) -> list:
+    """The first `k` of `offers` (`(row, score, track)`, best first) that the recommender's exclusions let through.
+
+    For results that already passed a recommender's own exclusions of the
+    query (e.g. each shard's of a sharded index): what is applied here is
+    what spans them: content-hash and embedding duplicates of results already
+    taken (`embeddings[row]`), and `max_per_artist`. Returns the rows taken.
+    """
+    selection = _Selection(embeddings, duplicate_cosine, max_per_artist, k)
+    for row, score, track in offers:
+        if selection.full:
+            break
+        selection.offer(row, score, -np.inf, track)
+    return [row for row, _ in selection.taken]
+
+
 def _best_first(taken: list[tuple[int, float]]) -> list[tuple[int, float]]:
     """Orders by exact score (the approximate search's order can differ slightly), ties by row."""
     return sorted(taken, key=lambda item: (-item[1], item[0]))

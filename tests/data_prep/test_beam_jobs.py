@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from data_prep import beam_jobs
 from data_prep.rejections import Rejection
+from tests.conftest import REPO_ROOT
 
 
 def test_default_options_use_every_core_in_threads_unless_told_otherwise():
@@ -89,3 +90,14 @@ def test_an_unreachable_dask_scheduler_is_named():
     _ = pipeline | beam.Create(range(3)) | beam.Map(abs)
     with pytest.raises(beam_jobs.RunnerUnavailableError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
         beam_jobs.run_pipeline(pipeline, 3)
+
+
+def test_the_shipped_dask_configuration_is_what_the_jobs_local_cluster_uses():
+    import yaml
+
+    shipped = yaml.safe_load((REPO_ROOT / "deploy" / "dask.yaml").read_text())
+    flattened = {
+        "distributed.nanny.pre-spawn-environ." + name: value
+        for name, value in shipped["distributed"]["nanny"]["pre-spawn-environ"].items()
+    }
+    assert flattened == beam_jobs.LOCAL_CLUSTER_CONFIG

@@ -64,7 +64,12 @@ def test_a_local_cluster_of_worker_processes_writes_what_the_direct_runner_write
 def cluster(tmp_path):
     """A scheduler and two single-threaded worker processes from Dask's command line, and a client."""
     scheduler_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "DASK_CONFIG": str(REPO_ROOT / "deploy" / "dask.yaml"),  # As the README tells users to start workers.
+    }
     processes = [
         subprocess.Popen(
             [DASK, "scheduler", f"--scheduler-file={scheduler_file}", "--port=0", "--dashboard-address=:0"],

@@ -1,0 +1,195 @@
+"""A catalog index in shards: the same top-k as one index (brute force), the same recommendations, saved and loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from serving.retrieval import embedding_job, sharded_index
+from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError, TrackRecord
+from serving.retrieval.recommender import Query, Recommender, TagFilter
+from serving.retrieval.sharded_index import ShardedIndex, ShardedRecommender
+from tests.conftest import REPO_ROOT
+from tests.serving.retrieval.test_recommender import VOCABULARY, _ref, _unit
+
+NUM_TRACKS = 400
+
+
+def _catalog_arrays(seed=0):
+    """Tracks with few artists (the per-artist cap binds) and copies of one file under several ids (duplicates)."""
+    rng = np.random.default_rng(seed)
+    tracks = [
+        TrackRecord(
+            track_id=f"t{i:04d}",
+            artist=f"artist{i % 9}",
+            title=f"title {i}",
+            content_sha256=f"hash{i % 380}",  # Tracks 380-399 repeat the audio of 0-19.
+        )
+        for i in range(NUM_TRACKS)
+    ]
+    embeddings = _unit(rng.normal(size=(NUM_TRACKS, 16)))
+    embeddings[380:] = embeddings[:20]
+    probabilities = rng.uniform(0.0, 1.0, size=(NUM_TRACKS, len(VOCABULARY))).astype(np.float32)
+    return tracks, embeddings, probabilities
+
+
+@pytest.fixture(scope="module")
+def one_and_sharded():
+    tracks, embeddings, probabilities = _catalog_arrays()
+    models = (_ref("ranker"), _ref("tagger", 32))
+    one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
+    sharded = ShardedIndex.build(
+        tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
+    )
+    return one, sharded
+
+
+def test_tracks_are_split_by_id_hash_into_complete_shards(one_and_sharded):
+    one, sharded = one_and_sharded
+    assert len(sharded.shards) == 4 and len(sharded) == len(one) == NUM_TRACKS
+    for number, shard in enumerate(sharded.shards):
+        assert 60 < len(shard) < 140  # A hash spreads the ids.
+        assert all(sharded_index.shard_of(t.track_id, 4) == number for t in shard.tracks)
+        for track in shard.tracks[:5]:
+            np.testing.assert_array_equal(
+                shard.embeddings[shard.row(track.track_id)], one.embeddings[one.row(track.track_id)]
+            )
+    assert "t0007" in sharded and "nope" not in sharded
+
+
+def test_shards_searched_for_k_and_merged_give_the_one_index_top_k(one_and_sharded):
+    one, sharded = one_and_sharded
+    queries = _unit(np.random.default_rng(5).normal(size=(25, 16)))
+    for k in (1, 10, 50):
+        merged, single = sharded.search(queries, k), one.searcher.search(queries, k)
+        assert [[i for i, _ in row] for row in merged] == [[i for i, _ in row] for row in single]
+        np.testing.assert_allclose(
+            [[s for _, s in row] for row in merged], [[s for _, s in row] for row in single], atol=1e-6
+        )
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"max_per_artist": 1},
+        {"max_per_artist": 2, "tag_filter": TagFilter(threshold=0.9, top_n=1)},
+        {"rank_by_embedding": False},
+        {"tag_filter": None},
+    ],
+)
+def test_the_sharded_recommender_returns_the_one_index_recommendations(one_and_sharded, settings):
+    """Both stages, exclusions that span shards (duplicated audio under other ids, the per-artist cap)."""
+    one, sharded = one_and_sharded
+    single, merged = Recommender(one), ShardedRecommender(sharded)
+    for track_id in ("t0003", "t0101", "t0385", "t0250"):
+        for k in (5, 30):
+            expected = single.recommend(single.query_for_track(track_id), k, **settings)
+            got = merged.recommend(merged.query_for_track(track_id), k, **settings)
+            assert [(r.rank, r.track.track_id) for r in got.recommendations] == [
+                (r.rank, r.track.track_id) for r in expected.recommendations
+            ], (track_id, k)
+            np.testing.assert_allclose(
+                [r.score for r in got.recommendations], [r.score for r in expected.recommendations], atol=1e-6
+            )
+            assert got.num_candidates == expected.num_candidates and got.query_tags == expected.query_tags
+            assert [r.shared_tags for r in got.recommendations] == [r.shared_tags for r in expected.recommendations]
+
+
+def test_save_load_update_and_delete_keep_each_track_in_its_shard(one_and_sharded, tmp_path):
+    _, sharded = one_and_sharded
+    directory = tmp_path / "index"
+    sharded.save(str(directory))
+    listing = json.loads((directory / sharded_index.SHARDS_FILENAME).read_text())
+    assert listing["shards"] == [f"shard-{n:05d}-of-00004" for n in range(4)] and listing["num_tracks"] == NUM_TRACKS
+    assert len(CatalogIndex.load(str(directory / listing["shards"][2]))) == len(sharded.shards[2])  # A plain index.
+    with pytest.raises(IndexMismatchError, match="holds a sharded index"):
+        CatalogIndex.load(str(directory))
+    loaded = sharded_index.load_index(str(directory))
+    assert isinstance(loaded, ShardedIndex) and len(loaded) == NUM_TRACKS
+
+    new = [TrackRecord(f"new{i}", artist="someone") for i in range(12)]
+    vectors = _unit(np.random.default_rng(9).normal(size=(12, 16)))
+    loaded.upsert(new, vectors, np.full((12, len(VOCABULARY)), 0.5, np.float32))
+    loaded.delete(["t0001", "t0002"])
+    with pytest.raises(KeyError, match="not in the index: \\['ghost'\\]"):
+        loaded.delete(["t0003", "ghost"])
+    assert "t0003" in loaded  # Nothing was removed by the refused delete.
+    loaded.save(str(directory))
+    again = ShardedIndex.load(str(directory))
+    assert len(again) == NUM_TRACKS + 12 - 2 and "new5" in again and "t0001" not in again
+    assert all(sharded_index.shard_of(t.track_id, 4) == n for n, s in enumerate(again.shards) for t in s.tracks)
+    assert again.search(vectors[3], 1)[0][0][0] == "new3"
+
+
+def test_a_damaged_listing_or_mixed_models_are_refused(one_and_sharded, tmp_path):
+    one, sharded = one_and_sharded
+    directory = tmp_path / "index"
+    sharded.save(str(directory))
+    (directory / sharded_index.SHARDS_FILENAME).write_text('{"format": "something else"}')
+    with pytest.raises(IndexMismatchError, match="shards.json: not a sharded-catalog-index-1 listing"):
+        ShardedIndex.load(str(directory))
+    other = CatalogIndex.build(one.tracks[:10], one.embeddings[:10], None, _ref("other"), None, kind="brute_force")
+    with pytest.raises(ValueError, match="shard 1"):
+        ShardedIndex([sharded.shards[0], other])
+    tracks, embeddings, probabilities = _catalog_arrays()
+    with pytest.raises(ValueError, match="leave shards .* empty: use fewer shards"):
+        ShardedIndex.build(tracks[:3], embeddings[:3], probabilities[:3], one.embedding_models, None, num_shards=8)
+
+
+def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_index, tmp_path):
+    index_dir = demo_index[0]
+    whole = CatalogIndex.load(str(index_dir))
+    sharded = ShardedIndex.build(
+        whole.tracks, whole.embeddings, whole.tag_probabilities, whole.embedding_models, whole.tag_model, num_shards=2
+    )
+    sharded.save(str(tmp_path / "sharded"))
+    outputs = []
+    for directory in (index_dir, tmp_path / "sharded"):
+        command = [
+            sys.executable,
+            "-m",
+            "serving.query",
+            f"--index_dir={directory}",
+            "--track_id=hyperrogue--hr3-caves",
+            "--k=5",
+            "--format=json",
+        ]
+        done = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(json.loads(done.stdout))
+    assert [r["track_id"] for r in outputs[1]["recommendations"]] == [
+        r["track_id"] for r in outputs[0]["recommendations"]
+    ]
+    assert len(outputs[0]["recommendations"]) == 5
+
+
+def test_a_new_index_is_not_written_over_one_of_another_layout(demo_index, tmp_path, job_models):
+    copy = tmp_path / "index"
+    shutil.copytree(demo_index[0], copy)
+    with pytest.raises(ValueError, match="holds an index of 1 shard\\(s\\); building 2 there would mix layouts"):
+        embedding_job.build_index(str(copy), job_models, dataset_dirs=[], num_shards=2)
+
+
+def test_audio_indexed_twice_in_different_shards_is_returned_once(one_and_sharded):
+    """A query among tracks whose audio exists twice (t0000-t0009 and t0380-t0389, in various shards)."""
+    one, sharded = one_and_sharded
+    embedding = one.embeddings[[one.row(f"t{i:04d}") for i in range(10)]].sum(axis=0)
+    query = Query(embedding=embedding, tag_probabilities=np.full(len(VOCABULARY), 0.99, np.float32))
+    expected = Recommender(one).recommend(query, 10)
+    got = ShardedRecommender(sharded).recommend(query, 10)
+    assert len({r.track.content_sha256 for r in expected.recommendations}) == 10
+    assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
