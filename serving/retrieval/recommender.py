@@ -244,6 +244,7 @@ class Recommender:
         tag_filter: TagFilter | None | _RecommenderDefault = RECOMMENDER_DEFAULT,
         rank_by_embedding: bool = True,
         max_per_artist: int | None = None,
+        rank_all_when_no_track_shares_tags: bool = True,
     ) -> RecommendationResult:
         """The `k` best catalog tracks for `query`.
 
@@ -256,6 +257,10 @@ class Recommender:
                 off (tag-probability cosine).
             max_per_artist: At most this many results per artist (None: no
                 limit; tracks with no artist are not limited).
+            rank_all_when_no_track_shares_tags: When no catalog track shares
+                the query's tag set, skip stage 1 and say so (True), or find
+                nothing (False: one shard of a sharded index, whose others may
+                hold such tracks).
 
         Raises:
             ValueError: Settings that cannot work together, or a query that
@@ -267,7 +272,7 @@ class Recommender:
         if query.embedded_by is not None:
             self.catalog.embedding_models.check_same(query.embedded_by)
         query_embedding = _unit_query_embedding(query, self.catalog.embedding_models.embedding_dim)
-        candidates = self._candidates(query, tag_filter)
+        candidates = self._candidates(query, tag_filter, rank_all_when_no_track_shares_tags)
         selection = _Selection(self.catalog.embeddings, self.duplicate_cosine, max_per_artist, k)
         ranked = self._rank(query, query_embedding, candidates.allowed, selection, rank_by_embedding)
         recommendations = tuple(
@@ -291,7 +296,7 @@ class Recommender:
         if tag_filter is None and not rank_by_embedding:
             raise ValueError("both stages are off: nothing to rank by")
 
-    def _candidates(self, query: Query, tag_filter: TagFilter | None) -> _Candidates:
+    def _candidates(self, query: Query, tag_filter: TagFilter | None, rank_all_when_none_shares: bool) -> _Candidates:
         """Stage 1: the tracks that may be returned, and the query's tag set that chose them."""
         allowed = self._excluded_mask(query)
         if query.tag_probabilities is not None and not np.all(np.isfinite(query.tag_probabilities)):
@@ -312,7 +317,7 @@ class Recommender:
             return _Candidates(allowed, notes=(note,))
         catalog_members = self._catalog_tag_sets(tag_filter)
         sharing = allowed & (catalog_members & query_members).any(axis=1)
-        if not sharing.any():  # An empty answer helps no one: rank the whole catalog, and say why.
+        if not sharing.any() and rank_all_when_none_shares:  # An empty answer helps no one: rank all, say why.
             shown = ", ".join(f"{tag} {p:.2f}" for tag, p in query_tags)
             return _Candidates(
                 allowed, notes=(f"stage 1 skipped: no catalog track shares the query's tag set ({shown})",)

@@ -250,14 +250,19 @@ class ShardedRecommender:
         max_per_artist: int | None = None,
     ) -> RecommendationResult:
         """As `Recommender.recommend`, over every shard."""
+        # Stage 1 is skipped only when no track of any shard shares the query's tag set, as for one index.
+        rank_all = False
         fetch = [k] * len(self._shards)
         results: list[RecommendationResult | None] = [None] * len(self._shards)
         while True:
             for number, recommender in enumerate(self._shards):
                 if results[number] is None:
                     results[number] = recommender.recommend(
-                        query, fetch[number], tag_filter, rank_by_embedding, max_per_artist
+                        query, fetch[number], tag_filter, rank_by_embedding, max_per_artist, rank_all
                     )
+            if not rank_all and results[0].query_tags and not any(r.num_candidates for r in results):
+                rank_all, results = True, [None] * len(self._shards)
+                continue
             merged = self._merge(results, k, max_per_artist)
             short = len(merged) < k
             again = [

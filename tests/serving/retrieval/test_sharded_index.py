@@ -174,7 +174,12 @@ def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_ind
     assert [r["track_id"] for r in outputs[1]["recommendations"]] == [
         r["track_id"] for r in outputs[0]["recommendations"]
     ]
-    assert len(outputs[0]["recommendations"]) == 5
+    assert [r["score"] for r in outputs[1]["recommendations"]] == pytest.approx(
+        [r["score"] for r in outputs[0]["recommendations"]], abs=1e-6
+    )
+    assert len(outputs[0]["recommendations"]) >= 3
+    for field in ("num_candidates", "notes", "query_tags"):
+        assert outputs[1][field] == outputs[0][field], field
 
 
 def test_a_new_index_is_not_written_over_one_of_another_layout(demo_index, tmp_path, job_models):
@@ -193,3 +198,28 @@ def test_audio_indexed_twice_in_different_shards_is_returned_once(one_and_sharde
     got = ShardedRecommender(sharded).recommend(query, 10)
     assert len({r.track.content_sha256 for r in expected.recommendations}) == 10
     assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
+
+
+def test_stage_1_is_skipped_only_when_no_track_of_any_shard_shares_the_query_tags():
+    """Three tracks carry a rare tag: the shards without them find nothing (not the whole shard), as one index
+    would; a tag no track carries skips stage 1 everywhere, saying so."""
+    tracks, embeddings, probabilities = _catalog_arrays(seed=3)
+    probabilities = np.minimum(probabilities, 0.9)
+    rare = [5, 120, 333]
+    probabilities[rare, 4] = 0.99
+    models = (_ref("ranker"), _ref("tagger", 32))
+    one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
+    sharded = ShardedIndex.build(
+        tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
+    )
+    assert len({sharded_index.shard_of(tracks[i].track_id, 4) for i in rare}) < 4
+    query_probabilities = np.full(len(VOCABULARY), 0.1, np.float32)
+    query_probabilities[4] = 0.999
+    query = Query(embedding=embeddings[7], tag_probabilities=query_probabilities)
+    for threshold, found in ((0.95, 3), (0.995, 5)):
+        tag_filter = TagFilter(threshold=threshold, top_n=1)
+        expected = Recommender(one, tag_filter).recommend(query, 5)
+        got = ShardedRecommender(sharded, tag_filter).recommend(query, 5)
+        assert len(expected.recommendations) == found
+        assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
+        assert got.notes == expected.notes and got.num_candidates == expected.num_candidates
