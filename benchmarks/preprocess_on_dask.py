@@ -179,9 +179,9 @@ def run_benchmark(command: str) -> report.Section:
         "it assumes the catalog and outputs on storage every machine reads at this speed and the scheduler's "
         "per-task cost (about 1 ms per partition of up to 64 tracks) negligible:\n\n" + crossover_table(costs),
         f"Per track, a warm Dask worker process runs at {warm.rate / direct.rate:.2f}x the DirectRunner's "
-        f"threads ({warm.rate:.2f} vs {direct.rate:.2f} tracks/s on the same {report.num_cpus()} cores); on one "
-        f"machine a running cluster finishes first from {_tracks(crossover_tracks(direct, warm, 1))}, on two from "
-        f"{_tracks(crossover_tracks(direct, warm, 2))}, on 16 from {_tracks(crossover_tracks(direct, warm, 16))}. "
+        f"threads ({warm.rate:.2f} vs {direct.rate:.2f} tracks/s on the same {report.num_cpus()} cores). Catalog "
+        f"size from which a running cluster finishes first: on one machine, {_tracks(crossover_tracks(direct, warm, 1))}; "
+        f"on two, {_tracks(crossover_tracks(direct, warm, 2))}; on 16, {_tracks(crossover_tracks(direct, warm, 16))}. "
         f"MagnaTagATune's 25,863 clips take {25863 / direct.rate / 60:.0f} min on this machine's DirectRunner, "
         f"{25863 / (16 * warm.rate) / 60:.1f} min on 16 such machines. A cluster the job starts for itself pays "
         "its start-up (workers importing TensorFlow) every run: keep one running for repeated jobs.",

@@ -254,12 +254,12 @@ def test_on_a_dask_cluster_both_inputs_build_the_direct_runners_index(
     for name, data in inputs.items():
         direct_dir, dask_dir = tmp_path / f"{name}_direct", tmp_path / f"{name}_dask"
         embedding_job.build_index(str(direct_dir), job_models, pipeline_args=IN_MEMORY, **data)
-        summary = embedding_job.build_index(
-            str(dask_dir),
-            job_models,
-            pipeline_args=["--runner=dask", f"--dask_client_address={dask_scheduler}"],
-            **data,
-        )
+        # Workers stage under --temp_location (on a cluster: storage every worker reaches), removed afterwards.
+        temp = tmp_path / f"{name}_temp"
+        temp.mkdir()
+        args = ["--runner=dask", f"--dask_client_address={dask_scheduler}", f"--temp_location={temp}"]
+        summary = embedding_job.build_index(str(dask_dir), job_models, pipeline_args=args, **data)
+        assert list(temp.iterdir()) == []
         direct, dask = CatalogIndex.load(str(direct_dir)), CatalogIndex.load(str(dask_dir))
         assert summary.num_indexed == len(dask) == len(direct) == 3, name
         assert dask.tracks == direct.tracks, name  # Same ids in the same order, same metadata and content hashes.
