@@ -34,14 +34,14 @@ from data_prep.splits import stable_hash
 REJECTION_SUFFIX = ".rejection.json"
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _RUNNER_ALIASES = {"dask": DASK_RUNNER, "DaskRunner": DASK_RUNNER}
-# Dask partitions per worker thread (load balance) and the most elements per
-# partition (work redone when a worker dies; scheduler overhead per task).
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers' environment;
 # any explicit threshold turns off glibc's adaptive mmap threshold, and every
 # large array TensorFlow allocates becomes a fresh mmap: the log-mel ran at
 # half speed (measured: 2.2x the CPU time). Workers this job starts keep
 # glibc's default; for a cluster of your own see the README.
 LOCAL_CLUSTER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+# Dask partitions per worker thread (load balance) and the most elements per
+# partition (work redone when a worker dies; scheduler overhead per task).
 _PARTITIONS_PER_THREAD = 4
 _MAX_ELEMENTS_PER_PARTITION = 64
 
@@ -139,7 +139,7 @@ def run_pipeline(pipeline: beam.Pipeline, num_elements: int):
         result = pipeline.run()
         try:
             result.wait_until_finish()
-        except Exception as error:  # noqa: BLE001 - whatever a worker raised, or Dask's KilledWorker.
+        except _cluster_failures() as error:  # The cluster gave up; a bug in the job's code raises as itself.
             raise JobFailedError(f"the job failed on the Dask cluster: {type(error).__name__}: {error}") from error
         finally:
             result.client.close()
@@ -155,6 +155,14 @@ def _dask_options(options: PipelineOptions):
             "--runner=dask needs Dask: pip install 'music-recommender[dask]' (apache-beam[dask])"
         ) from None
     return options.view_as(DaskOptions)
+
+
+def _cluster_failures() -> tuple[type[BaseException], ...]:
+    """What Dask raises when the cluster, not the job's code, failed: workers that kept dying, lost connections."""
+    import distributed
+    from distributed.comm.core import CommClosedError
+
+    return (distributed.KilledWorker, CommClosedError, OSError, TimeoutError)
 
 
 @contextlib.contextmanager
