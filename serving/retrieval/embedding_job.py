@@ -15,8 +15,9 @@ combined, `serving.embedding.ensemble`) give its embedding, the tag model
 
 The job runs on any Beam runner (the DirectRunner on all cores by default);
 each worker loads each SavedModel once and sends tracks of one length through
-it together (`tracks_per_batch` at a time: a catalog of 30 s previews mostly
-has one length). Workers stage each track's features, or its rejection, as a
+it together (`tracks_per_batch` at a time: an element is a chunk of that many
+catalog rows, or one TFRecord shard; a catalog of 30 s previews mostly has
+one length). Workers stage each track's features, or its rejection, as a
 file of its own; the driver then builds the `CatalogIndex` (ScaNN) and writes
 it with `rejected.csv`. Counts reconcile: input tracks = indexed + rejected,
 or the build fails.
@@ -178,7 +179,7 @@ class BatchesByShape:
     `add` returns a batch when `batch_size` inputs of one shape are pending,
     or, past `max_pending_values` pending values, the largest pending batch
     (a catalog where every length differs still runs in bounded memory);
-    `flush` returns what is left, at the end of a bundle.
+    `flush` returns what is left, at the end of an element's tracks.
     """
 
     def __init__(self, batch_size: int, max_pending_values: int = MAX_PENDING_VALUES):
