@@ -158,7 +158,6 @@ def crossover_table(costs: dict[str, Cost]) -> str:
 
 def run_benchmark(command: str) -> report.Section:
     preprocess_throughput.quiet_logs()
-    beam_jobs.quiet_runner_logs()
     load_at_start = report.load_average()
     path, is_fallback = preprocess_throughput.find_catalog()
     catalog = catalog_lib.read_catalog(path)

@@ -94,8 +94,8 @@ def marginal_throughput(small: Measurement, large: Measurement) -> float:
 
 
 def quiet_logs():
-    """Keeps Beam's per-stage INFO lines out of the benchmark's output."""
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    """Keeps the runners' INFO lines out of the benchmark's output (as the binaries do)."""
+    beam_jobs.quiet_runner_logs()
 
 
 def find_catalog() -> tuple[str, bool]:

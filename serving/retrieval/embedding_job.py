@@ -51,7 +51,7 @@ from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex, TrackRecord
 from serving.retrieval.searcher import choose_kind
-from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index
+from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index, shard_names
 from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
@@ -727,7 +727,7 @@ def _check_layout(index_dir: str, num_shards: int):
         raise ValueError(f"--num_shards must be at least 1, got {num_shards}")
     if not os.path.isdir(index_dir) or not os.listdir(index_dir):
         return
-    found = len(ShardedIndex.load(index_dir).shards) if is_sharded(index_dir) else 1
+    found = len(shard_names(index_dir)) if is_sharded(index_dir) else 1  # The listing only: no shard loaded.
     if found != num_shards and (is_sharded(index_dir) or os.path.exists(os.path.join(index_dir, INFO_FILENAME))):
         raise ValueError(
             f"{index_dir} holds an index of {found} shard(s); building {num_shards} there would mix layouts: "

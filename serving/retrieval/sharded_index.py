@@ -68,6 +68,25 @@ def split_rows(track_ids: list[str], num_shards: int) -> list[list[int]]:
     return rows
 
 
+def shard_names(directory: str) -> list[str]:
+    """The shard folders `shards.json` lists, checked (without loading any shard)."""
+    path = os.path.join(directory, SHARDS_FILENAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            listing = json.load(handle)
+        names = listing["shards"]
+        if listing["format"] != FORMAT or len(names) != listing["num_shards"]:
+            raise ValueError
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{directory}: no {SHARDS_FILENAME}: not a sharded index") from None
+    except (ValueError, KeyError, TypeError):
+        raise IndexMismatchError(f"{path}: not a {FORMAT} listing; rebuild the index") from None
+    for number, name in enumerate(names):
+        if name != shard_name(number, len(names)):
+            raise IndexMismatchError(f"{path}: shard {number} is {name!r}, expected {shard_name(number, len(names))}")
+    return names
+
+
 class ShardedIndex:
     """The shards of a catalog index, in shard order.
 
@@ -183,22 +202,7 @@ class ShardedIndex:
         expected_tag_model: ModelRef | None = None,
     ) -> ShardedIndex:
         """Loads every shard listed in `shards.json` (each checked as `CatalogIndex.load` does)."""
-        path = os.path.join(directory, SHARDS_FILENAME)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                listing = json.load(handle)
-            names = listing["shards"]
-            if listing["format"] != FORMAT or len(names) != listing["num_shards"]:
-                raise ValueError
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{directory}: no {SHARDS_FILENAME}: not a sharded index") from None
-        except (ValueError, KeyError, TypeError):
-            raise IndexMismatchError(f"{path}: not a {FORMAT} listing; rebuild the index") from None
-        for number, name in enumerate(names):
-            if name != shard_name(number, len(names)):
-                raise IndexMismatchError(
-                    f"{path}: shard {number} is {name!r}, expected {shard_name(number, len(names))}"
-                )
+        names = shard_names(directory)
         return cls(
             [
                 CatalogIndex.load(os.path.join(directory, name), expected_embedding_models, expected_tag_model)
