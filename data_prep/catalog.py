@@ -285,6 +285,10 @@ def reject_untagged(
         if any(tag in known for tag in entry.tags):
             kept.append(entry)
         else:
-            detail = f"tags {list(entry.tags)} are not in the vocabulary" if entry.tags else "the row has no tags"
+            detail = (
+                f"tags {list(entry.tags)} are not in the vocabulary"
+                if entry.tags
+                else "the row has no tags (--norequire_tags keeps such rows, for training without tags)"
+            )
             rejected.append(Rejection(entry.row, entry.track_id, entry.path, "no_usable_tag", detail))
     return kept, rejected

@@ -49,6 +49,9 @@ class TrainingRecord:
         best_epoch: The epoch that reached it (-1: the last weights).
         global_step: Training steps taken.
         init_from: The artifact training started from (fine-tuning), if any.
+        objective: What the weights were trained for: `{"name": "tagging" |
+            "contrastive" | "distillation", ...settings}` (`train.objectives`);
+            a distillation also names its teacher.
     """
 
     dataset_dir: str
@@ -57,6 +60,7 @@ class TrainingRecord:
     best_epoch: int
     global_step: int
     init_from: str | None = None
+    objective: dict = dataclasses.field(default_factory=lambda: {"name": "tagging"})
 
 
 @dataclasses.dataclass(frozen=True)

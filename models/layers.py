@@ -135,8 +135,11 @@ class ResBlock(layers.Layer):
 class TagHead(layers.Layer):
     """Dense -> sigmoid tag probabilities, always float32, with the vocabulary.
 
+    With `num_tags=0` the model has no tags (an embedding trained without
+    labels, e.g. contrastively from scratch): the output is `[batch, 0]`.
+
     Args:
-        num_tags: Number of tags.
+        num_tags: Number of tags (0: none).
         vocabulary: Optional tag names, kept in the saved model.
     """
 
@@ -147,12 +150,17 @@ class TagHead(layers.Layer):
             raise ValueError(f"vocabulary has {len(vocabulary)} tags, expected {num_tags}")
         self.num_tags = num_tags
         self.vocabulary = list(vocabulary) if vocabulary is not None else None
-        self.dense = layers.Dense(num_tags, dtype="float32", name="dense")
+        if num_tags < 0:
+            raise ValueError(f"num_tags must be >= 0, got {num_tags}")
+        self.dense = layers.Dense(num_tags, dtype="float32", name="dense") if num_tags else None
 
     def build(self, input_shape):
-        self.dense.build(input_shape)
+        if self.dense is not None:
+            self.dense.build(input_shape)
 
     def call(self, inputs):
+        if self.dense is None:
+            return ops.zeros((ops.shape(inputs)[0], 0), dtype="float32")
         return ops.sigmoid(self.dense(ops.cast(inputs, "float32")))
 
     def compute_output_shape(self, input_shape):

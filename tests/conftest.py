@@ -67,3 +67,118 @@ def tone(seconds: float, sample_rate: int, channels: int = 1, frequency: float =
     rng = np.random.default_rng(int(frequency))
     mono = level * np.sin(2 * np.pi * frequency * t) + 0.01 * rng.standard_normal(t.size)
     return np.repeat(mono[:, np.newaxis], channels, axis=1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def untagged_demo(built_once):
+    """The demo catalog without its tags column, preprocessed twice (8 train, 4 valid, 4 test tracks).
+
+    `{"catalog": CSV, "128": the reference front end, "musicnn": musicnn's}`:
+    the input of self-supervised training and of the teacher-targets job.
+    """
+    from data_prep import catalog as catalog_lib
+    from data_prep import pipeline
+    from tfrecords.logmel import PRESETS, LogMelSpec
+
+    def build(root):
+        import csv
+
+        source = catalog_lib.read_catalog(str(DEMO_CATALOG))
+        path = root / "catalog.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["track_id", "path", "artist", "album", "title"])
+            for entry in source.entries:
+                writer.writerow([entry.track_id, entry.uri, entry.artist, entry.album, entry.title])
+        built = {"catalog": str(path)}
+        for name, spec in (("128", LogMelSpec()), ("musicnn", PRESETS["musicnn"])):
+            config = pipeline.PreprocessConfig(
+                output_dir=str(root / name),
+                split_by="track",
+                split_fractions=(0.5, 0.25, 0.25),
+                require_tags=False,
+                log_mel=spec,
+            )
+            pipeline.run(catalog_lib.read_catalog(str(path)), config, [])
+            built[name] = str(root / name)
+        return built
+
+    return built_once("untagged_demo", build)
+
+
+@pytest.fixture(scope="session")
+def distillation_demo(built_once, untagged_demo):
+    """`untagged_demo`'s 128-band dataset with `pretrained/msd_musicnn`'s targets (`train.teacher_targets`)."""
+    from train import teacher_targets
+
+    def build(root):
+        job = teacher_targets.TeacherJob(
+            dataset_dir=untagged_demo["128"],
+            teacher_dataset_dir=untagged_demo["musicnn"],
+            teacher=str(REPO_ROOT / "pretrained" / "msd_musicnn"),
+            output_dir=str(root / "distill"),
+        )
+        teacher_targets.compute(job)
+        return str(root / "distill")
+
+    return built_once("distillation_demo", build)
+
+
+def train_briefly(root, configs: list[str], bindings: list[str]) -> dict:
+    """A short training run in `root/run`: its directory and the objective's loss on the training tracks'
+    deterministic views before the first step and after the last (`train.objectives.validate_views`)."""
+    from train import config as config_lib
+    from train.experiment import Experiment
+    from train.trainer import Trainer
+
+    model_dir = str(root / "run")
+    config_lib.check_or_save(model_dir, config_lib.parse(configs, bindings))
+    trainer = Trainer(Experiment(), model_dir, tf.distribute.get_strategy())
+    trainer.restore_or_start()
+    before = trainer.validate("train")["val_loss"]
+    result = trainer.train()
+    after = trainer.validate("train")["val_loss"]
+    return {"model_dir": model_dir, "before": before, "after": after, "global_step": result.global_step}
+
+
+SHORT_RUN = [
+    "Experiment.epochs = 3",
+    "Experiment.batch_size = 4",
+    "Experiment.cache_dataset = True",
+    "Experiment.checkpoint_every_steps = 2",
+    "Experiment.log_every_steps = 1",
+    "Experiment.num_spectrogram_images = 1",
+]
+
+
+@pytest.fixture(scope="session")
+def contrastive_run(built_once, untagged_demo):
+    """`contrastive_msd_musicnn.gin` from the published weights on the untagged demo tracks, 6 steps."""
+
+    def build(root):
+        return train_briefly(
+            root,
+            ["contrastive_msd_musicnn.gin"],
+            [
+                f"Experiment.dataset_dir = '{untagged_demo['musicnn']}'",
+                f"Experiment.init_from = '{REPO_ROOT / 'pretrained' / 'msd_musicnn'}'",
+                "contrastive/Phase.learning_rate = 1e-3",
+                *SHORT_RUN,
+            ],
+        )
+
+    return built_once("contrastive_run", build)
+
+
+@pytest.fixture(scope="session")
+def distilled_run(built_once, distillation_demo):
+    """`distill_short_chunk_res.gin` (plus the contrastive term) on the demo's msd_musicnn targets, 6 steps."""
+
+    def build(root):
+        return train_briefly(
+            root,
+            ["distill_short_chunk_res.gin"],
+            [f"Experiment.dataset_dir = '{distillation_demo}'", "Distillation.contrastive_weight = 0.5", *SHORT_RUN],
+        )
+
+    return built_once("distilled_run", build)

@@ -38,6 +38,36 @@ class SplitInfo:
     tag_counts: dict[str, int]
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherInfo:
+    """The teacher whose outputs a distillation dataset carries (`schema.TEACHER_FEATURES`).
+
+    Attributes:
+        model: The teacher artifact's directory.
+        model_name: Its architecture.
+        vocabulary: Its tags, in the order of `teacher/tags`.
+        embedding_dim: Size of `teacher/embedding` (L2-normalised).
+        crop_frames: Frames of the student crop each position stands for.
+        hop_frames: Frames between consecutive positions.
+        teacher_dataset_dir: The dataset the teacher read (its own front end).
+        provenance: The teacher's `model_info.json` weights record.
+    """
+
+    model: str
+    model_name: str
+    vocabulary: list[str]
+    embedding_dim: int
+    crop_frames: int
+    hop_frames: int
+    teacher_dataset_dir: str
+    provenance: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sizes(self) -> tuple[int, int]:
+        """`(tags, embedding size)`, as `schema.parse_example` takes them."""
+        return len(self.vocabulary), self.embedding_dim
+
+
 @dataclasses.dataclass
 class DatasetInfo:
     """The contents of `dataset_info.json`.
@@ -52,6 +82,7 @@ class DatasetInfo:
         rejected: Rejected rows: count, count per reason and the report file.
         options: The preprocessing options (split method, seed, ...).
         out_of_vocabulary: Tag occurrences dropped, per tag.
+        teacher: The teacher of a distillation dataset, None otherwise.
         dropped_tags: Tags left out of the vocabulary after the run, with why
             (e.g. every row carrying them was rejected).
         format_version: Version of this file's format.
@@ -67,6 +98,7 @@ class DatasetInfo:
     options: dict
     out_of_vocabulary: dict[str, int] = dataclasses.field(default_factory=dict)
     dropped_tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    teacher: TeacherInfo | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -90,6 +122,7 @@ class DatasetInfo:
             "options": self.options,
             "out_of_vocabulary": self.out_of_vocabulary,
             "dropped_tags": self.dropped_tags,
+            **({"teacher": dataclasses.asdict(self.teacher)} if self.teacher else {}),
         }
         return json.dumps(payload, indent=2, sort_keys=True) + "\n"
 
@@ -113,6 +146,7 @@ class DatasetInfo:
             options=payload["options"],
             out_of_vocabulary=payload.get("out_of_vocabulary", {}),
             dropped_tags=payload.get("dropped_tags", {}),
+            teacher=TeacherInfo(**payload["teacher"]) if payload.get("teacher") else None,
         )
 
 

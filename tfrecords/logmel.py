@@ -314,3 +314,21 @@ def _periodic_hann_window(window_length, dtype):
 def minimum_num_samples(spec: LogMelSpec) -> int:
     """The shortest waveform `log_mel_spectrogram` accepts (reflect padding needs it)."""
     return spec.n_fft // 2 + 1
+
+
+def apply_gain(log_mel: tf.Tensor, gain_db, spec: LogMelSpec) -> tf.Tensor:
+    """The log-mel of the same audio played `gain_db` dB louder (or quieter), computed on the log-mel.
+
+    Exact for either compression: `db` adds the gain (cells at the power
+    floor `amin`, digital silence or an empty band, stay there; a quieter
+    cell stops at the floor); `log10_1p` inverts `log10(1 + g x)`, scales
+    the power by `10^(gain_db / 10)` and compresses again.
+    """
+    log_mel = tf.convert_to_tensor(log_mel)
+    gain_db = tf.cast(gain_db, log_mel.dtype)
+    if spec.compression == "log10_1p":
+        power_gain = tf.pow(tf.constant(10.0, log_mel.dtype), gain_db / 10.0)
+        power = tf.maximum(tf.math.expm1(log_mel * np.log(10.0)), 0.0)  # g·x ≥ 0 (a stored value never is < 0).
+        return tf.math.log1p(power_gain * power) * (1.0 / np.log(10.0))
+    floor = tf.cast(spec.silence_value, log_mel.dtype)
+    return tf.where(log_mel <= floor, log_mel, tf.maximum(log_mel + gain_db, floor))

@@ -124,17 +124,28 @@ def evenly_spaced_chunks(log_mel: tf.Tensor, chunk_frames: int, max_chunks: int)
     return tf.gather(log_mel, offsets)
 
 
-def _files(dataset_dir: str, info: dataset_info_lib.DatasetInfo, split: str) -> list[str]:
+def shard_files(dataset_dir: str, info: dataset_info_lib.DatasetInfo, split: str) -> list[str]:
+    """A split's shard paths; a split without examples is an error naming it."""
     files = dataset_info_lib.shard_paths(dataset_dir, info, split)
     if not files:
         raise ValueError(f"{dataset_dir}: split {split!r} has no examples")
     return files
 
 
-def _parser(info: dataset_info_lib.DatasetInfo, cast_log_mel: bool = True):
+def example_parser(info: dataset_info_lib.DatasetInfo, cast_log_mel: bool = True, teacher: bool = False):
+    """`schema.parse_example` for this dataset's shapes; `teacher` parses a distillation dataset's targets too."""
+    if teacher and info.teacher is None:
+        raise ValueError("the dataset has no teacher targets (python -m train.compute_teacher_targets writes them)")
+    teacher_sizes = info.teacher.sizes if teacher else None
+
     def parse(serialized):
         return schema.parse_example(
-            serialized, info.num_tags, info.log_mel.n_mels, info.log_mel_dtype, cast_log_mel=cast_log_mel
+            serialized,
+            info.num_tags,
+            info.log_mel.n_mels,
+            info.log_mel_dtype,
+            cast_log_mel=cast_log_mel,
+            teacher_sizes=teacher_sizes,
         )
 
     return parse
@@ -178,7 +189,51 @@ def train_dataset(
         num_tags])` float32 pairs, with the per-replica batch size.
     """
     info = info or dataset_info_lib.load(dataset_dir)
-    files = _files(dataset_dir, info, split)
+    if not info.num_tags:
+        raise ValueError(f"{dataset_dir} has no tags: read it with views_dataset (self-supervised training)")
+    reading = _read_tracks(dataset_dir, info, split, global_batch_size, shuffle_buffer, seed, input_context, cache)
+    tracks = reading.tracks.map(lambda parsed: (parsed[schema.LOG_MEL], parsed[schema.LABELS]))
+    if repeat:
+        tracks = tracks.repeat()
+    batch_size, deterministic = reading.batch_size, reading.deterministic
+    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+
+    def crop(track, crop_seed):
+        log_mel, labels = track
+        crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed)
+        if spec_augment is not None:
+            crops = tf.cast(crops, tf.float32)
+            augment_seeds = tf.random.experimental.stateless_split(crop_seed, crops_per_track)
+            crops = tf.map_fn(
+                lambda args: spec_augment(args[0], args[1]),
+                (crops, augment_seeds),
+                fn_output_signature=tf.float32,
+            )
+        return crops, tf.repeat(labels[tf.newaxis, :], crops_per_track, axis=0)
+
+    chunks = (
+        tf.data.Dataset.zip((tracks, seeds))
+        .map(crop, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        .unbatch()
+    )
+    chunks = chunks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    batches = chunks.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    batches = batches.map(lambda log_mel, labels: (tf.cast(log_mel, tf.float32), labels))
+    return _finish(batches, deterministic, input_context)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrackReading:
+    tracks: tf.data.Dataset  # Parsed examples, log-mel in its storage dtype, shuffled when cached.
+    batch_size: int  # Per replica.
+    deterministic: bool
+
+
+def _read_tracks(
+    dataset_dir, info, split, global_batch_size, shuffle_buffer, seed, input_context, cache, teacher=False
+):
+    """The tracks of one split for this input pipeline: files split between pipelines, shuffled."""
+    files = shard_files(dataset_dir, info, split)
     batch_size = global_batch_size
     deterministic = seed is not None
     files_dataset = tf.data.Dataset.from_tensor_slices(files)
@@ -203,36 +258,15 @@ def train_dataset(
     )
     if records_need_sharding:
         records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    tracks = records.map(_parser(info, cast_log_mel=False), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    tracks = tracks.map(lambda parsed: (parsed[schema.LOG_MEL], parsed[schema.LABELS]))
+    parse = example_parser(info, cast_log_mel=False, teacher=teacher)
+    tracks = records.map(parse, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if cache:
         tracks = tracks.cache()
         tracks = tracks.shuffle(min(shuffle_buffer, 4096), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        tracks = tracks.repeat()
-    seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+    return _TrackReading(tracks, batch_size, deterministic)
 
-    def crop(track, crop_seed):
-        log_mel, labels = track
-        crops = random_crops(log_mel, crop_frames, crops_per_track, crop_seed)
-        if spec_augment is not None:
-            crops = tf.cast(crops, tf.float32)
-            augment_seeds = tf.random.experimental.stateless_split(crop_seed, crops_per_track)
-            crops = tf.map_fn(
-                lambda args: spec_augment(args[0], args[1]),
-                (crops, augment_seeds),
-                fn_output_signature=tf.float32,
-            )
-        return crops, tf.repeat(labels[tf.newaxis, :], crops_per_track, axis=0)
 
-    chunks = (
-        tf.data.Dataset.zip((tracks, seeds))
-        .map(crop, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-        .unbatch()
-    )
-    chunks = chunks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    batches = chunks.batch(batch_size, drop_remainder=True, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    batches = batches.map(lambda log_mel, labels: (tf.cast(log_mel, tf.float32), labels))
+def _finish(batches: tf.data.Dataset, deterministic: bool, input_context) -> tf.data.Dataset:
     options = tf.data.Options()
     options.deterministic = deterministic
     if input_context is not None:
@@ -240,6 +274,71 @@ def train_dataset(
     else:
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.AUTO
     return batches.with_options(options).prefetch(AUTOTUNE)
+
+
+def views_dataset(
+    dataset_dir: str,
+    *,
+    view_fn,
+    split: str = "train",
+    views_per_track: int = 2,
+    global_batch_size: int = 16,
+    shuffle_buffer: int = 1024,
+    seed: int | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    repeat: bool = True,
+    cache: bool = False,
+    info: dataset_info_lib.DatasetInfo | None = None,
+    teacher: bool = False,
+) -> tf.data.Dataset:
+    """Batches of tracks, each seen as `views_per_track` random views (self-supervised training).
+
+    Unlike `train_dataset`, a batch holds distinct tracks (the other tracks
+    of a batch are a view's negatives): tracks are shuffled, viewed and
+    batched within an epoch, and the last incomplete batch of each epoch is
+    dropped, so a track never meets itself as a negative.
+
+    Args:
+        dataset_dir: A directory written by `python -m data_prep`.
+        view_fn: `(parsed_example, seed [2]) -> dict of per-view tensors`
+            (e.g. a `log_mel` view `[crop_frames, n_mels]`); called once per
+            view, with independent seeds.
+        split: The split to read.
+        views_per_track: Views of each track (2: a positive pair).
+        global_batch_size: Tracks per batch summed over all replicas.
+        shuffle_buffer: Tracks in the shuffle buffer.
+        seed: Makes the order and the views reproducible; None is faster.
+        input_context: From `strategy.distribute_datasets_from_function`.
+        repeat: Repeat forever (epochs are then counted in steps).
+        cache: Cache the parsed tracks in memory (small datasets).
+        info: The dataset's info, if already loaded.
+        teacher: Parse the teacher features too (a distillation dataset).
+
+    Returns:
+        A dataset of dicts of `[batch, views_per_track, ...]` tensors, with
+        the per-replica batch size.
+    """
+    info = info or dataset_info_lib.load(dataset_dir)
+    reading = _read_tracks(
+        dataset_dir, info, split, global_batch_size, shuffle_buffer, seed, input_context, cache, teacher
+    )
+    tracks = reading.tracks
+    if not cache:
+        tracks = tracks.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2, drop_remainder=True)
+
+    def views(parsed, track_seed):
+        view_seeds = tf.random.experimental.stateless_split(track_seed, views_per_track)
+        per_view = [view_fn(parsed, view_seeds[i]) for i in range(views_per_track)]
+        return {name: tf.stack([view[name] for view in per_view]) for name in per_view[0]}
+
+    batches = tf.data.Dataset.zip((tracks, seeds)).map(
+        views, num_parallel_calls=AUTOTUNE, deterministic=reading.deterministic
+    )
+    batches = batches.batch(reading.batch_size, drop_remainder=True)
+    if repeat:
+        batches = batches.repeat()
+    return _finish(batches, reading.deterministic, input_context)
 
 
 def eval_dataset(
@@ -268,7 +367,7 @@ def eval_dataset(
         `duration_s`.
     """
     info = info or dataset_info_lib.load(dataset_dir)
-    files = _files(dataset_dir, info, split)
+    files = shard_files(dataset_dir, info, split)
 
     def to_chunks(parsed):
         chunks = evenly_spaced_chunks(parsed[schema.LOG_MEL], chunk_frames, num_chunks)
@@ -285,7 +384,7 @@ def eval_dataset(
         }
 
     records = tf.data.TFRecordDataset(files, compression_type=info.compression)
-    dataset = records.map(_parser(info), num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = records.map(example_parser(info), num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.map(to_chunks, num_parallel_calls=AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True

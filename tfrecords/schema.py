@@ -15,6 +15,16 @@ Each track is one `tf.train.Example`:
 | log_mel_shape   | int64 list  | `[frames, n_mels]`                                  |
 | duration_s      | float       | duration of the 16 kHz mono waveform in seconds     |
 | num_samples     | int64       | samples of the 16 kHz mono waveform                 |
+
+A distillation dataset (`python -m train.compute_teacher_targets`) adds a
+teacher model's outputs at `P` positions of the track (`dataset_info.json`'s
+`teacher` block names the teacher, its vocabulary and embedding size):
+
+| feature           | type        | content                                           |
+|-------------------|-------------|---------------------------------------------------|
+| teacher/starts    | int64 list  | `[P]` first log-mel frame of each student crop    |
+| teacher/tags      | float list  | `[P, teacher tags]` row-major tag probabilities   |
+| teacher/embedding | float list  | `[P, teacher embedding size]` row-major           |
 """
 
 from __future__ import annotations
@@ -32,6 +42,10 @@ LOG_MEL = "log_mel"
 LOG_MEL_SHAPE = "log_mel_shape"
 DURATION_S = "duration_s"
 NUM_SAMPLES = "num_samples"
+TEACHER_STARTS = "teacher/starts"
+TEACHER_TAGS = "teacher/tags"
+TEACHER_EMBEDDING = "teacher/embedding"
+TEACHER_FEATURES = (TEACHER_STARTS, TEACHER_TAGS, TEACHER_EMBEDDING)
 
 LOG_MEL_DTYPES = {"float16": (np.dtype("<f2"), tf.float16), "float32": (np.dtype("<f4"), tf.float32)}
 
@@ -96,9 +110,35 @@ def encode_example(
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
 
-def feature_spec(num_tags: int) -> dict:
-    """The parsing spec for `tf.io.parse_example` / `parse_single_example`."""
+def teacher_features(starts, tags: np.ndarray, embedding: np.ndarray) -> dict[str, tf.train.Feature]:
+    """The teacher features of one track (added to its example by `add_features`)."""
+    starts = np.asarray(starts, dtype=np.int64).reshape(-1)
+    tags, embedding = np.asarray(tags, np.float32), np.asarray(embedding, np.float32)
+    if tags.ndim != 2 or embedding.ndim != 2 or not len(starts) == len(tags) == len(embedding):
+        raise ValueError(
+            f"teacher outputs must be [P, ...] for {len(starts)} starts, got {tags.shape}, {embedding.shape}"
+        )
     return {
+        TEACHER_STARTS: _int64_feature(starts),
+        TEACHER_TAGS: _float_feature(tags.reshape(-1)),
+        TEACHER_EMBEDDING: _float_feature(embedding.reshape(-1)),
+    }
+
+
+def add_features(serialized: bytes, features: dict[str, tf.train.Feature]) -> bytes:
+    """An example with more features (serialized deterministically, like `encode_example`)."""
+    example = tf.train.Example.FromString(serialized)
+    for name, feature in features.items():
+        example.features.feature[name].CopyFrom(feature)
+    return example.SerializeToString(deterministic=True)
+
+
+def feature_spec(num_tags: int, teacher: bool = False) -> dict:
+    """The parsing spec for `tf.io.parse_example` / `parse_single_example`.
+
+    `teacher` adds the teacher features (a distillation dataset).
+    """
+    spec = {
         TRACK_ID: tf.io.FixedLenFeature([], tf.string),
         ARTIST: tf.io.FixedLenFeature([], tf.string),
         ALBUM: tf.io.FixedLenFeature([], tf.string),
@@ -110,10 +150,20 @@ def feature_spec(num_tags: int) -> dict:
         DURATION_S: tf.io.FixedLenFeature([], tf.float32),
         NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
     }
+    if teacher:
+        spec[TEACHER_STARTS] = tf.io.VarLenFeature(tf.int64)
+        spec[TEACHER_TAGS] = tf.io.VarLenFeature(tf.float32)
+        spec[TEACHER_EMBEDDING] = tf.io.VarLenFeature(tf.float32)
+    return spec
 
 
 def parse_example(
-    serialized: tf.Tensor, num_tags: int, n_mels: int, log_mel_dtype: str = "float16", cast_log_mel: bool = True
+    serialized: tf.Tensor,
+    num_tags: int,
+    n_mels: int,
+    log_mel_dtype: str = "float16",
+    cast_log_mel: bool = True,
+    teacher_sizes: tuple[int, int] | None = None,
 ) -> dict:
     """Parses one serialized example into tensors.
 
@@ -124,13 +174,16 @@ def parse_example(
         log_mel_dtype: Storage dtype of the log-mel.
         cast_log_mel: Cast the log-mel to float32; False keeps the storage
             dtype, so that readers crop before they cast (less memory traffic).
+        teacher_sizes: `(teacher tags, teacher embedding size)` of a
+            distillation dataset: the teacher features are parsed too, as
+            `[P]`, `[P, tags]` and `[P, embedding size]`.
 
     Returns:
         A dict with the schema's features; `log_mel` decoded to
         `[frames, n_mels]` (float32 unless `cast_log_mel` is False),
         `labels` as float32 `[num_tags]` and `tags` as a dense string vector.
     """
-    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tags))
+    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tags, teacher=teacher_sizes is not None))
     raw = tf.io.decode_raw(parsed[LOG_MEL], LOG_MEL_DTYPES[log_mel_dtype][1], little_endian=True)
     log_mel = tf.reshape(tf.cast(raw, tf.float32) if cast_log_mel else raw, [-1, n_mels])
     tf.debugging.assert_equal(
@@ -139,6 +192,11 @@ def parse_example(
     parsed[LOG_MEL] = log_mel
     parsed[LABELS] = tf.cast(parsed[LABELS], tf.float32)
     parsed[TAGS] = tf.sparse.to_dense(parsed[TAGS], default_value=b"")
+    if teacher_sizes is not None:
+        num_teacher_tags, embedding_size = teacher_sizes
+        parsed[TEACHER_STARTS] = tf.cast(tf.sparse.to_dense(parsed[TEACHER_STARTS]), tf.int32)
+        parsed[TEACHER_TAGS] = tf.reshape(tf.sparse.to_dense(parsed[TEACHER_TAGS]), [-1, num_teacher_tags])
+        parsed[TEACHER_EMBEDDING] = tf.reshape(tf.sparse.to_dense(parsed[TEACHER_EMBEDDING]), [-1, embedding_size])
     return parsed
 
 

@@ -35,6 +35,7 @@ from train import config as config_lib
 from train import strategies
 from train.experiment import Experiment
 from train.initialization import InitializationError
+from train.objectives import ObjectiveError
 from train.trainer import Trainer
 
 _CONFIG = flags.DEFINE_multi_string("config", [], "Gin config files or packaged config names, composed in order.")
@@ -55,7 +56,7 @@ def main(argv):
     del argv
     try:
         _train()
-    except (config_lib.ConfigMismatchError, InitializationError, FileNotFoundError) as error:
+    except (config_lib.ConfigMismatchError, InitializationError, ObjectiveError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
 
 

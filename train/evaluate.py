@@ -15,6 +15,7 @@ from __future__ import annotations
 from tfrecords.tf_startup import run
 
 import os
+import sys
 
 from absl import flags
 
@@ -32,7 +33,10 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where reports go; default
 
 def main(argv):
     del argv
-    run = evaluation_report.load_run(_MODEL_DIR.value, _DATASET_DIR.value)
+    try:
+        run = evaluation_report.load_run(_MODEL_DIR.value, _DATASET_DIR.value)
+    except evaluation_report.NotATaggingRunError as error:
+        sys.exit(f"error: {error}")
     output_dir = _OUTPUT_DIR.value or os.path.join(_MODEL_DIR.value, evaluation_report.EVALUATION_DIRNAME)
     summary = evaluation_report.evaluate(run, _SPLIT.value, output_dir, _NUM_CHUNKS.value)
     print(

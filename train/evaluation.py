@@ -73,10 +73,13 @@ def predict_tracks(
         tags = tags.numpy().astype(np.float64)
         real = (np.arange(tags.shape[1])[np.newaxis, :] < batch[readers.NUM_CHUNKS].numpy()[:, np.newaxis])[..., None]
         batch_labels = batch[schema.LABELS].numpy()
-        clipped = np.clip(tags, 1e-7, 1 - 1e-7)
-        repeated = batch_labels[:, np.newaxis, :]
-        chunk_losses = -(repeated * np.log(clipped) + (1 - repeated) * np.log(1 - clipped))
-        losses.append((chunk_losses * real).sum(axis=(1, 2)) / (real.sum(axis=(1, 2)) * tags.shape[2]))
+        if batch_labels.shape[1] == tags.shape[2] > 0:
+            clipped = np.clip(tags, 1e-7, 1 - 1e-7)
+            repeated = batch_labels[:, np.newaxis, :]
+            chunk_losses = -(repeated * np.log(clipped) + (1 - repeated) * np.log(1 - clipped))
+            losses.append((chunk_losses * real).sum(axis=(1, 2)) / (real.sum(axis=(1, 2)) * tags.shape[2]))
+        else:  # The model's tags are not the dataset's (an untagged catalog, or a model with other tags).
+            losses.append(np.full(len(batch_labels), np.nan))
         scores.append((tags * real).sum(axis=1) / real.sum(axis=1))
         embeddings.append((embedding.numpy() * real).sum(axis=1) / real.sum(axis=1))
         labels.append(batch_labels)

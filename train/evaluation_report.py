@@ -30,6 +30,7 @@ from tfrecords import dataset_info, readers
 from tfrecords.logmel import log_mel_spectrogram
 from train import config as config_lib
 from train import metrics as metrics_lib
+from train import objectives
 from train.evaluation import predict_tracks
 from train.experiment import Experiment
 from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME
@@ -37,6 +38,10 @@ from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME
 EVALUATION_DIRNAME = "evaluation"
 PITCH_SHIFTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 TIME_STRETCHES = (0.76, 0.88, 1.0, 1.18, 1.36)
+
+
+class NotATaggingRunError(ValueError):
+    """A run trained without tags (contrastive, distillation): nothing to score tags against."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,12 @@ def load_run(model_dir: str, dataset_dir: str | None = None) -> LoadedRun:
     if dataset_dir:
         gin.bind_parameter("Experiment.dataset_dir", dataset_dir)
     experiment = Experiment()
+    if experiment.objective.name != objectives.TAGGING:
+        raise NotATaggingRunError(
+            f"{model_dir} was trained with the {experiment.objective.name} objective: there are no tag labels to "
+            "score it against; score its embedding by retrieval (export it, then `python -m serving.build_index` "
+            "and `python -m serving.query`)"
+        )
     info = dataset_info.load(experiment.dataset_dir)
     model = experiment.build_model(info)
     best = os.path.join(model_dir, BEST_DIRNAME, "best")

@@ -13,6 +13,7 @@ import gin
 
 import models
 from tfrecords import readers
+from train import objectives
 
 # Configurables defined elsewhere are registered here, from outside, so that
 # the model and data code stays free of gin: this project's own choice (ddsp,
@@ -89,6 +90,11 @@ class Experiment:
             `pretrained/mtat_crnn`, or another run's model directory) whose
             weights start the run: fine-tuning. Its tag head is replaced when
             the dataset's vocabulary differs (`train.initialization`).
+        objective: What the run optimises (`train.objectives`): `Tagging()`
+            (supervised, the default), `Contrastive()` (self-supervised, audio
+            only) or `Distillation()` (a teacher's precomputed outputs).
+            `crops_per_track` applies to tagging; the other two read a batch of
+            `batch_size` distinct tracks, two views each.
     """
 
     dataset_dir: str = gin.REQUIRED
@@ -112,12 +118,14 @@ class Experiment:
     log_every_steps: int = 10
     num_spectrogram_images: int = 3
     init_from: str | None = None
+    objective: objectives.Tagging | objectives.Contrastive | objectives.Distillation = objectives.Tagging()
 
     def __post_init__(self):
         if self.model_name not in models.MODEL_BUILDERS:
             raise ValueError(f"unknown model {self.model_name!r}; choose one of {sorted(models.MODEL_BUILDERS)}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {sorted(BEST_METRICS)}, got {self.best_metric!r}")
+        objectives.check_best_metric(self.objective, self.best_metric)
         phases = tuple(self.phases)
         if not phases or phases[0].start_epoch != 0:
             raise ValueError("the first phase must start at epoch 0")
@@ -138,14 +146,15 @@ class Experiment:
             if getattr(self, name) < 1:
                 raise ValueError(f"Experiment.{name} must be at least 1, got {getattr(self, name)}")
 
-    def build_model(self, info):
-        """The experiment's model for a dataset (its vocabulary and mel bands)."""
+    def build_model(self, info, vocabulary=None):
+        """The experiment's model for a dataset's mel bands, with the dataset's tags or `vocabulary`."""
+        vocabulary = list(info.vocabulary if vocabulary is None else vocabulary)
         return models.get_model(
             self.model_name,
-            info.num_tags,
+            len(vocabulary),
             n_mels=info.log_mel.n_mels,
             num_frames=self.crop_frames,
-            vocabulary=list(info.vocabulary),
+            vocabulary=vocabulary,
             **self.model_kwargs,
         )
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 from tensorboard.plugins import projector as projector_plugin
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from tfrecords import readers
+from tfrecords import readers, schema
 
 PROJECTOR_DIRNAME = "projector"
 
@@ -46,23 +46,39 @@ class Writers:
             tf.summary.scalar("steps_per_second", steps_per_second)
             tf.summary.scalar("examples_per_second", steps_per_second * batch_size)
 
-    def spectrograms(self, experiment, info, seed: int = 0):
-        """A few training crops as images (frequency upwards, time rightwards)."""
+    def scalars(self, run: str, step: int, values: dict[str, float], strip_prefix: str = ""):
+        """Named scalars (an objective's statistics) under `run` (`train` or `valid`)."""
+        if not self.enabled:
+            return
+        with getattr(self, run).as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name.removeprefix(strip_prefix), value)
+
+    def spectrograms(self, experiment, info, seed: int = 0, views_dataset=None):
+        """A few training inputs as images (frequency upwards, time rightwards).
+
+        Tagging shows random crops; a views objective (`views_dataset`: its
+        seeded training input) shows both views of the first tracks.
+        """
         if not self.enabled or experiment.num_spectrogram_images <= 0:
             return
-        dataset = readers.train_dataset(
-            experiment.dataset_dir,
-            crop_frames=experiment.crop_frames,
-            global_batch_size=experiment.num_spectrogram_images,
-            seed=seed,
-            shuffle_buffer=16,
-            info=info,
-        )
-        log_mel, _ = next(iter(dataset))
+        if views_dataset is not None:
+            views = next(iter(views_dataset))[schema.LOG_MEL]
+            log_mel = tf.reshape(views, [-1, *views.shape[2:]])[: 2 * experiment.num_spectrogram_images]
+        else:
+            dataset = readers.train_dataset(
+                experiment.dataset_dir,
+                crop_frames=experiment.crop_frames,
+                global_batch_size=experiment.num_spectrogram_images,
+                seed=seed,
+                shuffle_buffer=16,
+                info=info,
+            )
+            log_mel, _ = next(iter(dataset))
         low, high = info.log_mel.silence_value, float(tf.reduce_max(log_mel))
         images = (tf.transpose(log_mel, [0, 2, 1])[:, ::-1, :, tf.newaxis] - low) / max(high - low, 1e-6)
         with self.train.as_default(step=0):
-            tf.summary.image("input_log_mel", images, max_outputs=experiment.num_spectrogram_images)
+            tf.summary.image("input_log_mel", images, max_outputs=int(images.shape[0]))
 
     def validation(self, step: int, results: dict, tag_metrics, predictions, vocabulary: list[str]):
         """Scalars, per-tag AUCs and PR curves of a validation pass."""

@@ -22,10 +22,10 @@ import models
 from models import artifact
 from tfrecords import dataset_info, readers
 from train import metrics as metrics_lib
-from train import summaries
+from train import objectives, summaries
 from train.evaluation import predict_tracks
 from train.experiment import BEST_METRICS, Experiment, Phase
-from train.initialization import initialize_from
+from train.initialization import InitializationError, initialize_from
 
 CHECKPOINT_DIRNAME = "checkpoints"
 BEST_DIRNAME = artifact.BEST_DIRNAME
@@ -79,6 +79,16 @@ def _phase_from_checkpoint(path: str) -> int:
     return int(reader.get_tensor("state/phase/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+def _init_vocabulary(init_from: str | None) -> list[str] | None:
+    """The tags of the artifact a run starts from (None from scratch)."""
+    if not init_from:
+        return None
+    try:
+        return list(artifact.read_info(init_from).vocabulary)
+    except artifact.ArtifactError as error:
+        raise InitializationError(f"Experiment.init_from: {error}") from error
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a finished (or early-stopped) run reached."""
@@ -127,14 +137,20 @@ class Trainer:
             raise ValueError(
                 f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {expected}-band dataset"
             )
+        self.objective = experiment.objective
+        self.vocabulary = self.objective.model_vocabulary(self.info, _init_vocabulary(experiment.init_from))
         keras.mixed_precision.set_global_policy(mixed_precision or "float32")
         keras.utils.set_random_seed(experiment.seed)
         with strategy.scope():
-            self.model = experiment.build_model(self.info)
+            self.model = experiment.build_model(self.info, self.vocabulary)
+            self.heads = self.objective.heads(self.model, self.info)
             self.state = RunState.create(self.best_mode)
-        self.steps_per_epoch = experiment.steps_per_epoch or max(
-            1, self.info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size
-        )
+        if self.objective.uses_views:
+            self.steps_per_epoch = experiment.steps_per_epoch or objectives.views_steps_per_epoch(experiment, self.info)
+        else:
+            self.steps_per_epoch = experiment.steps_per_epoch or max(
+                1, self.info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size
+            )
         self._optimizer = None
         self._checkpoint = None
         self._manager = None
@@ -158,15 +174,20 @@ class Trainer:
         phase = self.experiment.phases[index]
         with self.strategy.scope():
             self._optimizer = make_optimizer(phase, self.mixed_precision)
-            self._optimizer.build(self.model.trainable_variables)
+            self._optimizer.build(self._trainable_variables())
         self.state.phase.assign(index)
+        heads = {"heads": tf.train.Checkpoint(**self.heads)} if self.heads else {}
         self._checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self._optimizer, state=tf.train.Checkpoint(**self.state.as_dict())
+            model=self.model, optimizer=self._optimizer, state=tf.train.Checkpoint(**self.state.as_dict()), **heads
         )
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, self._checkpoint_dir(CHECKPOINT_DIRNAME), max_to_keep=3
         )
         self._train_step = self._make_train_step(phase)
+
+    def _trainable_variables(self) -> list:
+        """What the objective trains: the model's variables (the tag head's, unless it is frozen) and its heads'."""
+        return self.objective.trainable_variables(self.model, self.heads)
 
     def _save(self):
         self._manager.save(checkpoint_number=int(self.state.global_step.numpy()))
@@ -192,7 +213,7 @@ class Trainer:
         policy = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
         try:
-            model = self.experiment.build_model(self.info)
+            model = self.experiment.build_model(self.info, self.vocabulary)
         finally:
             keras.mixed_precision.set_global_policy(policy)
         best = os.path.join(self.model_dir, BEST_DIRNAME, "best")
@@ -207,7 +228,7 @@ class Trainer:
         info = artifact.ModelInfo(
             model_name=self.experiment.model_name,
             crop_frames=self.experiment.crop_frames,
-            vocabulary=self.info.vocabulary,
+            vocabulary=self.vocabulary,
             log_mel=self.info.log_mel,
             embedding_dim=artifact.embedding_dim(model),
             training=artifact.TrainingRecord(
@@ -217,6 +238,7 @@ class Trainer:
                 best_epoch=best_epoch,
                 global_step=int(self.state.global_step.numpy()),
                 init_from=self.experiment.init_from,
+                objective=objectives.describe(self.objective, self.info),
             ),
         )
         directory = artifact.save(model, info, os.path.join(self.model_dir, BEST_DIRNAME))
@@ -227,7 +249,12 @@ class Trainer:
         path = os.path.join(self._checkpoint_dir(BEST_DIRNAME), "best")
         tf.train.Checkpoint(model=self.model).read(path).expect_partial()
 
-    def _restore_or_start(self) -> bool:
+    def restore_or_start(self) -> bool:
+        """Resumes from the latest checkpoint, or starts (from `init_from`'s weights when set).
+
+        `train` calls it first; calling it before (e.g. to validate the
+        starting weights) is harmless. Returns whether it resumed.
+        """
         latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINT_DIRNAME))
         if latest is None:
             if self.experiment.init_from:
@@ -236,7 +263,7 @@ class Trainer:
                     self.experiment.init_from,
                     self.experiment.model_name,
                     self.info.log_mel.fingerprint(),
-                    self.info.vocabulary,
+                    self.vocabulary,
                 )
                 logging.info("Fine-tuning: %s", initialization.describe())
             self._set_phase(0)
@@ -259,6 +286,12 @@ class Trainer:
 
     def _dataset(self):
         experiment = self.experiment
+        if self.objective.uses_views:
+            return self.strategy.distribute_datasets_from_function(
+                lambda input_context: objectives.views_train_dataset(
+                    self.objective, experiment, self.info, input_context=input_context
+                )
+            )
 
         def dataset_fn(input_context):
             return readers.train_dataset(
@@ -277,15 +310,21 @@ class Trainer:
         return self.strategy.distribute_datasets_from_function(dataset_fn)
 
     def _make_train_step(self, phase: Phase):
-        model, optimizer = self.model, self._optimizer
-        global_batch = self.experiment.batch_size
+        model, optimizer, objective, heads = self.model, self._optimizer, self.objective, self.heads
+        # Per-example losses are averaged over the global batch: crops for
+        # tagging, views (two per track) for the other objectives.
+        global_batch = self.experiment.batch_size * (2 if objective.uses_views else 1)
         weight_decay = phase.weight_decay
+        variables = self._trainable_variables()
 
-        def replica_step(log_mel, labels):
-            variables = model.trainable_variables
+        def replica_step(batch):
             with tf.GradientTape() as tape:
-                probabilities = model(log_mel, training=True)[models.TAGS]
-                per_example = keras.losses.binary_crossentropy(labels, probabilities)
+                if objective.uses_views:
+                    per_example, statistics = objective.loss(model, heads, batch, training=True)
+                else:
+                    log_mel, labels = batch
+                    probabilities = model(log_mel, training=True)[models.TAGS]
+                    per_example, statistics = keras.losses.binary_crossentropy(labels, probabilities), {}
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 total = loss
                 if weight_decay:
@@ -298,23 +337,31 @@ class Trainer:
                 scaled = optimizer.scale_loss(total)
             gradients = tape.gradient(scaled, variables)
             optimizer.apply_gradients(zip(gradients, variables, strict=True))
-            return loss
+            return loss, statistics
 
         if self.jit_compile:  # XLA compiles the per-replica computation.
             replica_step = tf.function(replica_step, jit_compile=True)
 
         @tf.function
         def step(iterator):
-            log_mel, labels = next(iterator)
-            losses = self.strategy.run(replica_step, args=(log_mel, labels))
-            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+            losses, statistics = self.strategy.run(replica_step, args=(next(iterator),))
+            loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+            means = {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in statistics.items()}
+            return loss, means
 
         return step
 
     # Validation ----------------------------------------------------------
 
     def validate(self, split: str = "valid") -> dict[str, float]:
-        """Validation loss and track-level macro AUCs; logs them to TensorBoard."""
+        """Validation loss and track-level macro AUCs (tagging) or the objective's statistics; logs them."""
+        step = int(self.state.global_step.numpy())
+        if self.objective.uses_views:
+            results = objectives.validate_views(
+                self.objective, self.model, self.heads, self.experiment, self.info, split
+            )
+            self.writers.scalars("valid", step, results, strip_prefix="val_")
+            return results
         predictions = predict_tracks(
             self.model,
             self.experiment.dataset_dir,
@@ -329,7 +376,6 @@ class Trainer:
             "val_roc_auc": tag_metrics.macro_roc_auc,
             "val_pr_auc": tag_metrics.macro_pr_auc,
         }
-        step = int(self.state.global_step.numpy())
         self.writers.validation(step, results, tag_metrics, predictions, list(self.info.vocabulary))
         self.last_predictions = predictions
         return results
@@ -352,8 +398,11 @@ class Trainer:
     def train(self) -> TrainResult:
         """Trains until the last epoch or early stopping; resumes if possible."""
         experiment = self.experiment
-        if not self._restore_or_start():
-            self.writers.spectrograms(experiment, self.info)
+        if not self.restore_or_start():
+            views = None
+            if self.objective.uses_views:
+                views = objectives.views_train_dataset(self.objective, experiment, self.info, seed=0, repeat=False)
+            self.writers.spectrograms(experiment, self.info, views_dataset=views)
         iterator = iter(self._dataset())
         stopped_early = False
         while int(self.state.epoch.numpy()) < experiment.epochs:
@@ -427,7 +476,8 @@ class Trainer:
         for step in range(start_step, self.steps_per_epoch):
             global_step = int(self.state.global_step.numpy())
             self._maybe_profile(global_step)
-            loss = float(self._train_step(iterator).numpy())
+            loss, statistics = self._train_step(iterator)
+            loss = float(loss.numpy())
             if not np.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss} at epoch {epoch}, step {step}")
             self.state.global_step.assign_add(1)
@@ -440,6 +490,7 @@ class Trainer:
                 self.writers.training(
                     global_step, loss, self._learning_rate(), window_steps / elapsed, experiment.batch_size
                 )
+                self.writers.scalars("train", global_step, {k: float(v) for k, v in statistics.items()})
                 window_start, window_steps = time.perf_counter(), 0
             if global_step % experiment.checkpoint_every_steps == 0 and step + 1 < self.steps_per_epoch:
                 self._save()

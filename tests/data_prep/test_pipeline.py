@@ -402,3 +402,20 @@ def test_config_validation():
         pipeline.PreprocessConfig(output_dir="x", compression="bz2")
     with pytest.raises(ValueError, match="min_duration_s"):
         pipeline.PreprocessConfig(output_dir="x", min_duration_s=0.001)
+
+
+def test_an_untagged_catalog_is_kept_whole_with_norequire_tags(untagged_demo):
+    """A catalog without a tags column (the input of self-supervised training): every row written."""
+    for name in ("128", "musicnn"):
+        info = dataset_info.load(untagged_demo[name])
+        assert info.vocabulary == [] and info.num_written == 16 and info.rejected["count"] == 0
+        assert {split: i.examples for split, i in info.splits.items()} == {"train": 8, "valid": 4, "test": 4}
+        assert info.options["require_tags"] is False
+
+
+def test_an_untagged_catalog_without_norequire_tags_says_how_to_keep_it(untagged_demo, tmp_path):
+    parsed = catalog.read_catalog(untagged_demo["catalog"])
+    tasks, rejections, vocabulary = pipeline.plan_tasks(parsed, pipeline.PreprocessConfig(output_dir=str(tmp_path)))
+    assert tasks == [] and vocabulary.tags == () and len(rejections) == 16
+    assert {r.reason for r in rejections} == {"no_usable_tag"}
+    assert all("--norequire_tags" in r.detail for r in rejections)

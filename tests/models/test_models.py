@@ -158,3 +158,14 @@ def test_jit_compiled_training_step(name):
     x = np.zeros((4, frames, models.DEFAULT_N_MELS[name]), np.float32)
     logs = model.train_on_batch(x, {models.TAGS: np.ones((4, 3), np.float32)}, return_dict=True)
     assert np.isfinite(logs["loss"])
+
+
+def test_a_model_without_tags_saves_loads_and_outputs_an_empty_tag_vector(tmp_path):
+    """A contrastive run from scratch has no tags: the tag head outputs `[batch, 0]`, serializable."""
+    model = models.get_model("short_chunk_cnn", 0, vocabulary=[])
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    outputs = loaded(np.zeros((2, 231, 128), np.float32))
+    assert outputs[models.TAGS].shape == (2, 0) and outputs[models.EMBEDDING].shape == (2, 512)
+    assert not loaded.get_layer(models.TAGS).weights

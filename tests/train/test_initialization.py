@@ -96,7 +96,7 @@ def test_finetuning_config_starts_from_the_published_weights_and_learns(dataset_
     config_lib.check_or_save(str(tmp_path), config_text)
     trainer = Trainer(Experiment(), str(tmp_path), tf.distribute.get_strategy())
     source, _ = artifact.load(MTAT_CRNN)
-    trainer._restore_or_start()  # What train() does first: the pretrained weights go in before step 1.
+    trainer.restore_or_start()  # What train() does first: the pretrained weights go in before step 1.
     start = _weights_by_layer(trainer.model)
     for name, weights in _weights_by_layer(source).items():
         if name != models.TAGS:

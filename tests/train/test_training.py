@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 import configs
 import models
 from models import artifact
 from tests.conftest import REPO_ROOT
 from tests.tfrecords.dataset_writer import write_dataset
+from tfrecords import dataset_info, schema
 from tfrecords.logmel import PRESETS, LogMelSpec
 from train import config as config_lib
 from train import strategies
@@ -48,18 +50,52 @@ def _synthetic(directory, n_mels, frames=300, tracks=(8, 4, 2), spec=None):
     return directory
 
 
+def _with_synthetic_teacher(source, directory, crop_frames=231, hop_frames=32):
+    """`source` with made-up teacher targets (3 tags, an 8-d embedding) at every crop position."""
+    info = dataset_info.load(str(source))
+    rng = np.random.default_rng(7)
+    directory.mkdir()
+    for split in info.splits:
+        for path in dataset_info.shard_paths(str(source), info, split):
+            with tf.io.TFRecordWriter(str(directory / os.path.basename(path))) as writer:
+                for record in tf.data.TFRecordDataset(path):
+                    frames = schema.decode_example(record.numpy(), info.log_mel_dtype)[schema.LOG_MEL].shape[0]
+                    starts = np.arange(0, frames - crop_frames + 1, hop_frames)
+                    features = schema.teacher_features(
+                        starts, rng.uniform(size=(len(starts), 3)), rng.normal(size=(len(starts), 8))
+                    )
+                    writer.write(schema.add_features(record.numpy(), features))
+    info.teacher = dataset_info.TeacherInfo(
+        model="made-up",
+        model_name="musicnn",
+        vocabulary=["a", "b", "c"],
+        embedding_dim=8,
+        crop_frames=crop_frames,
+        hop_frames=hop_frames,
+        teacher_dataset_dir=str(source),
+    )
+    (directory / "dataset_info.json").write_text(info.to_json())
+    return directory
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_data")
+    mel128 = _synthetic(root / "mel128", 128)
+    musicnn = _synthetic(root / "musicnn", 96, spec=PRESETS["musicnn"])
     return {
-        128: str(_synthetic(root / "mel128", 128)),
+        128: str(mel128),
         96: str(_synthetic(root / "mel96", 96)),
-        "musicnn": str(_synthetic(root / "musicnn", 96, spec=PRESETS["musicnn"])),
+        "musicnn": str(musicnn),
+        "distill": str(_with_synthetic_teacher(mel128, root / "distill")),
+        "distill_musicnn": str(_with_synthetic_teacher(musicnn, root / "distill_musicnn", crop_frames=187)),
     }
 
 
 def _dataset_for(config_name: str, datasets) -> str:
-    """The dataset with the front end a config's model needs."""
+    """The dataset with the front end (or the teacher targets) a config's model needs."""
+    if config_name.startswith("distill"):
+        return datasets["distill"]
     if "musicnn" in config_name:
         return datasets["musicnn"]
     return datasets[96 if "crnn" in config_name else 128]
@@ -186,12 +222,12 @@ def test_crnn_needs_a_96_band_dataset(datasets, tmp_path):
         _trainer(["crnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
 
 
-def _train_command(dataset_dir, model_dir, *extra):
+def _train_command(dataset_dir, model_dir, *extra, configs=("short_chunk_res.gin",)):
     return [
         sys.executable,
         "-m",
         "train",
-        "--config=short_chunk_res.gin",
+        *(f"--config={config}" for config in configs),
         "--config=smoke.gin",
         f"--dataset_dir={dataset_dir}",
         f"--model_dir={model_dir}",
@@ -209,13 +245,46 @@ def _checkpoint_state(model_dir):
     }
     iterations = [k for k in reader.get_variable_to_shape_map() if k.startswith("optimizer/") and "iteration" in k]
     values["optimizer_iterations"] = int(reader.get_tensor(iterations[0]))
+    values["heads"] = _checkpointed_heads(reader)
     return values
 
 
-def test_kill_9_then_the_same_command_resumes(datasets, tmp_path):
+def _checkpointed_heads(reader) -> list[str]:
+    """The training-only heads in a checkpoint's object graph (their variables may be stored under the
+    optimizer's path, which reaches them first)."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    heads = [child.node_id for child in graph.nodes[0].children if child.local_name == "heads"]
+    return sorted(child.local_name for node in heads for child in graph.nodes[node].children)
+
+
+# Small models (musicnn: 0.8M parameters) keep the checkpoint written at every step small: what is tested
+# is the resumption, the same for every architecture.
+KILL_RUNS = {
+    # objective: (configs, dataset fixture key, extra flags, training-only heads the checkpoint must hold)
+    "tagging": (("musicnn.gin",), "musicnn", (), []),
+    "contrastive": (
+        ("contrastive_msd_musicnn.gin",),
+        "untagged_musicnn",
+        (f"--gin_param=Experiment.init_from = '{REPO_ROOT / 'pretrained' / 'msd_musicnn'}'",),
+        ["projection"],
+    ),
+    "distillation": (
+        ("distill_short_chunk_res.gin", "model/musicnn.gin"),
+        "distill_musicnn",
+        ("--gin_param=Distillation.contrastive_weight = 0.5",),
+        ["embedding_map", "projection"],
+    ),
+}
+
+
+@pytest.mark.parametrize("objective", sorted(KILL_RUNS))
+def test_kill_9_then_the_same_command_resumes(objective, datasets, untagged_demo, tmp_path):
+    configs, dataset, extra, heads = KILL_RUNS[objective]
+    dataset_dir = untagged_demo["musicnn"] if dataset == "untagged_musicnn" else datasets[dataset]
     model_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = _train_command(datasets[128], model_dir)
+    command = _train_command(dataset_dir, model_dir, *extra, configs=configs)
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -229,6 +298,7 @@ def test_kill_9_then_the_same_command_resumes(datasets, tmp_path):
     killed = _checkpoint_state(str(model_dir))
     assert 8 <= killed["global_step"] < 18
     assert killed["optimizer_iterations"] == killed["global_step"]
+    assert killed["heads"] == heads  # The projection head (and embedding map) are checkpointed, not exported.
 
     resumed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -250,8 +320,8 @@ def test_strategy_names():
 def test_mirrored_strategy_on_two_cpu_devices(datasets, tmp_path):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     config_lib.parse(
-        ["short_chunk_res.gin", "smoke.gin"],
-        [f"Experiment.dataset_dir = '{datasets[128]}'", "Experiment.batch_size = 4"],
+        ["musicnn.gin", "smoke.gin"],
+        [f"Experiment.dataset_dir = '{datasets['musicnn']}'", "Experiment.batch_size = 4"],
     )
     trainer = Trainer(Experiment(), str(tmp_path), strategy)
     result = trainer.train()
@@ -279,9 +349,9 @@ def test_multi_worker_training_on_two_local_processes(datasets, tmp_path):
         sys.executable,
         "-m",
         "train",
-        "--config=short_chunk_res.gin",
+        "--config=musicnn.gin",
         "--config=smoke.gin",
-        f"--dataset_dir={datasets[128]}",
+        f"--dataset_dir={datasets['musicnn']}",
         f"--model_dir={model_dir}",
         "--strategy=multi_worker",
         "--gin_param=Experiment.batch_size = 4",
@@ -301,7 +371,7 @@ def test_multi_worker_training_on_two_local_processes(datasets, tmp_path):
     outputs = [p.communicate(timeout=400)[0] for p in processes]
     for process, output in zip(processes, outputs, strict=True):
         assert process.returncode == 0, output[-3000:]
-        assert "trained short_chunk_res for 2 epochs (4 steps)" in output
+        assert "trained musicnn for 2 epochs (4 steps)" in output
     final = _checkpoint_state(str(model_dir))
     assert final["global_step"] == 4 and final["optimizer_iterations"] == 4
     assert (model_dir / "workers" / "worker_1" / CHECKPOINT_DIRNAME).is_dir()
@@ -334,13 +404,13 @@ def test_early_stopping_when_the_metric_stops_improving(tmp_path):
 def test_mixed_precision_and_xla_training(datasets, tmp_path):
     try:
         trainer = _trainer(
-            ["short_chunk_res.gin", "smoke.gin"],
-            [f"Experiment.dataset_dir = '{datasets[128]}'", "Experiment.epochs = 1"],
+            ["musicnn.gin", "smoke.gin"],
+            [f"Experiment.dataset_dir = '{datasets['musicnn']}'", "Experiment.epochs = 1"],
             tmp_path,
             mixed_precision="mixed_bfloat16",
             jit_compile=True,
         )
-        assert trainer.model.get_layer("layer1").compute_dtype == "bfloat16"
+        assert trainer.model.get_layer("timbral_74").compute_dtype == "bfloat16"
         result = trainer.train()
         assert result.global_step == 2 and np.isfinite(result.best_value)
     finally:

@@ -1,0 +1,44 @@
+"""Models trained without tags (contrastive, distilled) export for TF Serving and index like any other."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from data_prep import audio
+from data_prep import catalog as catalog_lib
+from models import artifact
+from serving.embedding.ensemble import EmbeddingModels
+from serving.export import exported_model, saved_model
+from serving.retrieval import embedding_job
+from serving.retrieval.catalog_index import CatalogIndex
+
+
+@pytest.mark.parametrize("run", ["contrastive_run", "distilled_run"])
+def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged_demo, tmp_path):
+    model_dir = request.getfixturevalue(run)["model_dir"]
+    _, info = artifact.load(model_dir)
+    path = saved_model.export(model_dir, str(tmp_path / "export" / run), num_chunks=4)
+    ref = exported_model.resolve(path)
+    with open(os.path.join(path, "assets.extra", artifact.MODEL_INFO_FILENAME)) as handle:
+        exported_info = artifact.ModelInfo.from_json(handle.read(), "the export")
+    assert exported_info.training.objective == info.training.objective  # Provenance travels with the export.
+    assert ref.vocabulary == info.vocabulary
+    catalog = catalog_lib.read_catalog(untagged_demo["catalog"])
+    embedding_job.build_index(
+        str(tmp_path / "index"),
+        embedding_job.JobModels(EmbeddingModels((ref,)), None),
+        catalog=catalog,
+        pipeline_args=["--direct_running_mode=in_memory"],
+    )
+    index = CatalogIndex.load(str(tmp_path / "index"))
+    assert len(index.tracks) == len(catalog.entries) == 16
+    assert index.embedding_models.models[0].checksum == ref.checksum
+    # A catalog track, embedded again through the export, finds itself first.
+    entry = catalog.entries[5]
+    waveform, _ = audio.load_mono(entry.uri, entry.uri, ref.sample_rate)
+    embedding = exported_model.LoadedModel(ref).from_waveform(waveform)["embedding"]
+    np.testing.assert_allclose(embedding, index.embeddings[index.row(entry.track_id)], atol=1e-4)
+    assert index.searcher.search(embedding[np.newaxis], k=3)[0][0][0] == entry.track_id

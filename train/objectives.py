@@ -1,0 +1,468 @@
+"""Training objectives: what a step optimises, what it reads, and how a run is validated.
+
+`Experiment.objective` (gin) selects one:
+
+* `Tagging`: binary cross-entropy against the dataset's tags (supervised;
+  the Won et al. recipe).
+* `Contrastive`: NT-Xent (SimCLR's InfoNCE; Chen et al. 2020) on a
+  projection head over the model's embedding: two random views of a track
+  are a positive pair, the views of the other tracks of the global batch
+  (gathered from every replica) its negatives. Needs audio only: an untagged
+  catalog (`python -m data_prep --norequire_tags`) is enough. The projection
+  head exists only in training and checkpoints; the exported model is the
+  tagger, whose embedding was trained.
+* `Distillation`: the student learns a teacher's tag probabilities and
+  embedding at the same positions of a track (`python -m
+  train.compute_teacher_targets` precomputes them, so the teacher runs once),
+  optionally plus the contrastive term; the student's tags are the teacher's.
+
+Losses are plain functions of tensors (`nt_xent`, `distillation_losses`), so
+that they are tested on their own; the objectives wire them to the model,
+the input pipeline and validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import gin
+import keras
+import tensorflow as tf
+
+import models
+from tfrecords import augmentation, readers, schema
+
+TAGGING, CONTRASTIVE, DISTILLATION = "tagging", "contrastive", "distillation"
+LOG_MEL = schema.LOG_MEL
+TEACHER_TAGS = schema.TEACHER_TAGS
+TEACHER_EMBEDDING = schema.TEACHER_EMBEDDING
+_MASK = -1e9
+
+gin.external_configurable(augmentation.ViewAugment, module="augmentation")
+
+
+class ObjectiveError(ValueError):
+    """A dataset or setting this objective cannot train with; the message says why."""
+
+
+# Losses ----------------------------------------------------------------------
+
+
+def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
+    """Concatenates a per-replica tensor along axis 0 over all replicas, in replica order.
+
+    Through an all-reduce of a one-hot placement (SimCLR's
+    `tpu_cross_replica_concat`): the all-reduce's gradient is an all-reduce,
+    so each replica's embeddings receive the gradient of every replica's
+    loss terms they appear in as negatives. Identity with one replica.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensor
+    num_replicas = context.num_replicas_in_sync
+    placed = tf.scatter_nd(
+        [[context.replica_id_in_sync_group]], tensor[tf.newaxis], tf.concat([[num_replicas], tf.shape(tensor)], 0)
+    )
+    gathered = context.all_reduce(tf.distribute.ReduceOp.SUM, placed)
+    return tf.reshape(gathered, tf.concat([[-1], tf.shape(tensor)[1:]], 0))
+
+
+def _replica_offset(local_batch: tf.Tensor) -> tf.Tensor:
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tf.constant(0, tf.int32)
+    return tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
+
+
+def nt_xent(projections: tf.Tensor, temperature: float) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    """NT-Xent over two views per track, negatives from the global batch.
+
+    Args:
+        projections: `[local batch, 2, dim]` this replica's two views per
+            track (normalised here).
+        temperature: Softmax temperature.
+
+    Returns:
+        Per-view losses `[2 * local batch]` (average with the global batch
+        of views, `2 * global batch`), and per-replica statistics of the
+        normalised projections: `alignment` (mean squared distance of
+        positive pairs, Wang & Isola 2020), `uniformity` (log mean
+        `exp(-2 d²)` over the global batch's distinct first views),
+        `positive_similarity` and `negative_similarity` (mean cosines).
+    """
+    z = tf.math.l2_normalize(tf.cast(projections, tf.float32), axis=-1)
+    local = tf.shape(z)[0]
+    everyone = cross_replica_concat(z)
+    total = tf.shape(everyone)[0]
+    anchors = tf.concat([z[:, 0], z[:, 1]], axis=0)  # [2b, d]: first views, then second views.
+    candidates = tf.concat([everyone[:, 0], everyone[:, 1]], axis=0)  # [2B, d], same order.
+    similarity = tf.matmul(anchors, candidates, transpose_b=True)  # [2b, 2B]
+    own = tf.range(local) + _replica_offset(local)
+    self_column = tf.concat([own, own + total], axis=0)
+    positive_column = tf.concat([own + total, own], axis=0)
+    is_self = tf.one_hot(self_column, 2 * total) > 0
+    logits = tf.where(is_self, _MASK, similarity / temperature)
+    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_column, logits=logits)
+    is_positive = tf.one_hot(positive_column, 2 * total) > 0
+    is_negative = ~(is_self | is_positive)
+    firsts = everyone[:, 0]
+    squared_distances = tf.maximum(2.0 - 2.0 * tf.matmul(firsts, firsts, transpose_b=True), 0.0)
+    distinct = ~tf.eye(total, dtype=tf.bool)
+    statistics = {
+        "alignment": tf.reduce_mean(tf.reduce_sum(tf.square(z[:, 0] - z[:, 1]), axis=-1)),
+        "uniformity": tf.math.log(tf.reduce_mean(tf.exp(-2.0 * tf.boolean_mask(squared_distances, distinct))) + 1e-12),
+        "positive_similarity": tf.reduce_mean(tf.reduce_sum(z[:, 0] * z[:, 1], axis=-1)),
+        "negative_similarity": tf.reduce_mean(tf.boolean_mask(similarity, is_negative)),
+    }
+    return losses, statistics
+
+
+def distillation_losses(
+    student_tags: tf.Tensor, student_embedding: tf.Tensor, teacher_tags: tf.Tensor, teacher_embedding: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-example tag and embedding losses of a student against its teacher.
+
+    Args:
+        student_tags: `[n, tags]` the student's probabilities.
+        student_embedding: `[n, dim]` the student's embedding mapped to the
+            teacher's size.
+        teacher_tags: `[n, tags]` the teacher's probabilities (soft targets).
+        teacher_embedding: `[n, dim]` the teacher's embedding.
+
+    Returns:
+        `(tag_loss [n], embedding_loss [n])`: binary cross-entropy against the
+        soft targets (averaged over tags) and `1 - cosine` of the embeddings.
+    """
+    tag_loss = keras.losses.binary_crossentropy(tf.cast(teacher_tags, tf.float32), tf.cast(student_tags, tf.float32))
+    cosine = tf.reduce_sum(
+        tf.math.l2_normalize(tf.cast(student_embedding, tf.float32), -1)
+        * tf.math.l2_normalize(tf.cast(teacher_embedding, tf.float32), -1),
+        axis=-1,
+    )
+    return tag_loss, 1.0 - cosine
+
+
+# Heads (training only) --------------------------------------------------------
+
+
+def projection_head(hidden: int, output: int, name: str) -> keras.Sequential:
+    """SimCLR's projection head: Dense-ReLU-Dense (a linear map when `hidden` is 0)."""
+    stack = [keras.layers.Dense(hidden, activation="relu", name="hidden")] if hidden else []
+    return keras.Sequential([*stack, keras.layers.Dense(output, name="output", dtype="float32")], name=name)
+
+
+def _flatten_views(log_mel: tf.Tensor) -> tf.Tensor:
+    """`[b, views, frames, mels]` → `[b * views, frames, mels]` (track-major)."""
+    shape = tf.shape(log_mel)
+    return tf.reshape(log_mel, tf.concat([[-1], shape[2:]], 0))
+
+
+def _unflatten_views(values: tf.Tensor, views: int) -> tf.Tensor:
+    return tf.reshape(values, tf.concat([[-1, views], tf.shape(values)[1:]], 0))
+
+
+def _tag_head_variable_paths(model: keras.Model) -> set[str]:
+    return {v.path for v in model.get_layer(models.TAGS).trainable_variables}
+
+
+# Objectives -------------------------------------------------------------------
+
+
+@gin.configurable(module="train")
+@dataclasses.dataclass(frozen=True)
+class Tagging:
+    """Binary cross-entropy against the dataset's tags (supervised)."""
+
+    name = TAGGING
+    uses_views = False
+
+    def model_vocabulary(self, info, init_vocabulary):
+        del init_vocabulary
+        if not info.vocabulary:
+            raise ObjectiveError(
+                "the dataset has no tags (an untagged catalog, preprocessed with --norequire_tags): train it with "
+                "the contrastive or distillation objective (configs/contrastive_*.gin, configs/distill_*.gin)"
+            )
+        return list(info.vocabulary)
+
+    def heads(self, model, info) -> dict:
+        del model, info
+        return {}
+
+    def trainable_variables(self, model, heads) -> list:
+        del heads
+        return list(model.trainable_variables)
+
+
+@gin.configurable(module="train")
+@dataclasses.dataclass(frozen=True)
+class Contrastive:
+    """NT-Xent on two random views of each track (see the module docstring).
+
+    Attributes:
+        temperature: Softmax temperature (SimCLR: 0.1 to 0.5; lower weights
+            hard negatives more).
+        projection_dim: Output size of the projection head.
+        projection_hidden: Hidden size of the projection head (0: linear).
+        augment: How a view differs from a plain random crop (None: plain
+            crops).
+
+    The tag head is not part of this loss and is not trained: from a
+    pretrained start (`Experiment.init_from`) the model keeps its tags and
+    tag head (which reads the fine-tuned embedding); from scratch the model
+    has no tags.
+    """
+
+    temperature: float = 0.1
+    projection_dim: int = 128
+    projection_hidden: int = 512
+    augment: augmentation.ViewAugment | None = augmentation.ViewAugment()
+
+    name = CONTRASTIVE
+    uses_views = True
+
+    def __post_init__(self):
+        if self.temperature <= 0 or self.projection_dim < 1 or self.projection_hidden < 0:
+            raise ObjectiveError(f"invalid {self}: temperature > 0, projection_dim >= 1, projection_hidden >= 0")
+
+    def model_vocabulary(self, info, init_vocabulary):
+        """A pretrained start keeps its tags (and tag head); from scratch: no tags."""
+        del info
+        return list(init_vocabulary) if init_vocabulary is not None else []
+
+    def heads(self, model, info) -> dict:
+        del info
+        head = projection_head(self.projection_hidden, self.projection_dim, "projection")
+        head.build((None, model.output[models.EMBEDDING].shape[-1]))
+        return {"projection": head}
+
+    def trainable_variables(self, model, heads) -> list:
+        frozen = _tag_head_variable_paths(model)
+        return [v for v in model.trainable_variables if v.path not in frozen] + list(
+            heads["projection"].trainable_variables
+        )
+
+    def view_fn(self, crop_frames: int, info):
+        spec = info.log_mel
+
+        def view(parsed, seed):
+            if self.augment is None:
+                crop = augmentation.random_crop(parsed[LOG_MEL], crop_frames, seed)
+                return {LOG_MEL: tf.ensure_shape(tf.cast(crop, tf.float32), [crop_frames, spec.n_mels])}
+            return {LOG_MEL: self.augment.view(parsed[LOG_MEL], crop_frames, spec, seed)}
+
+        return view
+
+    def loss(self, model, heads, batch, training: bool):
+        """Per-view losses `[2b]` and statistics of one replica's batch."""
+        outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
+        projections = heads["projection"](outputs[models.EMBEDDING], training=training)
+        return nt_xent(_unflatten_views(projections, 2), self.temperature)
+
+
+@gin.configurable(module="train")
+@dataclasses.dataclass(frozen=True)
+class Distillation:
+    """The student learns its teacher's outputs at the same positions (see the module docstring).
+
+    Attributes:
+        tag_weight: Weight of the tag loss (BCE against the teacher's
+            probabilities).
+        embedding_weight: Weight of the embedding loss (`1 - cosine` between
+            a linear map of the student's embedding and the teacher's).
+        contrastive_weight: Weight of the optional NT-Xent term between the
+            two views of each track (0: none).
+        contrastive: Its settings (temperature, projection head).
+        augment: Changes applied to the student's crop (the teacher heard
+            the plain audio: a consistency target); None: plain crops.
+    """
+
+    tag_weight: float = 1.0
+    embedding_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    contrastive: Contrastive = Contrastive(augment=None)
+    augment: augmentation.ViewAugment | None = None
+
+    name = DISTILLATION
+    uses_views = True
+
+    def __post_init__(self):
+        weights = (self.tag_weight, self.embedding_weight, self.contrastive_weight)
+        if min(weights) < 0 or not any(weights):
+            raise ObjectiveError(f"invalid {self}: weights must be >= 0, at least one > 0")
+        if self.augment is not None and self.augment.max_stretch:
+            raise ObjectiveError(
+                "Distillation.augment: max_stretch must be 0 (the teacher's targets are for the crop as it was)"
+            )
+
+    def model_vocabulary(self, info, init_vocabulary):
+        del init_vocabulary
+        if info.teacher is None:
+            raise ObjectiveError(
+                f"the dataset has no teacher targets: write them with `python -m train.compute_teacher_targets "
+                f"--dataset_dir={info.catalog.get('path', 'DATASET')} ...` and train on its output"
+            )
+        return list(info.teacher.vocabulary)
+
+    def heads(self, model, info) -> dict:
+        embedding_dim = model.output[models.EMBEDDING].shape[-1]
+        heads = {}
+        if self.embedding_weight:
+            heads["embedding_map"] = projection_head(0, info.teacher.embedding_dim, "embedding_map")
+            heads["embedding_map"].build((None, embedding_dim))
+        if self.contrastive_weight:
+            heads.update(self.contrastive.heads(model, info))
+        return heads
+
+    def trainable_variables(self, model, heads) -> list:
+        return list(model.trainable_variables) + [v for head in heads.values() for v in head.trainable_variables]
+
+    def view_fn(self, crop_frames: int, info):
+        spec, teacher = info.log_mel, info.teacher
+        if crop_frames != teacher.crop_frames:
+            raise ObjectiveError(
+                f"Experiment.crop_frames is {crop_frames}, the teacher targets were computed for crops of "
+                f"{teacher.crop_frames} frames: use the same crop length"
+            )
+
+        def view(parsed, seed):
+            position_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+            count = tf.shape(parsed[schema.TEACHER_STARTS])[0]
+            position = tf.random.stateless_uniform([], position_seed, 0, count, dtype=tf.int32)
+            log_mel = readers.repeat_to_frames(parsed[LOG_MEL], crop_frames)
+            start = parsed[schema.TEACHER_STARTS][position]
+            crop = tf.cast(log_mel[start : start + crop_frames], tf.float32)
+            if self.augment is not None:
+                crop = self.augment.transform(crop, spec, augment_seed)
+            return {
+                LOG_MEL: tf.ensure_shape(crop, [crop_frames, spec.n_mels]),
+                TEACHER_TAGS: parsed[TEACHER_TAGS][position],
+                TEACHER_EMBEDDING: parsed[TEACHER_EMBEDDING][position],
+            }
+
+        return view
+
+    def loss(self, model, heads, batch, training: bool):
+        """Per-view losses `[b * views]` and statistics of one replica's batch."""
+        outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
+        teacher_tags = _flatten_views(batch[TEACHER_TAGS][..., tf.newaxis])[..., 0]
+        teacher_embedding = _flatten_views(batch[TEACHER_EMBEDDING][..., tf.newaxis])[..., 0]
+        embedding = outputs[models.EMBEDDING]
+        mapped = heads["embedding_map"](embedding, training=training) if self.embedding_weight else teacher_embedding
+        tag_loss, embedding_loss = distillation_losses(outputs[models.TAGS], mapped, teacher_tags, teacher_embedding)
+        losses = self.tag_weight * tag_loss + self.embedding_weight * embedding_loss
+        statistics = {"tag_loss": tf.reduce_mean(tag_loss), "embedding_cosine": 1.0 - tf.reduce_mean(embedding_loss)}
+        if self.contrastive_weight:
+            projections = heads["projection"](embedding, training=training)
+            # Track-major [b * 2] → [b, 2]: the two views of a track are a positive pair.
+            contrastive, contrastive_statistics = nt_xent(
+                _unflatten_views(projections, 2), self.contrastive.temperature
+            )
+            per_track = tf.reshape(contrastive, [2, -1])  # [views first, views second]
+            per_view = tf.reshape(tf.transpose(per_track), [-1])  # track-major, like `losses`.
+            losses += self.contrastive_weight * per_view
+            statistics.update({f"contrastive_{k}": v for k, v in contrastive_statistics.items()})
+            statistics["contrastive_loss"] = tf.reduce_mean(contrastive)
+        return losses, statistics
+
+
+OBJECTIVES = (Tagging, Contrastive, Distillation)
+
+
+def views_train_dataset(objective, experiment, info, input_context=None, seed=None, split="train", repeat=True):
+    """The per-replica batches of views an objective trains on."""
+    return readers.views_dataset(
+        experiment.dataset_dir,
+        view_fn=objective.view_fn(experiment.crop_frames, info),
+        split=split,
+        views_per_track=2,
+        global_batch_size=experiment.batch_size,
+        shuffle_buffer=experiment.shuffle_buffer,
+        seed=seed,
+        input_context=input_context,
+        repeat=repeat,
+        cache=experiment.cache_dataset,
+        info=info,
+        teacher=objective.name == DISTILLATION,
+    )
+
+
+def views_steps_per_epoch(experiment, info, num_input_pipelines: int = 1) -> int:
+    """Steps of one epoch when a batch holds distinct tracks; refuses a split smaller than a batch."""
+    tracks = info.splits["train"].examples
+    per_pipeline = tracks // max(num_input_pipelines, 1)
+    if per_pipeline < experiment.batch_size // max(num_input_pipelines, 1):
+        raise ObjectiveError(
+            f"Experiment.batch_size is {experiment.batch_size} tracks but the training split has {tracks}: a batch "
+            "holds distinct tracks (each other's negatives); lower the batch size"
+        )
+    return max(1, tracks // experiment.batch_size)
+
+
+def validation_views(objective, experiment, info, split: str = "valid") -> tf.data.Dataset:
+    """Deterministic views of every `split` track for validation, in batches of the training batch size.
+
+    Two evenly spaced chunks per track (the first and the middle one), or
+    for distillation, the teacher positions with the same rule; no
+    augmentation. The last batch may be smaller.
+    """
+    spec = info.log_mel
+    crop_frames = experiment.crop_frames
+    teacher = objective.name == DISTILLATION
+
+    def view(parsed, seed):
+        del seed
+        if teacher:
+            starts = parsed[schema.TEACHER_STARTS]
+            chosen = tf.stack([0, tf.shape(starts)[0] // 2])
+            log_mel = readers.repeat_to_frames(parsed[LOG_MEL], crop_frames)
+            crops = tf.stack([log_mel[starts[i] : starts[i] + crop_frames] for i in (chosen[0], chosen[1])])
+            return {
+                LOG_MEL: tf.ensure_shape(crops, [2, crop_frames, spec.n_mels]),
+                TEACHER_TAGS: tf.gather(parsed[TEACHER_TAGS], chosen),
+                TEACHER_EMBEDDING: tf.gather(parsed[TEACHER_EMBEDDING], chosen),
+            }
+        chunks = readers.evenly_spaced_chunks(parsed[LOG_MEL], crop_frames, 16)
+        pair = tf.stack([chunks[0], chunks[tf.shape(chunks)[0] // 2]])
+        return {LOG_MEL: tf.ensure_shape(pair, [2, crop_frames, spec.n_mels])}
+
+    files = readers.shard_files(experiment.dataset_dir, info, split)
+    records = tf.data.TFRecordDataset(files, compression_type=info.compression)
+    parsed = records.map(readers.example_parser(info, teacher=teacher))
+    return parsed.map(lambda example: view(example, None)).batch(experiment.batch_size)
+
+
+def validate_views(objective, model, heads, experiment, info, split: str = "valid") -> dict[str, float]:
+    """The objective's mean loss and statistics over deterministic views of `split` (`val_` names)."""
+    totals, count = {}, 0
+    step = tf.function(lambda batch: objective.loss(model, heads, batch, training=False))
+    for batch in validation_views(objective, experiment, info, split):
+        tracks = int(batch[LOG_MEL].shape[0])
+        if objective.name == CONTRASTIVE and tracks < 2:
+            continue  # One track has no negative.
+        losses, statistics = step(batch)
+        values = {"loss": float(tf.reduce_mean(losses)), **{k: float(v) for k, v in statistics.items()}}
+        for name, value in values.items():
+            totals[name] = totals.get(name, 0.0) + value * tracks
+        count += tracks
+    if not count:
+        return {"val_loss": math.nan}
+    return {f"val_{name}": value / count for name, value in totals.items()}
+
+
+def check_best_metric(objective, best_metric: str):
+    """Refuses a tag metric for an objective without tag labels."""
+    if objective.name != TAGGING and best_metric != "val_loss":
+        raise ObjectiveError(
+            f"Experiment.best_metric is {best_metric!r}; the {objective.name} objective has no tag labels to score, "
+            "choose val_loss"
+        )
+
+
+def describe(objective, info) -> dict:
+    """The objective as `TrainingRecord.objective` records it (a distillation with its teacher)."""
+    settings = {field.name: repr(getattr(objective, field.name)) for field in dataclasses.fields(objective)}
+    if objective.name == DISTILLATION:
+        settings["teacher"] = {"model": info.teacher.model, **info.teacher.provenance}
+    return {"name": objective.name, **settings}
