@@ -18,6 +18,14 @@ Fine-tuning the reference's MagnaTagATune CRNN (`pretrained/mtat_crnn`) on a
     python -m train --config=finetune_mtat_crnn.gin --dataset_dir=demo_output/tfrecords_96 \
         --model_dir=/tmp/finetuned_crnn
 
+Without tags: contrastive fine-tuning of musicnn on the demo's own audio
+(`python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_musicnn
+--split_by=track --norequire_tags --log_mel_preset=musicnn` first; a student
+distilled from a teacher: see `python -m train.compute_teacher_targets`):
+
+    python -m train --config=contrastive_msd_musicnn.gin --dataset_dir=/tmp/demo_musicnn \
+        --model_dir=/tmp/contrastive_musicnn --gin_param="Experiment.batch_size = 8"
+
 Several `--config` compose in order; `--gin_param` bindings override them. A
 bare name is looked up in the packaged `configs/`. Killing the process and
 running the same command again resumes from the last checkpoint.

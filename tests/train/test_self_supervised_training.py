@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
 
 import models
 from models import artifact
 from tests.conftest import REPO_ROOT
 from train import config as config_lib
-from train import objectives
+from train import evaluation_report, objectives
 from train.experiment import Experiment
 from train.trainer import Trainer
 
@@ -83,3 +86,22 @@ def test_contrastive_from_scratch_gives_a_model_without_tags(untagged_demo, tmp_
     assert info.vocabulary == () and info.training.objective["name"] == objectives.CONTRASTIVE
     outputs = model(np.zeros((1, 231, 128), np.float32))
     assert outputs[models.TAGS].shape == (1, 0) and outputs[models.EMBEDDING].shape == (1, 512)
+
+
+def _scalar_names(directory):
+    accumulator = event_accumulator.EventAccumulator(str(directory), size_guidance={event_accumulator.TENSORS: 0})
+    accumulator.Reload()
+    return set(accumulator.Tags()["tensors"])
+
+
+def test_tensorboard_gets_the_contrastive_statistics_and_both_views(contrastive_run):
+    statistics = {"alignment", "uniformity", "positive_similarity", "negative_similarity"}
+    train = _scalar_names(os.path.join(contrastive_run["model_dir"], "train"))
+    valid = _scalar_names(os.path.join(contrastive_run["model_dir"], "valid"))
+    assert statistics | {"loss", "learning_rate", "input_log_mel"} <= train
+    assert statistics | {"loss"} <= valid
+
+
+def test_evaluating_tags_of_a_run_without_tag_labels_is_refused(contrastive_run):
+    with pytest.raises(evaluation_report.NotATaggingRunError, match="retrieval"):
+        evaluation_report.load_run(contrastive_run["model_dir"])
