@@ -81,7 +81,8 @@ def run_benchmark(command: str) -> report.Section:
         "evenly spaced 3 s chunks, cosine.",
         album_split.rejections_note(info) + ".",
         f"Training: `configs/{CONFIG}` from `pretrained/msd_musicnn`, bindings {bindings[2:]} (NT-Xent, temperature "
-        f"0.1, batch {run.experiment.batch_size} tracks = {2 * run.experiment.batch_size} views, gain/tempo/"
+        f"{run.experiment.objective.temperature}, learning rate {run.experiment.phases[0].learning_rate}, batch "
+        f"{run.experiment.batch_size} tracks = {2 * run.experiment.batch_size} views, gain/tempo/"
         "band-shift/mask augmentations, best weights by the valid split's contrastive loss).",
         f"Baseline: the pretrained start, measured in the same run. Target: >= {TARGET_RATIO:.2f}x its P@5 on the "
         f"unseen albums with no loss on the training albums: {ratio:.2f}x, training albums "
