@@ -152,10 +152,9 @@ def projection_head(hidden: int, output: int, name: str) -> keras.Sequential:
     return keras.Sequential([*stack, keras.layers.Dense(output, name="output", dtype="float32")], name=name)
 
 
-def _flatten_views(log_mel: tf.Tensor) -> tf.Tensor:
-    """`[b, views, frames, mels]` → `[b * views, frames, mels]` (track-major)."""
-    shape = tf.shape(log_mel)
-    return tf.reshape(log_mel, tf.concat([[-1], shape[2:]], 0))
+def _flatten_views(values: tf.Tensor) -> tf.Tensor:
+    """`[b, views, ...]` → `[b * views, ...]` (track-major)."""
+    return tf.reshape(values, tf.concat([[-1], tf.shape(values)[2:]], 0))
 
 
 def _unflatten_views(values: tf.Tensor, views: int) -> tf.Tensor:
@@ -346,8 +345,8 @@ class Distillation:
     def loss(self, model, heads, batch, training: bool):
         """Per-view losses `[b * views]` and statistics of one replica's batch."""
         outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
-        teacher_tags = _flatten_views(batch[TEACHER_TAGS][..., tf.newaxis])[..., 0]
-        teacher_embedding = _flatten_views(batch[TEACHER_EMBEDDING][..., tf.newaxis])[..., 0]
+        teacher_tags = _flatten_views(batch[TEACHER_TAGS])
+        teacher_embedding = _flatten_views(batch[TEACHER_EMBEDDING])
         embedding = outputs[models.EMBEDDING]
         mapped = heads["embedding_map"](embedding, training=training) if self.embedding_weight else teacher_embedding
         tag_loss, embedding_loss = distillation_losses(outputs[models.TAGS], mapped, teacher_tags, teacher_embedding)
@@ -365,9 +364,6 @@ class Distillation:
             statistics.update({f"contrastive_{k}": v for k, v in contrastive_statistics.items()})
             statistics["contrastive_loss"] = tf.reduce_mean(contrastive)
         return losses, statistics
-
-
-OBJECTIVES = (Tagging, Contrastive, Distillation)
 
 
 def views_train_dataset(objective, experiment, info, input_context=None, seed=None, split="train", repeat=True):
