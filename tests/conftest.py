@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tfrecords.tf_startup import silence_cuda_probe
 
+import itertools
 import pathlib
 import pickle
 import shutil
@@ -23,6 +24,20 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "demo"
 DEMO_CATALOG = DEMO_DIR / "catalog.csv"
+
+# Every MirroredStrategy numbers its collectives from the same group key, and
+# TensorFlow caches a collective's shape per key for the life of the process:
+# a second strategy in one process (an xdist worker runs many tests) reuses
+# the first one's keys and fails with "Shape mismatch in the collective
+# instance". TensorFlow's own tests give each strategy a key base of its own.
+_collective_key_bases = itertools.count(start=100_000, step=100_000)
+
+
+@pytest.fixture
+def two_cpu_mirrored_strategy(monkeypatch):
+    """A MirroredStrategy over the two logical CPU devices, with collective keys no other strategy used."""
+    monkeypatch.setattr(tf.distribute.MirroredStrategy, "_collective_key_base", next(_collective_key_bases))
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 @pytest.fixture(scope="session")

@@ -143,9 +143,9 @@ def test_long_tracks_get_the_reference_chunks_unchanged():
     np.testing.assert_array_equal(chunks, reference)
 
 
-def test_distributed_global_batch_and_sharding(ramp_dataset):
+def test_distributed_global_batch_and_sharding(ramp_dataset, two_cpu_mirrored_strategy):
     directory = str(ramp_dataset[0])
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = two_cpu_mirrored_strategy
     assert strategy.num_replicas_in_sync == 2
     contexts = []
 

@@ -43,7 +43,7 @@ def test_nt_xent_is_low_for_matching_views_and_high_for_swapped_ones():
     assert float(tf.reduce_mean(low)) < 0.1 < 2.0 < float(tf.reduce_mean(high))
 
 
-def test_negatives_are_gathered_across_replicas_with_their_gradients():
+def test_negatives_are_gathered_across_replicas_with_their_gradients(two_cpu_mirrored_strategy):
     """Two replicas with half the batch each give the loss and gradients of one replica with all of it."""
     rng = np.random.default_rng(2)
     features = rng.normal(size=(8, 2, 10)).astype(np.float32)
@@ -74,7 +74,7 @@ def test_negatives_are_gathered_across_replicas_with_their_gradients():
         return [value.numpy() for value in step(batch)]
 
     one_loss, one_gradient = loss_and_gradient(tf.distribute.OneDeviceStrategy("/cpu:0"))
-    two_loss, two_gradient = loss_and_gradient(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    two_loss, two_gradient = loss_and_gradient(two_cpu_mirrored_strategy)
     np.testing.assert_allclose(two_loss, one_loss, rtol=1e-5)
     np.testing.assert_allclose(two_gradient, one_gradient, rtol=1e-4, atol=1e-6)
 

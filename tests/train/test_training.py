@@ -317,8 +317,8 @@ def test_strategy_names():
         strategies.make_strategy("horovod")
 
 
-def test_mirrored_strategy_on_two_cpu_devices(datasets, tmp_path):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+def test_mirrored_strategy_on_two_cpu_devices(datasets, tmp_path, two_cpu_mirrored_strategy):
+    strategy = two_cpu_mirrored_strategy
     config_lib.parse(
         ["musicnn.gin", "smoke.gin"],
         [f"Experiment.dataset_dir = '{datasets['musicnn']}'", "Experiment.batch_size = 4"],
