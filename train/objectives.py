@@ -75,13 +75,21 @@ def _replica_offset(local_batch: tf.Tensor) -> tf.Tensor:
     return tf.cast(context.replica_id_in_sync_group, tf.int32) * local_batch
 
 
-def nt_xent(projections: tf.Tensor, temperature: float) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+def nt_xent(
+    projections: tf.Tensor, temperature: float, false_negative_prior: float = 0.0
+) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """NT-Xent over two views per track, negatives from the global batch.
 
     Args:
         projections: `[local batch, 2, dim]` this replica's two views per
             track (normalised here).
         temperature: Softmax temperature.
+        false_negative_prior: The chance that another track of the batch is
+            in fact similar (same album, same artist): 0 is SimCLR's loss;
+            above 0 the debiased loss of Chuang et al. 2020, whose negative
+            term subtracts that share of positives (estimated from the
+            positive pair) and is bounded below by its value for opposite
+            views, `(2B - 2) exp(-1 / temperature)`.
 
     Returns:
         Per-view losses `[2 * local batch]` (average with the global batch
@@ -103,9 +111,12 @@ def nt_xent(projections: tf.Tensor, temperature: float) -> tuple[tf.Tensor, dict
     positive_column = tf.concat([own + total, own], axis=0)
     is_self = tf.one_hot(self_column, 2 * total) > 0
     logits = tf.where(is_self, _MASK, similarity / temperature)
-    losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_column, logits=logits)
     is_positive = tf.one_hot(positive_column, 2 * total) > 0
     is_negative = ~(is_self | is_positive)
+    if false_negative_prior:
+        losses = _debiased_losses(logits, is_positive, is_negative, temperature, false_negative_prior)
+    else:
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_column, logits=logits)
     firsts = everyone[:, 0]
     squared_distances = tf.maximum(2.0 - 2.0 * tf.matmul(firsts, firsts, transpose_b=True), 0.0)
     distinct = ~tf.eye(total, dtype=tf.bool)
@@ -116,6 +127,18 @@ def nt_xent(projections: tf.Tensor, temperature: float) -> tuple[tf.Tensor, dict
         "negative_similarity": tf.reduce_mean(tf.boolean_mask(similarity, is_negative)),
     }
     return losses, statistics
+
+
+def _debiased_losses(logits, is_positive, is_negative, temperature: float, prior: float) -> tf.Tensor:
+    """Chuang et al.'s debiased contrastive loss per anchor, in log space (rows of `logits` are anchors)."""
+    top = tf.stop_gradient(tf.reduce_max(logits, axis=1, keepdims=True))
+    shifted = tf.exp(logits - top)
+    positive = tf.reduce_sum(tf.where(is_positive, shifted, 0.0), axis=1)
+    negatives = tf.reduce_sum(tf.where(is_negative, shifted, 0.0), axis=1)
+    count = tf.reduce_sum(tf.cast(is_negative, tf.float32), axis=1)
+    floor = count * tf.exp(-1.0 / temperature - top[:, 0])
+    negative_term = tf.maximum((negatives - prior * count * positive) / (1.0 - prior), floor)
+    return tf.math.log(positive + negative_term) - tf.math.log(positive)
 
 
 def distillation_losses(
@@ -206,6 +229,9 @@ class Contrastive:
         projection_hidden: Hidden size of the projection head (0: linear).
         augment: How a view differs from a plain random crop (None: plain
             crops).
+        false_negative_prior: Share of the batch's other tracks expected to
+            be similar to a track (0: every other track is a negative, as in
+            SimCLR; e.g. 0.1 for a catalog of ten albums: the debiased loss).
 
     The tag head is not part of this loss and is not trained: from a
     pretrained start (`Experiment.init_from`) the model keeps its tags and
@@ -217,13 +243,22 @@ class Contrastive:
     projection_dim: int = 128
     projection_hidden: int = 512
     augment: augmentation.ViewAugment | None = augmentation.ViewAugment()
+    false_negative_prior: float = 0.0
 
     name = CONTRASTIVE
     uses_views = True
 
     def __post_init__(self):
-        if self.temperature <= 0 or self.projection_dim < 1 or self.projection_hidden < 0:
-            raise ObjectiveError(f"invalid {self}: temperature > 0, projection_dim >= 1, projection_hidden >= 0")
+        if (
+            self.temperature <= 0
+            or self.projection_dim < 1
+            or self.projection_hidden < 0
+            or not 0 <= self.false_negative_prior < 1
+        ):
+            raise ObjectiveError(
+                f"invalid {self}: temperature > 0, projection_dim >= 1, projection_hidden >= 0, "
+                "0 <= false_negative_prior < 1"
+            )
 
     def model_vocabulary(self, info, init_vocabulary):
         """A pretrained start keeps its tags (and tag head); from scratch: no tags."""
@@ -257,7 +292,7 @@ class Contrastive:
         """Per-view losses `[2b]` and statistics of one replica's batch."""
         outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
         projections = heads["projection"](outputs[models.EMBEDDING], training=training)
-        return nt_xent(_unflatten_views(projections, 2), self.temperature)
+        return nt_xent(_unflatten_views(projections, 2), self.temperature, self.false_negative_prior)
 
 
 @gin.configurable(module="train")
@@ -356,7 +391,7 @@ class Distillation:
             projections = heads["projection"](embedding, training=training)
             # Track-major [b * 2] → [b, 2]: the two views of a track are a positive pair.
             contrastive, contrastive_statistics = nt_xent(
-                _unflatten_views(projections, 2), self.contrastive.temperature
+                _unflatten_views(projections, 2), self.contrastive.temperature, self.contrastive.false_negative_prior
             )
             per_track = tf.reshape(contrastive, [2, -1])  # [views first, views second]
             per_view = tf.reshape(tf.transpose(per_track), [-1])  # track-major, like `losses`.

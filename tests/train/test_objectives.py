@@ -33,6 +33,37 @@ def test_nt_xent_equals_the_written_out_loss():
     np.testing.assert_allclose(statistics["alignment"], np.mean(np.sum((z[:, 0] - z[:, 1]) ** 2, -1)), rtol=1e-5)
 
 
+def _reference_debiased(projections: np.ndarray, temperature: float, prior: float) -> np.ndarray:
+    """Chuang et al. 2020, eq. 7, written out: the negatives' sum less `prior` times as many positives."""
+    z = projections / np.linalg.norm(projections, axis=-1, keepdims=True)
+    n = len(z)
+    views = np.concatenate([z[:, 0], z[:, 1]]).astype(np.float64)
+    losses = []
+    for i in range(2 * n):
+        positive = np.exp(views[i] @ views[(i + n) % (2 * n)] / temperature)
+        negatives = [np.exp(views[i] @ views[j] / temperature) for j in range(2 * n) if j not in (i, (i + n) % (2 * n))]
+        count = len(negatives)
+        negative_term = max((sum(negatives) - prior * count * positive) / (1 - prior), count * np.exp(-1 / temperature))
+        losses.append(-np.log(positive / (positive + negative_term)))
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("prior", [0.1, 0.4])
+def test_debiased_nt_xent_equals_the_written_out_loss(prior):
+    rng = np.random.default_rng(4)
+    # Views of a pair close together: at 0.1 no row reaches the lower bound of the negative term, at 0.4 all do.
+    anchors = rng.normal(size=(6, 16)).astype(np.float32)
+    projections = np.stack([anchors, anchors + 0.3 * rng.normal(size=anchors.shape)], axis=1).astype(np.float32)
+    losses, _ = objectives.nt_xent(tf.constant(projections), 0.5, false_negative_prior=prior)
+    reference = _reference_debiased(projections, 0.5, prior)
+    np.testing.assert_allclose(losses.numpy(), reference, rtol=1e-4, atol=1e-5)
+    # Fewer negatives are counted than SimCLR counts: the debiased loss is lower, and 0 is SimCLR's.
+    assert np.all(reference < _reference_nt_xent(projections, 0.5) + 1e-6)
+    np.testing.assert_allclose(
+        _reference_debiased(projections, 0.5, 0.0), _reference_nt_xent(projections, 0.5), rtol=1e-5
+    )
+
+
 def test_nt_xent_is_low_for_matching_views_and_high_for_swapped_ones():
     rng = np.random.default_rng(1)
     anchors = rng.normal(size=(8, 32)).astype(np.float32)
@@ -102,5 +133,7 @@ def test_settings_that_cannot_train_are_refused():
     objectives.check_best_metric(objectives.Tagging(), "val_roc_auc")
     with pytest.raises(objectives.ObjectiveError, match="temperature"):
         objectives.Contrastive(temperature=0)
+    with pytest.raises(objectives.ObjectiveError, match="false_negative_prior"):
+        objectives.Contrastive(false_negative_prior=1.0)
     with pytest.raises(objectives.ObjectiveError, match="at least one"):
         objectives.Distillation(tag_weight=0, embedding_weight=0)
