@@ -222,6 +222,11 @@ def test_crnn_needs_a_96_band_dataset(datasets, tmp_path):
         _trainer(["crnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
 
 
+# Killed at step KILL_AT or later (mid-epoch or at a boundary, whichever the timing gives), resumed to the end.
+KILL_EPOCHS, KILL_STEPS_PER_EPOCH, KILL_AT = 2, 5, 4
+KILL_TOTAL = KILL_EPOCHS * KILL_STEPS_PER_EPOCH
+
+
 def _train_command(dataset_dir, model_dir, *extra, configs=("short_chunk_res.gin",)):
     return [
         sys.executable,
@@ -231,8 +236,8 @@ def _train_command(dataset_dir, model_dir, *extra, configs=("short_chunk_res.gin
         "--config=smoke.gin",
         f"--dataset_dir={dataset_dir}",
         f"--model_dir={model_dir}",
-        "--gin_param=Experiment.epochs = 3",
-        "--gin_param=Experiment.steps_per_epoch = 6",
+        f"--gin_param=Experiment.epochs = {KILL_EPOCHS}",
+        f"--gin_param=Experiment.steps_per_epoch = {KILL_STEPS_PER_EPOCH}",
         *extra,
     ]
 
@@ -289,14 +294,14 @@ def test_kill_9_then_the_same_command_resumes(objective, datasets, untagged_demo
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         latest = tf.train.latest_checkpoint(str(model_dir / CHECKPOINT_DIRNAME))
-        if latest and int(latest.rsplit("-", 1)[1]) >= 8:
+        if latest and int(latest.rsplit("-", 1)[1]) >= KILL_AT:
             break
         time.sleep(0.05)
     assert process.poll() is None, "training finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = _checkpoint_state(str(model_dir))
-    assert 8 <= killed["global_step"] < 18
+    assert KILL_AT <= killed["global_step"] < KILL_TOTAL
     assert killed["optimizer_iterations"] == killed["global_step"]
     assert killed["heads"] == heads  # The projection head (and embedding map) are checkpointed, not exported.
 
@@ -306,9 +311,9 @@ def test_kill_9_then_the_same_command_resumes(objective, datasets, untagged_demo
     assert match, resumed.stderr[-3000:]
     assert int(match.group(4)) == killed["global_step"] and int(match.group(2)) == killed["epoch"]
     final = _checkpoint_state(str(model_dir))
-    assert final["global_step"] == 18 and final["epoch"] == 3
+    assert final["global_step"] == KILL_TOTAL and final["epoch"] == KILL_EPOCHS
     # The optimizer state was restored, not restarted: its step count continued.
-    assert final["optimizer_iterations"] == 18
+    assert final["optimizer_iterations"] == KILL_TOTAL
 
 
 def test_strategy_names():
