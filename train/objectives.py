@@ -291,7 +291,11 @@ class Contrastive:
     def loss(self, model, heads, batch, training: bool):
         """Per-view losses `[2b]` and statistics of one replica's batch."""
         outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
-        projections = heads["projection"](outputs[models.EMBEDDING], training=training)
+        return self.pair_losses(heads["projection"](outputs[models.EMBEDDING], training=training))
+
+    def pair_losses(self, projections: tf.Tensor):
+        """This objective's NT-Xent on track-major projections `[b * 2, dim]`: per-view losses in the order
+        of `nt_xent` (first views, then second views) and its statistics."""
         return nt_xent(_unflatten_views(projections, 2), self.temperature, self.false_negative_prior)
 
 
@@ -389,10 +393,7 @@ class Distillation:
         statistics = {"tag_loss": tf.reduce_mean(tag_loss), "embedding_cosine": 1.0 - tf.reduce_mean(embedding_loss)}
         if self.contrastive_weight:
             projections = heads["projection"](embedding, training=training)
-            # Track-major [b * 2] → [b, 2]: the two views of a track are a positive pair.
-            contrastive, contrastive_statistics = nt_xent(
-                _unflatten_views(projections, 2), self.contrastive.temperature, self.contrastive.false_negative_prior
-            )
+            contrastive, contrastive_statistics = self.contrastive.pair_losses(projections)
             per_track = tf.reshape(contrastive, [2, -1])  # [views first, views second]
             per_view = tf.reshape(tf.transpose(per_track), [-1])  # track-major, like `losses`.
             losses += self.contrastive_weight * per_view
