@@ -8,6 +8,7 @@ import itertools
 import pathlib
 import pickle
 import shutil
+import tempfile
 
 import filelock
 import numpy as np
@@ -38,6 +39,21 @@ def two_cpu_mirrored_strategy(monkeypatch):
     """A MirroredStrategy over the two logical CPU devices, with collective keys no other strategy used."""
     monkeypatch.setattr(tf.distribute.MirroredStrategy, "_collective_key_base", next(_collective_key_bases))
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_files_inside_the_test_run(tmp_path_factory):
+    """Temporary files of the libraries (Beam, AutoGraph) and of the binaries the tests start go under the run's folder.
+
+    They would otherwise pile up in the system's temporary folder, run after
+    run; under the run's folder they are removed with it.
+    """
+    folder = tmp_path_factory.getbasetemp() / "tmp"
+    folder.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TMPDIR", str(folder))  # Binaries the tests start.
+        patch.setattr(tempfile, "tempdir", str(folder))  # This process.
+        yield folder
 
 
 @pytest.fixture(scope="session")
