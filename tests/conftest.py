@@ -173,6 +173,9 @@ def train_briefly(root, configs: list[str], bindings: list[str]) -> dict:
 
 
 SHORT_RUN = [
+    # Seeded input: the same crops and order in every test run, so the losses' checks do not depend on luck
+    # (unseeded, the contrastive run ended at 0.48x of its loss before in one process, at 1.03x in another).
+    "Experiment.input_seed = 0",
     "Experiment.epochs = 3",
     "Experiment.batch_size = 4",
     "Experiment.cache_dataset = True",

@@ -82,8 +82,11 @@ class Experiment:
         shuffle_buffer: Crops in the training shuffle buffer.
         cache_dataset: Keep the parsed training tracks in memory.
         spec_augment: Optional SpecAugment masking of training crops.
-        seed: Seed of the weight initialisation. The training input is not
-            seeded (a seeded tf.data pipeline is deterministic and slower).
+        seed: Seed of the weight initialisation.
+        input_seed: Seeds the training input (track order, crops, views,
+            augmentations): two runs of the same config then take the same
+            steps. None (the default) reads in parallel without a fixed
+            order, which is faster.
         log_every_steps: Scalars to TensorBoard every this many steps.
         num_spectrogram_images: Training crops shown in TensorBoard.
         init_from: A model artifact (a converted checkpoint such as
@@ -115,6 +118,7 @@ class Experiment:
     cache_dataset: bool = False
     spec_augment: readers.SpecAugment | None = None
     seed: int = 0
+    input_seed: int | None = None
     log_every_steps: int = 10
     num_spectrogram_images: int = 3
     init_from: str | None = None

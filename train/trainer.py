@@ -89,6 +89,13 @@ def _init_vocabulary(init_from: str | None) -> list[str] | None:
         raise InitializationError(f"Experiment.init_from: {error}") from error
 
 
+def _input_seed(experiment, input_context) -> int | None:
+    """The seed of one input pipeline's training input: each pipeline (worker) draws its own crops."""
+    if experiment.input_seed is None:
+        return None
+    return experiment.input_seed + input_context.input_pipeline_id
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What a finished (or early-stopped) run reached."""
@@ -289,7 +296,7 @@ class Trainer:
         if self.objective.uses_views:
             return self.strategy.distribute_datasets_from_function(
                 lambda input_context: objectives.views_train_dataset(
-                    self.objective, experiment, self.info, input_context=input_context
+                    self.objective, experiment, self.info, input_context, _input_seed(experiment, input_context)
                 )
             )
 
@@ -300,7 +307,7 @@ class Trainer:
                 crops_per_track=experiment.crops_per_track,
                 global_batch_size=experiment.batch_size,
                 shuffle_buffer=experiment.shuffle_buffer,
-                seed=None,
+                seed=_input_seed(experiment, input_context),
                 spec_augment=experiment.spec_augment,
                 input_context=input_context,
                 cache=experiment.cache_dataset,

@@ -20,9 +20,9 @@ from train.trainer import Trainer
 
 def test_contrastive_fine_tuning_lowers_the_loss_on_real_audio(contrastive_run):
     assert contrastive_run["global_step"] == 6
-    # From the published weights the 8 tracks are told apart well already (loss ~0.17): six steps lower
-    # it, by 5-30 % from run to run (the input is not seeded).
-    assert contrastive_run["after"] < contrastive_run["before"], contrastive_run
+    # From the published weights the 8 tracks are told apart well already (loss ~0.17); six steps on the
+    # seeded input lower it clearly (to ~0.26x).
+    assert contrastive_run["after"] < 0.9 * contrastive_run["before"], contrastive_run
 
 
 def test_the_fine_tuned_artifact_keeps_the_published_tags_and_drops_the_projection_head(contrastive_run):
