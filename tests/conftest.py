@@ -5,15 +5,24 @@ from __future__ import annotations
 from tfrecords.tf_startup import silence_cuda_probe
 
 import itertools
+import logging
+import os
 import pathlib
 import pickle
+import random
 import shutil
+import sys
 import tempfile
 
 import filelock
+import gin
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
+from absl import logging as absl_logging
+from absl.testing import flagsaver
 
 silence_cuda_probe()
 
@@ -39,6 +48,110 @@ def two_cpu_mirrored_strategy(monkeypatch):
     """A MirroredStrategy over the two logical CPU devices, with collective keys no other strategy used."""
     monkeypatch.setattr(tf.distribute.MirroredStrategy, "_collective_key_base", next(_collective_key_bases))
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# Every test leaves the process as it found it: one autouse fixture per kind of global state. A test that
+# changes one (binds gin, parses flags, sets a Keras policy or seed, enters a strategy) cannot change the
+# outcome of the tests that run after it in the same xdist worker, whatever the order (`make test` runs them
+# in a random one: pytest-randomly, the seed in the header).
+
+
+@pytest.fixture(autouse=True)
+def gin_config_cleared():
+    """No gin bindings before or after a test: those a session fixture's training run left included."""
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def absl_flags_restored():
+    """absl flags: values and the parsed state as they were; flags the test's imports defined stay, at their defaults."""
+    saved = flagsaver.save_flag_values()
+    was_parsed = flags.FLAGS.is_parsed()
+    yield
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        if name not in saved:
+            flag.unparse()
+        elif flag.__dict__ != saved[name]:
+            if flag.value != saved[name]["_value"]:
+                flag.value = saved[name]["_value"]
+            flag.__dict__ = saved[name]
+    if flags.FLAGS.is_parsed() and not was_parsed:
+        flags.FLAGS.__dict__["__flags_parsed"] = False  # What unparse_flags() sets, without resetting values.
+    elif was_parsed:
+        flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture(autouse=True)
+def environment_restored():
+    """Environment variables and the working directory as they were."""
+    environment, working_dir = dict(os.environ), os.getcwd()
+    yield
+    os.chdir(working_dir)
+    if dict(os.environ) != environment:
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+@pytest.fixture(autouse=True)
+def keras_state_restored():
+    """Keras' dtype policy and float type, and every random seed `keras.utils.set_random_seed` sets."""
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+    from tensorflow.python.eager import context
+
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    python_rng, numpy_rng = random.getstate(), np.random.get_state()
+    tf_seed = context.global_seed()
+    keras_seed = global_state.get_global_attribute(rng_utils.GLOBAL_RANDOM_SEED)
+    keras_generator = global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+    torch_rng = sys.modules["torch"].get_rng_state() if "torch" in sys.modules else None
+    yield
+    keras.config.set_dtype_policy(policy)
+    keras.config.set_floatx(floatx)
+    random.setstate(python_rng)
+    np.random.set_state(numpy_rng)
+    if context.global_seed() != tf_seed:
+        tf.random.set_seed(tf_seed)
+    global_state.set_global_attribute(rng_utils.GLOBAL_RANDOM_SEED, keras_seed)
+    global_state.set_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR, keras_generator)
+    if torch_rng is not None:
+        sys.modules["torch"].set_rng_state(torch_rng)
+
+
+@pytest.fixture(autouse=True)
+def no_distribution_strategy_left_in_scope():
+    """A test that enters a tf.distribute strategy's scope leaves it: every later model would be built under it."""
+    yield
+    if tf.distribute.has_strategy():
+        strategy = tf.distribute.get_strategy()
+        pytest.fail(f"the test left {type(strategy).__name__}'s scope entered")
+
+
+@pytest.fixture(autouse=True)
+def logging_restored():
+    """The root logger's level, handlers and filters, absl's verbosity, and `logging.disable`'s level."""
+    root = logging.getLogger()
+    level, handlers, filters = root.level, _own_handlers(root), list(root.filters)
+    verbosity, disabled = absl_logging.get_verbosity(), logging.root.manager.disable
+    yield
+    root.setLevel(level)
+    for handler in _own_handlers(root):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)  # No-op for those still there.
+    root.filters[:] = filters
+    absl_logging.set_verbosity(verbosity)
+    logging.disable(disabled)
+
+
+def _own_handlers(logger: logging.Logger) -> list[logging.Handler]:
+    """The logger's handlers but pytest's, which pytest adds and removes around each phase of a test itself."""
+    return [handler for handler in logger.handlers if not type(handler).__module__.startswith("_pytest")]
 
 
 @pytest.fixture(scope="session", autouse=True)

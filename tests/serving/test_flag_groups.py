@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from absl import flags
-from absl.testing import flagsaver
 
 from serving import flag_groups
 from serving.retrieval.recommender import TagFilter
@@ -12,10 +11,11 @@ from serving.retrieval.recommender import TagFilter
 
 @pytest.fixture
 def parse():
-    """Parses argv into the global flags, restoring them afterwards."""
-    with flagsaver.flagsaver():
-        yield lambda *argv: flags.FLAGS(["binary", *argv], known_only=True)
-    flags.FLAGS.unparse_flags()
+    """Parses argv into the global flags (`absl_flags_restored` restores them after the test).
+
+    Not `flagsaver`: it deletes the flags a test defined, and `flag_groups` defines each group once per process.
+    """
+    return lambda *argv: flags.FLAGS(["binary", *argv], known_only=True)
 
 
 def test_each_group_is_defined_once_and_shared():
