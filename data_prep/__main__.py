@@ -40,7 +40,7 @@ import sys
 
 from absl import app, flags, logging
 
-from data_prep import beam_jobs, mtat, pipeline
+from data_prep import beam_jobs, mtat, pipeline, runner_flags
 from data_prep import catalog as catalog_lib
 from data_prep.splits import SPLIT_BY_CHOICES
 from tfrecords.logmel import PRESETS, LogMelSpec
@@ -159,10 +159,5 @@ def _run(pipeline_args: list[str]):
     print(f"dataset: {config.output_dir}")
 
 
-def _parse_flags(argv):
-    """Parses our flags and hands everything else to Beam."""
-    return flags.FLAGS(argv, known_only=True)
-
-
 if __name__ == "__main__":
-    run(main, flags_parser=_parse_flags)
+    run(main, flags_parser=runner_flags.parse)

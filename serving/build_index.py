@@ -35,7 +35,7 @@ import sys
 
 from absl import app, flags, logging
 
-from data_prep import beam_jobs
+from data_prep import beam_jobs, runner_flags
 from data_prep import catalog as catalog_lib
 from serving import flag_groups
 from serving.embedding.ensemble import EmbeddingModels
@@ -138,10 +138,5 @@ def _run(pipeline_args: list[str]):
     print(summary.render())
 
 
-def _parse_flags(argv):
-    """Parses our flags and hands everything else to Beam."""
-    return flags.FLAGS(argv, known_only=True)
-
-
 if __name__ == "__main__":
-    run(main, flags_parser=_parse_flags)
+    run(main, flags_parser=runner_flags.parse)

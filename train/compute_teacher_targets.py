@@ -29,7 +29,7 @@ import sys
 
 from absl import flags, logging
 
-from data_prep import beam_jobs
+from data_prep import beam_jobs, runner_flags
 from tfrecords.dataset_info import IncompleteDatasetError
 from train import teacher_targets
 
@@ -77,10 +77,5 @@ def _run(pipeline_args: list[str]):
     return teacher_targets.compute(job, pipeline_args)
 
 
-def _parse_flags(argv):
-    """Parses our flags and hands everything else to Beam."""
-    return flags.FLAGS(argv, known_only=True)
-
-
 if __name__ == "__main__":
-    run(main, flags_parser=_parse_flags)
+    run(main, flags_parser=runner_flags.parse)
