@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 
 import apache_beam as beam
@@ -49,6 +51,7 @@ from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
+from serving.retrieval import index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex, TrackRecord
 from serving.retrieval.searcher import choose_kind
 from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index, shard_names
@@ -56,6 +59,7 @@ from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
 STAGING_DIRNAME = "_embedding_staging"
+_WORK_SUFFIX = ".work-"
 EMBEDDING_ROLE = "embedding"
 TAG_ROLE = "tag"
 DEFAULT_TRACKS_PER_BATCH = 8
@@ -663,7 +667,39 @@ def build_index(
         tracks_per_batch: See `embed`.
         num_shards: For a new index, split it into this many shards by track-id hash
             (`serving.retrieval.sharded_index`); an update keeps the index's own.
+
+    One writer at a time (`serving.retrieval.index_lock`): a second build,
+    update or delete of the same index waits for this one and starts from
+    the index it wrote.
     """
+    with index_lock.writer_lock(index_dir):
+        return _build_or_update(
+            index_dir,
+            models,
+            catalog,
+            dataset_dirs,
+            update,
+            kind,
+            leaves_searched_fraction,
+            pipeline_args,
+            tracks_per_batch,
+            num_shards,
+        )
+
+
+def _build_or_update(
+    index_dir: str,
+    models: JobModels,
+    catalog: Catalog | None,
+    dataset_dirs: list[str] | None,
+    update: bool,
+    kind: str,
+    leaves_searched_fraction: float,
+    pipeline_args: list[str] | None,
+    tracks_per_batch: int,
+    num_shards: int,
+) -> BuildSummary:
+    """`build_index`'s work, under the index's writer lock."""
     existing = None
     if update:
         existing = load_index(index_dir, models.embedding_models, models.tag_model)
@@ -671,7 +707,7 @@ def build_index(
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
     else:
         _check_layout(index_dir, num_shards)
-    work_dir = f"{os.path.normpath(index_dir)}.work"  # Next to the index, one per index.
+    work_dir = _new_work_dir(index_dir)
     try:
         run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args, tracks_per_batch)
     finally:
@@ -735,9 +771,24 @@ def _check_layout(index_dir: str, num_shards: int):
         )
 
 
+def _new_work_dir(index_dir: str) -> str:
+    """A work folder of this run's own next to the index (`INDEX_DIR.work-XXXXXXXX`).
+
+    Called under the writer lock: any other work folder of the index was left
+    by a run that was killed, and is removed.
+    """
+    index_dir = os.path.normpath(index_dir)
+    for stale in glob.glob(glob.escape(index_dir) + _WORK_SUFFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    parent = os.path.dirname(index_dir) or "."
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=os.path.basename(index_dir) + _WORK_SUFFIX, dir=parent)
+
+
 def delete_tracks(index_dir: str, track_ids: list[str]) -> int:
-    """Removes tracks from an index (ScaNN delete, no rebuild); returns the tracks left."""
-    index = load_index(index_dir)
-    index.delete(track_ids)
-    index.save(index_dir)
-    return len(index)
+    """Removes tracks from an index (under its writer lock); returns the tracks left."""
+    with index_lock.writer_lock(index_dir):
+        index = load_index(index_dir)
+        index.delete(track_ids)
+        index.save(index_dir)
+        return len(index)
