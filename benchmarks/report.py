@@ -77,15 +77,33 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def cpu_vector_extensions() -> str:
+    """What the CPU computes float32/bf16 with: `AVX-512 with BF16`, `AVX-512`, `AVX2/FMA` or `neither`."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            found = set()
+            for line in handle:
+                if line.startswith("flags"):
+                    found = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return "unknown"
+    if "avx512_bf16" in found:
+        return "AVX-512 with BF16"
+    if "avx512f" in found:
+        return "AVX-512"
+    return "AVX2/FMA" if {"avx2", "fma"} <= found else "neither AVX2 nor AVX-512"
+
+
 def machine_description() -> str:
-    """One line naming the cores, CPU, memory and the relevant versions."""
+    """One line naming the cores, CPU (and its vector extensions), memory and the relevant versions."""
     memory = ""
     try:
         memory = f", {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM"
     except (ValueError, OSError, AttributeError):
         pass
     return (
-        f"nproc={num_cpus()}, CPU {cpu_model()}{memory}; Python {platform.python_version()}, "
+        f"nproc={num_cpus()}, CPU {cpu_model()} ({cpu_vector_extensions()}){memory}; Python {platform.python_version()}, "
         f"TensorFlow {_version('tensorflow')}, Apache Beam {_version('apache-beam')}, NumPy {_version('numpy')}"
     )
 

@@ -43,7 +43,12 @@ def labelled(index: CatalogIndex, scores: list[evaluation.RetrievalScores]):
     """Each configuration named after the models that made it."""
     ranking = index.embedding_models.label
     tags = index.tag_model.name if index.tag_model else None
-    names = {"two stages": f"{tags} tags + {ranking}", "embeddings only": ranking, "tags only": f"{tags} tags"}
+    names = {
+        "default": f"{ranking} (+ {tags} tags to explain)" if tags else ranking,
+        "two stages": f"{tags} tags + {ranking}",
+        "embeddings only": ranking,
+        "tags only": f"{tags} tags",
+    }
     return [
         dataclasses.replace(s, configuration=f"{names[s.configuration]}: {s.configuration}")
         if s.configuration in names
@@ -78,7 +83,7 @@ def main(argv):
     print(evaluation.render(rows, _K.value, baseline))
     if _OUTPUT_JSON.value:
         with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
-            json.dump({"k": _K.value, "scores": [dataclasses.asdict(s) for s in rows]}, handle, indent=2)
+            json.dump({"k": _K.value, "scores": [s.summary() for s in rows]}, handle, indent=2)
 
 
 if __name__ == "__main__":

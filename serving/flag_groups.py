@@ -7,7 +7,8 @@
   is one model's folder in it.
 - `--server`, `--protocol`: embed through TF Serving instead of running the
   SavedModels in-process.
-- `--tag_threshold`, `--tag_top_n`: stage 1's tag set.
+- `--tag_threshold`, `--tag_top_n`: a track's tag set (stage 1 filters by it when asked; it explains answers).
+- `--query_expansion`: how many nearest catalog tracks join a query.
 
 Each `define_*` function defines its flags on first call and returns the same
 holders afterwards, so binaries (and tests importing several of them) share
@@ -22,7 +23,7 @@ import dataclasses
 from absl import flags
 
 from serving.embedding import embedders
-from serving.retrieval.recommender import TagFilter
+from serving.retrieval.recommender import DEFAULT_EXPANSION, QueryExpansion, TagFilter
 
 _defined: dict[str, object] = {}
 
@@ -68,7 +69,7 @@ def define_model_server() -> ModelServerFlags:
 
 @dataclasses.dataclass(frozen=True)
 class TagFilterFlags:
-    """`--tag_threshold` and `--tag_top_n`: stage 1's tag set."""
+    """`--tag_threshold` and `--tag_top_n`: a track's tag set (what stage 1 filters by, and what explains answers)."""
 
     threshold: flags.FlagHolder
     top_n: flags.FlagHolder
@@ -82,11 +83,38 @@ def define_tag_filter() -> TagFilterFlags:
         "tag_filter",
         lambda: TagFilterFlags(
             threshold=flags.DEFINE_float(
-                "tag_threshold", TagFilter.threshold, "Stage 1: a tag counts from this probability on."
+                "tag_threshold", TagFilter.threshold, "Tag sets: a tag counts from this probability on."
             ),
             top_n=flags.DEFINE_integer(
-                "tag_top_n", TagFilter.top_n, "Stage 1: at most this many tags per track.", lower_bound=1
+                "tag_top_n", TagFilter.top_n, "Tag sets: at most this many tags per track.", lower_bound=1
             ),
+        ),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingFlags:
+    """`--query_expansion`: the nearest catalog tracks that join a query (0: the query alone)."""
+
+    query_expansion: flags.FlagHolder
+
+    def expansion(self) -> QueryExpansion | None:
+        if not self.query_expansion.value:
+            return None
+        return QueryExpansion(self.query_expansion.value, DEFAULT_EXPANSION.power)
+
+
+def define_ranking() -> RankingFlags:
+    return _once(
+        "ranking",
+        lambda: RankingFlags(
+            query_expansion=flags.DEFINE_integer(
+                "query_expansion",
+                DEFAULT_EXPANSION.neighbours,
+                "Query expansion: the query's vector is averaged with its nearest catalog tracks', each weighted by "
+                "its cosine cubed (0: rank by the query alone).",
+                lower_bound=0,
+            )
         ),
     )
 

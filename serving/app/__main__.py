@@ -66,7 +66,8 @@ _UPLOAD_IDLE_TIMEOUT_S = flags.DEFINE_float(
 _UPLOAD_DEADLINE_S = flags.DEFINE_float(
     "upload_deadline_s", 120.0, "An upload not received within this long is answered 408.", lower_bound=0.01
 )
-_TAG_FILTER = flag_groups.define_tag_filter()  # Stage 1's defaults; requests may override them.
+_TAG_FILTER = flag_groups.define_tag_filter()  # The tag sets' defaults; requests may override them.
+_RANKING = flag_groups.define_ranking()  # Query expansion by default; requests may override it.
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
 
 
@@ -93,6 +94,7 @@ def main(argv):
             upload_parent_dir=_UPLOAD_DIR.value,
             upload_deadlines=UploadDeadlines(_UPLOAD_IDLE_TIMEOUT_S.value, _UPLOAD_DEADLINE_S.value),
             tag_filter=_TAG_FILTER.tag_filter(),
+            expansion=_RANKING.expansion(),
         )
         web_app = create_app(config)
         sock = listen(_HOST.value, _PORT.value)

@@ -19,15 +19,27 @@ class RecommendParams(pydantic.BaseModel):
 
     k: int = Field(10, ge=1, le=MAX_K, description="Number of recommendations.")
     tag_filter: bool = Field(
-        True, description="Stage 1: keep only tracks sharing a confident tag with the query (if the index has tags)."
+        False,
+        description="Stage 1: keep only tracks sharing a confident tag with the query (off by default: on unseen "
+        "music it lowered precision; the tags explain the answers either way).",
     )
     tag_threshold: float | None = Field(
-        None, ge=0.0, le=1.0, description="Stage 1: minimum tag probability (default: the service's)."
+        None, ge=0.0, le=1.0, description="Stage 1's tag sets: minimum tag probability (default: the service's)."
     )
     tag_top_n: int | None = Field(
-        None, ge=1, le=MAX_K, description="Stage 1: at most this many tags per track (default: the service's)."
+        None,
+        ge=1,
+        le=MAX_K,
+        description="Stage 1's tag sets: at most this many tags per track (default: the service's).",
     )
-    embedding_rank: bool = Field(True, description="Stage 2: rank by embedding similarity (else by tag similarity).")
+    embedding_rank: bool = Field(True, description="Rank by embedding similarity (else by tag similarity).")
+    query_expansion: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_K,
+        description="The query's nearest catalog tracks averaged into it, weighted by cosine cubed (0: none; "
+        "default: the service's).",
+    )
     max_per_artist: int | None = Field(None, ge=1, le=MAX_K, description="At most this many results per artist.")
 
 

@@ -35,8 +35,14 @@ from serving.embedding.tf_serving_client import ServingError
 from serving.export.saved_model import MIN_SECONDS
 from serving.retrieval import rendering
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
+from serving.retrieval.recommender import (
+    DEFAULT_EXPANSION,
+    QueryExpansion,
+    RecommendationResult,
+    Recommender,
+    TagFilter,
+)
 from serving.retrieval.recommender import Query as RecommenderQuery
-from serving.retrieval.recommender import RecommendationResult, Recommender, TagFilter
 
 _MAX_SHOWN_ID = 200
 
@@ -62,7 +68,9 @@ class AppConfig:
             (default: the system's temporary directory).
         upload_deadlines: How long an upload may stall and take overall
             before it is answered 408 and its slot freed.
-        tag_filter: Stage 1's default settings (requests may override).
+        tag_filter: The tag sets' default settings: what stage 1 filters by when a request asks for it, and what
+            explains the answers (requests may override).
+        expansion: Query expansion by default (None: off; requests may override).
         warmup: Run one query on silence before serving (also checks that the
             models answer).
     """
@@ -79,6 +87,7 @@ class AppConfig:
     upload_parent_dir: str | None = None
     upload_deadlines: uploads.UploadDeadlines = uploads.UploadDeadlines()
     tag_filter: TagFilter = TagFilter()
+    expansion: QueryExpansion | None = DEFAULT_EXPANSION
     warmup: bool = True
 
     def __post_init__(self):
@@ -130,7 +139,7 @@ class RecommendationService:
         self.embedder = embedder
         self.config = config
         self.metrics = metrics
-        self.recommender = Recommender(catalog, config.tag_filter)
+        self.recommender = Recommender(catalog, None, expansion=config.expansion, tag_sets=config.tag_filter)
         self.upload_dir = uploads.private_directory(config.upload_parent_dir)
         self._pool = concurrent.futures.ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
         self._pending = 0
@@ -196,6 +205,11 @@ class RecommendationService:
         top_n = default.top_n if params.tag_top_n is None else params.tag_top_n
         return TagFilter(threshold, top_n)
 
+    def _expansion(self, params: schemas.RecommendParams):
+        if params.query_expansion is None:
+            return self.config.expansion
+        return QueryExpansion(params.query_expansion) if params.query_expansion else None
+
     def _recommend(
         self, query: RecommenderQuery, params: schemas.RecommendParams, timings: dict[str, float]
     ) -> RecommendationResult:
@@ -207,6 +221,7 @@ class RecommendationService:
                     tag_filter=self._tag_filter(params),
                     rank_by_embedding=params.embedding_rank,
                     max_per_artist=params.max_per_artist,
+                    expansion=self._expansion(params),
                 )
         except ValueError as error:
             raise ApiError(422, "invalid_parameter", str(error)) from None

@@ -8,7 +8,13 @@ list. On disk (`INDEX_DIR/`):
   checksum, vocabulary, embedding size; several ranking models with their
   weights for an ensemble, `serving.embedding.ensemble`), the track count;
 - `tracks.jsonl`: one track's metadata per line, in row order;
-- `embeddings.npy` `[tracks, dim]` float32 (L2-normalised; the ranking models' combined vector);
+- `embeddings.npy` `[tracks, dim]` float32 (L2-normalised; the ranking models' combined vector, as
+  the models made it);
+- `catalog_mean.npy` `[dim]` float64: each ranking model's mean unit embedding over the catalog
+  (`EmbeddingModels.part_means`); every comparison centres on it (`EmbeddingModels.centre`), queries and
+  catalog tracks alike, and the ScaNN searcher holds the centred vectors. An update or delete recomputes
+  it and re-centres every track. An index written before format 4 has none: it loads, compares the
+  embeddings uncentred and says so (`CatalogIndex.notes`);
 - `tag_probabilities.npy` `[tracks, num_tags]` float32 (tag model), when
   there is a tag model;
 - `searcher/`: the `serving.retrieval.searcher.TrackIndex` (ScaNN, relative paths; its
@@ -40,13 +46,15 @@ class IndexMismatchError(ValueError):
     """An index of another format, or built with other models than expected; the message says which."""
 
 
-FORMAT_VERSION = 3  # 2: manifest.json, pickle-free searcher ids; 3: several ranking models.
-READABLE_FORMATS = (2, 3)
+FORMAT_VERSION = 4  # 2: manifest.json, pickle-free searcher ids; 3: several ranking models; 4: catalog mean.
+READABLE_FORMATS = (2, 3, 4)
+CENTRED_FROM_FORMAT = 4
 INFO_FILENAME = "catalog_index.json"
 SHARDS_FILENAME = "shards.json"  # Lists the shards of a sharded index (`serving.retrieval.sharded_index`).
 MANIFEST_FILENAME = "manifest.json"
 TRACKS_FILENAME = "tracks.jsonl"
 EMBEDDINGS_FILENAME = "embeddings.npy"
+CATALOG_MEAN_FILENAME = "catalog_mean.npy"
 TAG_PROBABILITIES_FILENAME = "tag_probabilities.npy"
 SEARCHER_DIRNAME = "searcher"
 
@@ -84,7 +92,12 @@ class CatalogIndex:
 
     Attributes:
         tracks: The tracks, in row order.
-        embeddings: `[tracks, dim]`, L2-normalised.
+        model_embeddings: `[tracks, dim]`, L2-normalised: the ranking models' combined
+            vectors as they made them (what a query's embedder makes too).
+        catalog_mean: `EmbeddingModels.part_means` of `model_embeddings`, `[dim]`, or
+            None for an index written before format 4 (compared uncentred).
+        embeddings: `[tracks, dim]`, L2-normalised: what every comparison uses,
+            `ranking_vectors(model_embeddings)`.
         tag_probabilities: `[tracks, num_tags]`, or None without a tag model.
         embedding_models: The model(s) that made the embeddings, with their weights.
         tag_model: The model that made the tag probabilities, or None.
@@ -94,19 +107,22 @@ class CatalogIndex:
     def __init__(
         self,
         tracks: list[TrackRecord],
-        embeddings: np.ndarray,
+        model_embeddings: np.ndarray,
         tag_probabilities: np.ndarray | None,
         embedding_models: EmbeddingModels,
         tag_model: ModelRef | None,
         searcher: TrackIndex,
+        catalog_mean: np.ndarray | None,
     ):
-        _check_rows(tracks, embeddings, tag_probabilities, embedding_models, tag_model)
+        _check_rows(tracks, model_embeddings, tag_probabilities, embedding_models, tag_model)
         self.tracks = list(tracks)
-        self.embeddings = embeddings
+        self.model_embeddings = model_embeddings
         self.tag_probabilities = tag_probabilities
         self.embedding_models = embedding_models
         self.tag_model = tag_model
         self.searcher = searcher
+        self.catalog_mean = catalog_mean
+        self.embeddings = self.ranking_vectors(model_embeddings)
         self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
 
     @classmethod
@@ -119,6 +135,7 @@ class CatalogIndex:
         tag_model: ModelRef | None,
         kind: str = "auto",
         leaves_searched_fraction: float = 0.05,
+        catalog_mean: np.ndarray | None = None,
     ) -> CatalogIndex:
         """Builds the catalog and its ScaNN index (configured by size unless `kind` says otherwise).
 
@@ -130,19 +147,23 @@ class CatalogIndex:
             tag_model: The tag model, or None.
             kind: `auto` or one of `serving.retrieval.searcher.KINDS`.
             leaves_searched_fraction: For a tree searcher, the share of leaves searched.
+            catalog_mean: The mean to centre on (default: these tracks' own;
+                a shard of a sharded index is given the whole catalog's).
         """
         if isinstance(embedding_models, ModelRef):
             embedding_models = EmbeddingModels((embedding_models,))
         embeddings = normalise(embeddings)
         _check_rows(tracks, embeddings, tag_probabilities, embedding_models, tag_model)
+        if catalog_mean is None:
+            catalog_mean = embedding_models.part_means(embeddings)
         searcher = TrackIndex.build(
             [t.track_id for t in tracks],
-            embeddings,
+            embedding_models.centre(embeddings, catalog_mean),
             kind=kind,
             leaves_searched_fraction=leaves_searched_fraction,
         )
         probabilities = None if tag_probabilities is None else np.asarray(tag_probabilities, np.float32)
-        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher)
+        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher, catalog_mean)
 
     def __len__(self) -> int:
         return len(self.tracks)
@@ -155,6 +176,43 @@ class CatalogIndex:
         """The tag model's tag names ('()' without a tag model)."""
         return self.tag_model.vocabulary if self.tag_model else ()
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What a user should know about every answer of this index (an older format's limits)."""
+        if self.catalog_mean is None:
+            return (
+                "this index was written before format 4 and stores no catalog mean: embeddings are compared "
+                "uncentred, which retrieves worse; rebuild it with `python -m serving.build_index` to centre them",
+            )
+        return ()
+
+    def ranking_vectors(self, model_embeddings: np.ndarray) -> np.ndarray:
+        """What comparisons use for the models' combined vectors `[n, dim]`: centred on the catalog mean (when stored)."""
+        if self.catalog_mean is None:
+            return normalise(model_embeddings)
+        return self.embedding_models.centre(model_embeddings, self.catalog_mean)
+
+    def own_mean(self) -> np.ndarray:
+        """The mean this index's own tracks give (`EmbeddingModels.part_means`)."""
+        return self.embedding_models.part_means(self.model_embeddings)
+
+    def recentre(self, catalog_mean: np.ndarray | None = None):
+        """Centres every track on `catalog_mean` (default: the tracks' own mean) and moves the searcher's vectors.
+
+        The searcher keeps its configuration (kind, tree, quantisation): its
+        vectors are replaced in place (ScaNN upsert).
+        """
+        self.catalog_mean = self.own_mean() if catalog_mean is None else np.asarray(catalog_mean, np.float64)
+        self.embeddings = self.ranking_vectors(self.model_embeddings)
+        self.searcher.upsert([t.track_id for t in self.tracks], self.embeddings)
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Each ranking vector's `k` nearest tracks, as (id, cosine) (the ScaNN searcher)."""
+        return self.searcher.search(vectors, k)
+
+    def ranking_vector_of(self, track_id: str) -> np.ndarray:
+        return self.embeddings[self.row(track_id)]
+
     def row(self, track_id: str) -> int:
         """The row of a track; an unknown id is a `KeyError` naming it."""
         try:
@@ -165,8 +223,20 @@ class CatalogIndex:
     def track(self, track_id: str) -> TrackRecord:
         return self.tracks[self.row(track_id)]
 
-    def upsert(self, tracks: list[TrackRecord], embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
-        """Adds tracks and replaces known ones, updating the ScaNN index in place (no rebuild)."""
+    def upsert(
+        self,
+        tracks: list[TrackRecord],
+        embeddings: np.ndarray,
+        tag_probabilities: np.ndarray | None,
+        recentre: bool = True,
+    ):
+        """Adds tracks and replaces known ones, updating the ScaNN index in place (no rebuild).
+
+        The catalog mean is recomputed and every track re-centred on it
+        (`recentre`); a sharded index passes `recentre=False` and re-centres
+        every shard on the whole catalog's mean itself. An index written
+        before format 4 is centred from then on.
+        """
         embeddings = normalise(embeddings)
         _check_rows(tracks, embeddings, tag_probabilities, self.embedding_models, self.tag_model)
         new_tracks, new_rows = [], []
@@ -177,19 +247,23 @@ class CatalogIndex:
                 new_tracks.append(track)
             else:
                 self.tracks[row] = track
-                self.embeddings[row] = embeddings[i]
+                self.model_embeddings[row] = embeddings[i]
                 if self.tag_probabilities is not None:
                     self.tag_probabilities[row] = tag_probabilities[i]
-        self.embeddings = np.concatenate([self.embeddings, embeddings[new_rows]])
+        self.model_embeddings = np.concatenate([self.model_embeddings, embeddings[new_rows]])
         if self.tag_probabilities is not None:
             self.tag_probabilities = np.concatenate([self.tag_probabilities, tag_probabilities[new_rows]])
         for track in new_tracks:
             self._rows[track.track_id] = len(self.tracks)
             self.tracks.append(track)
-        self.searcher.upsert([t.track_id for t in tracks], embeddings)
+        if recentre:
+            self.recentre()  # Moves every track's vector, the new ones' included.
+            return
+        self.embeddings = self.ranking_vectors(self.model_embeddings)
+        self.searcher.upsert([t.track_id for t in tracks], self.embeddings[[self._rows[t.track_id] for t in tracks]])
 
-    def delete(self, track_ids: list[str]):
-        """Removes tracks from the catalog and the ScaNN index.
+    def delete(self, track_ids: list[str], recentre: bool = True):
+        """Removes tracks from the catalog and the ScaNN index, and re-centres the rest (see `upsert`).
 
         Unknown ids are a `KeyError` and repeated ids a `ValueError`, naming
         them; nothing is removed then.
@@ -201,10 +275,13 @@ class CatalogIndex:
         gone = {self._rows[t] for t in track_ids}
         keep = [row for row in range(len(self.tracks)) if row not in gone]
         self.tracks = [self.tracks[row] for row in keep]
+        self.model_embeddings = self.model_embeddings[keep]
         self.embeddings = self.embeddings[keep]
         if self.tag_probabilities is not None:
             self.tag_probabilities = self.tag_probabilities[keep]
         self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
+        if recentre and self.tracks:
+            self.recentre()
 
     def info(self) -> dict:
         """What `catalog_index.json` holds."""
@@ -233,7 +310,9 @@ class CatalogIndex:
         with open(os.path.join(staging, TRACKS_FILENAME), "w", encoding="utf-8") as handle:
             for track in self.tracks:
                 handle.write(json.dumps(dataclasses.asdict(track), ensure_ascii=False) + "\n")
-        np.save(os.path.join(staging, EMBEDDINGS_FILENAME), self.embeddings)
+        np.save(os.path.join(staging, EMBEDDINGS_FILENAME), self.model_embeddings)
+        if self.catalog_mean is not None:
+            np.save(os.path.join(staging, CATALOG_MEAN_FILENAME), self.catalog_mean)
         if self.tag_probabilities is not None:
             np.save(os.path.join(staging, TAG_PROBABILITIES_FILENAME), self.tag_probabilities)
         self.searcher.save(os.path.join(staging, SEARCHER_DIRNAME))
@@ -302,13 +381,29 @@ class CatalogIndex:
         embeddings = np.load(os.path.join(directory, EMBEDDINGS_FILENAME))
         probabilities_path = os.path.join(directory, TAG_PROBABILITIES_FILENAME)
         probabilities = np.load(probabilities_path) if tag_model else None
+        catalog_mean = _load_catalog_mean(directory, info["format_version"], embedding_models)
         searcher = _load_searcher(directory, embedding_models)
         if len(searcher) != len(tracks) or set(searcher.track_ids) != {t.track_id for t in tracks}:
             raise IndexMismatchError(
                 f"{directory}: the searcher's {len(searcher)} track ids do not match the {len(tracks)} of "
                 f"{TRACKS_FILENAME}: the index is damaged, rebuild it"
             )
-        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher)
+        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher, catalog_mean)
+
+
+def _load_catalog_mean(directory: str, format_version: int, embedding_models: EmbeddingModels) -> np.ndarray | None:
+    """The stored catalog mean; None for an index written before format 4 (`CatalogIndex.notes` says so)."""
+    if format_version < CENTRED_FROM_FORMAT:
+        return None
+    path = os.path.join(directory, CATALOG_MEAN_FILENAME)
+    if not os.path.exists(path):
+        raise _damaged(path, f"missing (a format {format_version} index stores it)")
+    mean = np.load(path)
+    if mean.shape != (embedding_models.embedding_dim,) or not np.all(np.isfinite(mean)):
+        raise _damaged(
+            path, f"a mean of shape {mean.shape}, the index ranks {embedding_models.embedding_dim}-d embeddings"
+        )
+    return mean
 
 
 def _embedding_models(info: dict) -> EmbeddingModels:
@@ -336,7 +431,7 @@ class DamagedIndexError(IndexMismatchError):
 
 def _index_files(directory: str) -> list[str]:
     """The index's own files, relative: everything in `searcher/` and the top-level files it writes."""
-    own = [INFO_FILENAME, TRACKS_FILENAME, EMBEDDINGS_FILENAME, TAG_PROBABILITIES_FILENAME]
+    own = [INFO_FILENAME, TRACKS_FILENAME, EMBEDDINGS_FILENAME, CATALOG_MEAN_FILENAME, TAG_PROBABILITIES_FILENAME]
     files = [name for name in own if os.path.exists(os.path.join(directory, name))]
     for root, _, names in os.walk(os.path.join(directory, SEARCHER_DIRNAME)):
         files += [os.path.relpath(os.path.join(root, name), directory) for name in names]

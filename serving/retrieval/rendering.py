@@ -34,7 +34,7 @@ def render_table(result: RecommendationResult, query_label: str = "", query_top_
         result: The recommendations.
         query_label: What was queried.
         query_top_tags: The query's most probable tags (`top_tags`), shown
-            whether or not they reach stage 1's threshold.
+            whether or not they reach the tag sets' threshold.
     """
     lines = []
     if query_label:
@@ -46,7 +46,7 @@ def render_table(result: RecommendationResult, query_label: str = "", query_top_
     if query_top_tags:
         lines.append("query's top tags: " + ", ".join(f"{tag} {p:.2f}" for tag, p in query_top_tags))
     if result.query_tags:
-        lines.append("stage-1 tag set: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
+        lines.append("query's tag set: " + ", ".join(f"{tag} {p:.2f}" for tag, p in result.query_tags))
     lines.append(
         f"{'#':>3}  {'score':>6}  {_cell('artist', 24)}  {_cell('title', 32)}  {_cell('shared tags', 28)}  track id"
     )

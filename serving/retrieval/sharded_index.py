@@ -29,20 +29,22 @@ import numpy as np
 from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelRef
-from serving.retrieval.catalog_index import SHARDS_FILENAME, CatalogIndex, IndexMismatchError
+from serving.retrieval.catalog_index import SHARDS_FILENAME, CatalogIndex, IndexMismatchError, TrackRecord
 from serving.retrieval.recommender import (
     DEFAULT_DUPLICATE_COSINE,
+    DEFAULT_EXPANSION,
     RECOMMENDER_DEFAULT,
     Query,
+    QueryExpansion,
     Recommendation,
     RecommendationResult,
     Recommender,
     TagFilter,
     select_best,
 )
+from serving.retrieval.searcher import normalise
 
 FORMAT = "sharded-catalog-index-1"
-_DEFAULT_TAG_FILTER = TagFilter()  # The recommender's default stage 1.
 
 
 def shard_of(track_id: str, num_shards: int) -> int:
@@ -118,6 +120,7 @@ class ShardedIndex:
         empty = [number for number, shard_rows in enumerate(rows) if not shard_rows]
         if empty:
             raise ValueError(f"{len(tracks)} tracks leave shards {empty[:5]} of {num_shards} empty: use fewer shards")
+        catalog_mean = embedding_models.part_means(normalise(embeddings))  # One mean for the whole catalog.
         return cls(
             [
                 CatalogIndex.build(
@@ -128,6 +131,7 @@ class ShardedIndex:
                     tag_model,
                     kind,
                     leaves_searched_fraction,
+                    catalog_mean,
                 )
                 for shard_rows in rows
             ]
@@ -142,6 +146,12 @@ class ShardedIndex:
     def shard_for(self, track_id: str) -> CatalogIndex:
         return self.shards[shard_of(track_id, len(self.shards))]
 
+    def track(self, track_id: str) -> TrackRecord:
+        return self.shard_for(track_id).track(track_id)
+
+    def ranking_vector_of(self, track_id: str) -> np.ndarray:
+        return self.shard_for(track_id).ranking_vector_of(track_id)
+
     @property
     def embedding_models(self) -> EmbeddingModels:
         return self.shards[0].embedding_models
@@ -154,6 +164,28 @@ class ShardedIndex:
     def vocabulary(self) -> tuple[str, ...]:
         return self.shards[0].vocabulary
 
+    @property
+    def catalog_mean(self) -> np.ndarray | None:
+        """The whole catalog's mean, which every shard stores and centres on."""
+        return self.shards[0].catalog_mean
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.shards[0].notes
+
+    def ranking_vectors(self, model_embeddings: np.ndarray) -> np.ndarray:
+        """As `CatalogIndex.ranking_vectors`: every shard centres on the same mean."""
+        return self.shards[0].ranking_vectors(model_embeddings)
+
+    def _recentre(self):
+        """Centres every shard on the whole catalog's mean: the shards' own means weighted by their sizes."""
+        sizes = np.array([len(shard) for shard in self.shards], np.float64)
+        dim = self.embedding_models.embedding_dim
+        means = np.stack([shard.own_mean() if len(shard) else np.zeros(dim) for shard in self.shards])
+        catalog_mean = (sizes[:, np.newaxis] * means).sum(axis=0) / sizes.sum()
+        for shard in self.shards:
+            shard.recentre(catalog_mean)
+
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
         """Each query's `k` best tracks across the shards (each shard searched for `k`), as (id, cosine)."""
         per_shard = [shard.searcher.search(queries, k) for shard in self.shards]
@@ -164,14 +196,16 @@ class ShardedIndex:
         return merged
 
     def upsert(self, tracks, embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
-        """Adds or replaces tracks, each in its shard."""
+        """Adds or replaces tracks, each in its shard, and centres every shard on the new catalog mean."""
         for number, shard_rows in enumerate(split_rows([t.track_id for t in tracks], len(self.shards))):
             if shard_rows:
                 self.shards[number].upsert(
                     [tracks[row] for row in shard_rows],
                     embeddings[shard_rows],
                     None if tag_probabilities is None else tag_probabilities[shard_rows],
+                    recentre=False,
                 )
+        self._recentre()
 
     def delete(self, track_ids: list[str]):
         """Removes tracks from their shards; unknown ids are an error naming them (and nothing is removed)."""
@@ -180,7 +214,9 @@ class ShardedIndex:
             raise KeyError(f"not in the index: {unknown[:5]}")
         for number, shard_rows in enumerate(split_rows(track_ids, len(self.shards))):
             if shard_rows:
-                self.shards[number].delete([track_ids[row] for row in shard_rows])
+                self.shards[number].delete([track_ids[row] for row in shard_rows], recentre=False)
+        if len(self):
+            self._recentre()
 
     def save(self, directory: str):
         """Writes every shard into its folder, then `shards.json`."""
@@ -217,10 +253,15 @@ def load_index(directory: str, *expected) -> CatalogIndex | ShardedIndex:
 
 
 def recommender_for(
-    index: CatalogIndex | ShardedIndex, tag_filter: TagFilter | None
+    index: CatalogIndex | ShardedIndex,
+    tag_filter: TagFilter | None = None,
+    expansion: QueryExpansion | None = DEFAULT_EXPANSION,
+    tag_sets: TagFilter = TagFilter(),
 ) -> Recommender | ShardedRecommender:
-    """The recommender of an index, sharded or not."""
-    return ShardedRecommender(index, tag_filter) if isinstance(index, ShardedIndex) else Recommender(index, tag_filter)
+    """The recommender of an index, sharded or not (arguments as for `Recommender`)."""
+    if isinstance(index, ShardedIndex):
+        return ShardedRecommender(index, tag_filter, expansion=expansion, tag_sets=tag_sets)
+    return Recommender(index, tag_filter, expansion=expansion, tag_sets=tag_sets)
 
 
 class ShardedRecommender:
@@ -230,17 +271,24 @@ class ShardedRecommender:
         index: The shards.
         tag_filter: Stage 1's default settings (None: off).
         duplicate_cosine: As for `Recommender`.
+        expansion: As for `Recommender`: every shard expands the query with
+            the nearest tracks of the whole catalog, so all rank by one vector.
     """
 
     def __init__(
         self,
         index: ShardedIndex,
-        tag_filter: TagFilter | None = _DEFAULT_TAG_FILTER,
+        tag_filter: TagFilter | None = None,
         duplicate_cosine: float = DEFAULT_DUPLICATE_COSINE,
+        expansion: QueryExpansion | None = DEFAULT_EXPANSION,
+        tag_sets: TagFilter = TagFilter(),
     ):
         self.catalog = index
         self.duplicate_cosine = duplicate_cosine
-        self._shards = [Recommender(shard, tag_filter, duplicate_cosine) for shard in index.shards]
+        self._shards = [
+            Recommender(shard, tag_filter, duplicate_cosine, expansion, tag_sets, neighbours=index)
+            for shard in index.shards
+        ]
 
     def query_for_track(self, track_id: str) -> Query:
         return self._shards[shard_of(track_id, len(self._shards))].query_for_track(track_id)
@@ -252,6 +300,7 @@ class ShardedRecommender:
         tag_filter=RECOMMENDER_DEFAULT,
         rank_by_embedding: bool = True,
         max_per_artist: int | None = None,
+        expansion=RECOMMENDER_DEFAULT,
     ) -> RecommendationResult:
         """As `Recommender.recommend`, over every shard."""
         # Stage 1 is skipped only when no track of any shard shares the query's tag set, as for one index.
@@ -262,7 +311,7 @@ class ShardedRecommender:
             for number, recommender in enumerate(self._shards):
                 if results[number] is None:
                     results[number] = recommender.recommend(
-                        query, fetch[number], tag_filter, rank_by_embedding, max_per_artist, rank_all
+                        query, fetch[number], tag_filter, rank_by_embedding, max_per_artist, rank_all, expansion
                     )
             if not rank_all and results[0].query_tags and not any(r.num_candidates for r in results):
                 rank_all, results = True, [None] * len(self._shards)

@@ -62,7 +62,7 @@ function renderTags(body) {
   for (const { tag, probability } of body.query.top_tags) {
     const row = element("li", inSet.has(tag) ? "in-set" : "");
     const value = probability.toFixed(2);
-    row.setAttribute("aria-label", `${tag}: ${value}${inSet.has(tag) ? ", used to select candidates" : ""}`);
+    row.setAttribute("aria-label", `${tag}: ${value}${inSet.has(tag) ? ", in the query's tag set" : ""}`);
     const bar = element("span", "bar");
     bar.setAttribute("aria-hidden", "true");
     const fill = element("span", "fill");

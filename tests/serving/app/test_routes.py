@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from serving.app.routes import listen
-from serving.retrieval.recommender import Recommender, TagFilter
+from serving.retrieval.recommender import QueryExpansion, Recommender, TagFilter
 from tests.serving.app.conftest import MAX_UPLOAD_MB, _error
 
 
@@ -42,24 +42,27 @@ def test_health_and_schema(server, client, model_refs):
     "params",
     [
         {"k": 4},
-        {"k": 6, "max_per_artist": 1, "tag_threshold": 0.0, "tag_top_n": 2},
-        {"k": 3, "tag_filter": "false"},
-        {"k": 5, "embedding_rank": "false", "tag_threshold": 0.2},
+        {"k": 6, "max_per_artist": 1, "tag_threshold": 0.0, "tag_top_n": 2, "tag_filter": "true"},
+        {"k": 3, "tag_filter": "true", "query_expansion": 0},
+        {"k": 5, "embedding_rank": "false", "tag_threshold": 0.2, "tag_filter": "true"},
+        {"k": 5, "embedding_rank": "false", "query_expansion": 7},
     ],
 )
 def test_similar_tracks_are_the_recommenders(client, catalog, params):
-    recommender = Recommender(catalog, TagFilter())
+    recommender = Recommender(catalog)  # The service's defaults: no tag filter, query expansion (3, 3).
     track_id = catalog.tracks[9].track_id
     body = client.get(f"/tracks/{track_id}/similar", params=params).raise_for_status().json()
     tag_filter = None
-    if params.get("tag_filter") != "false":
+    if params.get("tag_filter") == "true":
         tag_filter = TagFilter(params.get("tag_threshold", 0.5), params.get("tag_top_n", 3))
+    expansion = params.get("query_expansion", 3)
     expected = recommender.recommend(
         recommender.query_for_track(track_id),
         params["k"],
         tag_filter=tag_filter,
         rank_by_embedding=params.get("embedding_rank") != "false",
         max_per_artist=params.get("max_per_artist"),
+        expansion=QueryExpansion(expansion) if expansion else None,
     )
     assert [r["track_id"] for r in body["recommendations"]] == [r.track.track_id for r in expected.recommendations]
     np.testing.assert_allclose(
@@ -122,7 +125,7 @@ def test_connections_do_not_wait_for_delayed_acks():
         ("GET", "/tracks/starfighter--death/similar?tag_threshold=nan", 422, "invalid_parameter"),
         ("GET", "/tracks/starfighter--death/similar?tag_threshold=2", 422, "invalid_parameter"),
         ("GET", "/tracks/starfighter--death/similar?topk=3", 422, "invalid_parameter"),
-        ("GET", "/tracks/starfighter--death/similar?tag_filter=false&embedding_rank=false", 422, "invalid_parameter"),
+        ("GET", "/tracks/starfighter--death/similar?query_expansion=-1", 422, "invalid_parameter"),
         ("GET", "/tracks/no-such-track/similar", 404, "unknown_track"),
         ("POST", "/recommend?max_per_artist=-1", 422, "invalid_parameter"),
         ("GET", "/tracks?limit=0", 422, "invalid_parameter"),

@@ -54,6 +54,33 @@ def test_the_combined_vector_is_the_normalised_weighted_concatenation():
     np.testing.assert_allclose(single.combine([parts[0]]), unit[0], rtol=1e-5)
 
 
+def test_each_model_part_is_centred_on_its_own_catalog_mean():
+    rng = np.random.default_rng(1)
+    models = EmbeddingModels((_ref("a", 5), _ref("b", 3)), (2.0, 0.5))
+    parts = [rng.normal(size=(20, 5)) + 4.0, rng.normal(size=(20, 3)) - 1.0]
+    combined = models.combine(parts)
+    unit = [p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts]
+    for recovered, expected in zip(models.unit_parts(combined), unit, strict=True):
+        np.testing.assert_allclose(recovered, expected, atol=1e-5)
+    means = models.part_means(combined)
+    np.testing.assert_allclose(means, np.concatenate([u.mean(axis=0) for u in unit]), atol=1e-6)
+    by_hand = _independently_combined([u - u.mean(axis=0) for u in unit], (2.0, 0.5))
+    np.testing.assert_allclose(models.centre(combined, means), by_hand, atol=1e-5)
+    query = [rng.normal(size=5) + 4.0, rng.normal(size=3) - 1.0]
+    np.testing.assert_allclose(
+        models.centre(models.combine(query)[np.newaxis], means)[0],
+        _independently_combined(
+            [q / np.linalg.norm(q) - u.mean(axis=0) for q, u in zip(query, unit, strict=True)], (2.0, 0.5)
+        ),
+        atol=1e-5,
+    )
+    # A part at its mean (a one-track catalog) keeps its own direction: still a unit vector.
+    lonely = models.centre(combined[:1], models.part_means(combined[:1]))
+    np.testing.assert_allclose(lonely, combined[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="catalog means of shape"):
+        models.centre(combined, means[:4])
+
+
 def test_identity_weights_and_serialisation():
     models = EmbeddingModels((_ref("msd", 4), _ref("mtt", 4)), (1, 0.5))
     assert models.key == "msd/1@c1*1+mtt/1@c1*0.5" and models.label == "msd*1+mtt*0.5"
@@ -137,7 +164,7 @@ def test_an_ensemble_index_stores_the_combined_vectors_of_its_models(ensemble_in
         waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
         parts = [model.from_waveform(waveform)["embedding"] for model in loaded]
         expected = _independently_combined(parts, (1.0, 0.5))
-        np.testing.assert_allclose(index.embeddings[index.row(track.track_id)], expected, atol=1e-5)
+        np.testing.assert_allclose(index.model_embeddings[index.row(track.track_id)], expected, atol=1e-5)
 
 
 def test_a_query_must_be_embedded_by_exactly_the_index_models(ensemble_index, demo_catalog, trained):
@@ -195,7 +222,7 @@ def test_update_and_delete_keep_an_ensemble_index_working(ensemble_index, tmp_pa
     assert summary.num_indexed == 1 and summary.num_tracks == len(index)
     updated = CatalogIndex.load(str(index_dir))
     np.testing.assert_allclose(
-        updated.embeddings[updated.row(removed)], index.embeddings[index.row(removed)], atol=1e-6
+        updated.model_embeddings[updated.row(removed)], index.model_embeddings[index.row(removed)], atol=1e-6
     )
     assert updated.searcher.search(index.embeddings[index.row(removed)], 1)[0][0][0] == removed
     single = embedding_job.JobModels(EmbeddingModels(index.embedding_models.models[:1]), index.tag_model)

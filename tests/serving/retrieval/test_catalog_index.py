@@ -14,7 +14,10 @@ import pytest
 
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelRef
+from serving.retrieval import catalog_index
 from serving.retrieval.catalog_index import CatalogIndex, DamagedIndexError, IndexMismatchError, TrackRecord
+from serving.retrieval.recommender import Recommender
+from serving.retrieval.searcher import TrackIndex
 
 VOCABULARY = ("a", "b", "c")
 
@@ -59,7 +62,7 @@ def test_upsert_and_delete_without_rebuild_survive_a_save(tmp_path):
     index = _build()
     new_tracks, new_embeddings, new_probabilities = _data(5, seed=1, prefix="new")
     replaced = dataclasses.replace(index.tracks[3], title="retitled")
-    replaced_embedding = -index.embeddings[3]
+    replaced_embedding = -index.model_embeddings[3]
     index.upsert(
         [*new_tracks, replaced],
         np.concatenate([new_embeddings, replaced_embedding[np.newaxis]]),
@@ -69,8 +72,8 @@ def test_upsert_and_delete_without_rebuild_survive_a_save(tmp_path):
     assert index.track("t3").title == "retitled"
     np.testing.assert_allclose(index.tag_probabilities[index.row("t3")], 0.0)
     for track, embedding in zip(new_tracks, new_embeddings, strict=True):
-        assert index.searcher.search(embedding, 1)[0][0][0] == track.track_id
-    assert index.searcher.search(replaced_embedding, 1)[0][0][0] == "t3"
+        assert index.searcher.search(index.ranking_vectors(embedding[np.newaxis]), 1)[0][0][0] == track.track_id
+    assert index.searcher.search(index.ranking_vectors(replaced_embedding[np.newaxis]), 1)[0][0][0] == "t3"
     index.delete(["t0", "new2"])
     assert "t0" not in index and "new2" not in index and len(index) == len(index.searcher) == 53
     index.save(str(tmp_path / "index"))
@@ -204,3 +207,60 @@ def test_ids_are_not_pickled_and_a_planted_pickle_is_never_loaded(tmp_path):
     (directory / "manifest.json").unlink()
     with pytest.raises(DamagedIndexError, match="manifest.json: missing"):
         CatalogIndex.load(str(directory))
+
+
+def _centred_by_hand(mean: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """One ranking model: each vector made unit, minus the catalog mean, made unit again."""
+    unit = vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+    centred = unit - mean
+    return centred / np.linalg.norm(centred, axis=-1, keepdims=True)
+
+
+def _check_centred_on_its_own_tracks(index: CatalogIndex):
+    unit = index.model_embeddings / np.linalg.norm(index.model_embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(index.catalog_mean, unit.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(index.embeddings, _centred_by_hand(index.catalog_mean, unit), atol=1e-5)
+    query = np.random.default_rng(11).normal(size=8).astype(np.float32)
+    expected = np.argsort(-(index.embeddings @ _centred_by_hand(index.catalog_mean, query)))[:5]
+    found = index.searcher.search(index.ranking_vectors(query[np.newaxis]), 5)[0]
+    assert [track_id for track_id, _ in found] == [index.tracks[row].track_id for row in expected]
+
+
+def test_tracks_and_queries_are_centred_on_the_mean_the_index_stores(tmp_path):
+    tracks, embeddings, probabilities = _data(50)
+    embeddings += 3.0  # A direction every track shares: raw cosines are all close to 1.
+    index = CatalogIndex.build(tracks, embeddings, probabilities, _ref(), _ref("tagger", dim=4))
+    _check_centred_on_its_own_tracks(index)
+    assert index.notes == ()
+    index.upsert(*_data(7, seed=4, prefix="new"))
+    _check_centred_on_its_own_tracks(index)
+    index.delete(["t1", "t2", "new3"])
+    _check_centred_on_its_own_tracks(index)
+    index.save(str(tmp_path / "index"))
+    loaded = CatalogIndex.load(str(tmp_path / "index"))
+    np.testing.assert_array_equal(loaded.catalog_mean, index.catalog_mean)
+    _check_centred_on_its_own_tracks(loaded)
+
+
+def test_an_index_written_before_the_catalog_mean_loads_uncentred_and_says_so(tmp_path):
+    directory = tmp_path / "index"
+    tracks, embeddings, probabilities = _data(50)
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    # What format 3 wrote: the same files but catalog_mean.npy, a searcher over the uncentred vectors.
+    searcher = TrackIndex.build([t.track_id for t in tracks], unit)
+    CatalogIndex(tracks, unit, probabilities, EmbeddingModels((_ref(),)), _ref("tagger", dim=4), searcher, None).save(
+        str(directory)
+    )
+    info = json.loads((directory / catalog_index.INFO_FILENAME).read_text())
+    (directory / catalog_index.INFO_FILENAME).write_text(json.dumps({**info, "format_version": 3}))
+    catalog_index._write_manifest(str(directory))  # As that version wrote it.
+    loaded = CatalogIndex.load(str(directory))
+    assert loaded.catalog_mean is None
+    np.testing.assert_allclose(loaded.embeddings, unit, atol=1e-6)
+    (note,) = loaded.notes
+    assert "stores no catalog mean" in note and "python -m serving.build_index" in note
+    recommender = Recommender(loaded, None)
+    assert note in recommender.recommend(recommender.query_for_track("t4"), 3).notes
+    loaded.upsert(*_data(2, seed=5, prefix="new"))  # An update centres it from then on.
+    assert loaded.notes == ()
+    _check_centred_on_its_own_tracks(loaded)

@@ -43,7 +43,7 @@ def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo
         assert track.duration_s == pytest.approx(waveform.size / 16000, abs=1e-3)
         row = index.row(entry.track_id)
         np.testing.assert_allclose(
-            index.embeddings[row], embedding_model.from_waveform(waveform)["embedding"], atol=1e-5
+            index.model_embeddings[row], embedding_model.from_waveform(waveform)["embedding"], atol=1e-5
         )
         np.testing.assert_allclose(index.tag_probabilities[row], tag_model.from_waveform(waveform)["tags"], atol=1e-5)
     assert index.vocabulary == model_refs["tag"].vocabulary
@@ -110,8 +110,8 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         assert (track.artist, track.title, track.album) == (reference.artist, reference.title, reference.album)
         # Stored float32 log-mel vs the serving graph's own log-mel from the waveform.
         np.testing.assert_allclose(
-            from_records.embeddings[from_records.row(track.track_id)],
-            from_audio.embeddings[from_audio.row(track.track_id)],
+            from_records.model_embeddings[from_records.row(track.track_id)],
+            from_audio.model_embeddings[from_audio.row(track.track_id)],
             atol=1e-4,
         )
         np.testing.assert_allclose(
@@ -145,8 +145,9 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
     assert sorted(t.track_id for t in updated.tracks) == sorted(t.track_id for t in full.tracks)
     for track_id in removed:
         np.testing.assert_allclose(
-            updated.embeddings[updated.row(track_id)], full.embeddings[full.row(track_id)], atol=1e-6
+            updated.model_embeddings[updated.row(track_id)], full.model_embeddings[full.row(track_id)], atol=1e-6
         )
+    np.testing.assert_allclose(updated.catalog_mean, full.catalog_mean, atol=1e-6)  # The same tracks again.
     queries = full.embeddings[:4]
     assert [[i for i, _ in row] for row in updated.searcher.search(queries, 5)] == [
         [i for i, _ in row] for row in full.searcher.search(queries, 5)
@@ -269,3 +270,43 @@ def test_on_a_dask_cluster_both_inputs_build_the_direct_runners_index(
         assert rejected == (direct_dir / embedding_job.REJECTED_FILENAME).read_text(), name
     rejected = rejections_from_csv((tmp_path / "catalog_dask" / embedding_job.REJECTED_FILENAME).read_text())
     assert [(r.track_id, r.reason) for r in rejected] == [("gone", "missing_file")]
+
+
+def test_two_updates_at_once_both_land(tmp_path, trained, demo_index, demo_catalog):
+    index_dir = tmp_path / "index"
+    shutil.copytree(demo_index[0], index_dir)
+    parsed = catalog.read_catalog(str(demo_catalog))
+    commands, added = [], []
+    for name, entries in (("a", parsed.entries[:2]), ("b", parsed.entries[2:4])):
+        catalog_path = tmp_path / f"{name}.csv"
+        with open(catalog_path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["track_id", "path"])
+            for entry in entries:
+                writer.writerow([f"{name}-{entry.track_id}", entry.uri])
+                added.append(f"{name}-{entry.track_id}")
+        commands.append(
+            [
+                sys.executable,
+                "-m",
+                "serving.build_index",
+                f"--export_base={trained[0] / 'export'}",
+                "--embedding_models=short_chunk_res",
+                "--tag_model=crnn",
+                f"--data={catalog_path}",
+                f"--index_dir={index_dir}",
+                "--update",
+                *IN_MEMORY,
+            ]
+        )
+    runs = [
+        subprocess.Popen(c, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
+    ]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    for run, (_, stderr) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, stderr[-3000:]
+    assert sum("waiting for the other writer" in stderr for _, stderr in outputs) == 1
+    updated = CatalogIndex.load(str(index_dir))
+    assert len(updated) == len(parsed.entries) + 4
+    assert all(track_id in updated for track_id in added)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "index", "index.lock"]  # No work folders.

@@ -37,13 +37,15 @@ def test_scores_on_a_hand_computed_catalog():
     assert scores["two stages"].precision == pytest.approx(1.0)
     assert scores["two stages"].average_precision == pytest.approx(1.0)
     # Embeddings only: b3 sits among the a's, so it takes a place in their top 2 and finds no mate
-    # itself. The expected precision is recomputed here by brute force, one query at a time.
+    # itself. The expected precision is recomputed here by brute force, one query at a time, on the
+    # vectors as the index compares them: unit, minus the catalog's mean unit vector.
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    centred = unit - unit.mean(axis=0)
     expected_precision = []
     for q in range(6):
         others = [o for o in range(6) if o != q]
         cosines = [
-            float(embeddings[q] @ embeddings[o] / np.linalg.norm(embeddings[q]) / np.linalg.norm(embeddings[o]))
-            for o in others
+            float(centred[q] @ centred[o] / np.linalg.norm(centred[q]) / np.linalg.norm(centred[o])) for o in others
         ]
         top = [others[i] for i in np.argsort(cosines)[::-1][:2]]
         expected_precision.append(sum(ids[o][0] == ids[q][0] for o in top) / 2)
@@ -53,7 +55,7 @@ def test_scores_on_a_hand_computed_catalog():
     assert scores["random (expected)"].precision == pytest.approx(2 / 5)
     assert scores["random (expected)"].num_queries == 6
     # The same vectors scored without an index (as the MFCC baseline is) give the same figures.
-    direct = evaluation.evaluate_embeddings("direct", ids, embeddings, truth, k=2)
+    direct = evaluation.evaluate_embeddings("direct", ids, centred, truth, k=2)
     assert direct.precision == pytest.approx(scores["embeddings only"].precision)
     assert direct.average_precision == pytest.approx(scores["embeddings only"].average_precision)
     assert direct.num_queries == 6
@@ -92,6 +94,7 @@ def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog)
     assert "16 indexed tracks; 0 without ground-truth tags" in done.stdout
     scores = {s["configuration"]: s for s in json.loads(output.read_text())["scores"]}
     assert set(scores) == {
+        "short_chunk_res (+ crnn tags to explain): default",
         "crnn tags + short_chunk_res: two stages",
         "short_chunk_res: embeddings only",
         "crnn tags: tags only",
@@ -105,3 +108,30 @@ def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog)
     # The demo has 4 soundtracks of 4 tracks: 3 relevant among 15 others for every query.
     assert scores["random (expected)"]["precision"] == pytest.approx(3 / 15)
     assert all(0.0 <= s["precision"] <= 1.0 and s["num_queries"] == 16 for s in scores.values())
+
+
+def test_album_intervals_resample_whole_albums():
+    group_of = {f"{album}{i}": album for album in "abcd" for i in range(5)}
+    values = {query: float(query[0] in "ab") for query in group_of}  # Albums a and b always right, c and d never.
+    low, high = evaluation.album_interval(values, group_of)
+    assert low < 0.5 < high and 0.0 <= low and high <= 1.0
+    assert evaluation.album_interval(values, group_of) == (low, high)  # Seeded.
+    # Within one album the queries vary, but an album is one draw: resampling albums cannot move the mean.
+    one_album = {query: float(query[-1] in "01") for query in group_of if query[0] == "a"}
+    assert evaluation.album_interval(one_album, group_of) == pytest.approx((0.4, 0.4))
+
+
+def test_a_paired_difference_is_taken_query_by_query():
+    group_of = {f"{album}{i}": album for album in "abcdef" for i in range(4)}
+    base = {query: 0.2 * (i % 5) for i, query in enumerate(sorted(group_of))}
+    better = {query: value + 0.2 for query, value in base.items()}
+
+    def scores(name, precisions):
+        return evaluation.RetrievalScores(name, float(np.mean(list(precisions.values()))), 0, 0, 5, 24, precisions)
+
+    mean, low, high = evaluation.paired_difference(scores("better", better), scores("base", base), group_of)
+    assert mean == pytest.approx(0.2) and low == pytest.approx(0.2) and high == pytest.approx(0.2)
+    mean, low, high = evaluation.paired_difference(scores("same", base), scores("base", base), group_of)
+    assert (mean, low, high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="different queries"):
+        evaluation.paired_difference(scores("fewer", dict(list(base.items())[:5])), scores("base", base), group_of)

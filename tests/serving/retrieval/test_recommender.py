@@ -18,7 +18,7 @@ import pytest
 
 from serving.export.exported_model import ModelRef
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
-from serving.retrieval.recommender import Query, Recommender, TagFilter
+from serving.retrieval.recommender import Query, QueryExpansion, Recommender, TagFilter
 
 VOCABULARY = ("rock", "jazz", "ambient", "metal", "folk")
 DIM = 16
@@ -62,6 +62,11 @@ def _tag_set(probabilities, threshold, top_n) -> set[str]:
     return {VOCABULARY[i] for i in ranked if float(probabilities[i]) >= threshold}
 
 
+def _compared(catalog, query: Query) -> np.ndarray:
+    """The query's embedding as the index compares it (centred on the catalog mean: `test_catalog_index`)."""
+    return catalog.ranking_vectors(np.asarray(query.embedding)[np.newaxis])[0]
+
+
 def _expected(catalog, query: Query, k, threshold, top_n, max_per_artist=None) -> list[str]:
     query_tags = _tag_set(query.tag_probabilities, threshold, top_n)
     others = [
@@ -77,7 +82,7 @@ def _expected(catalog, query: Query, k, threshold, top_n, max_per_artist=None) -
             continue
         if query_tags and not query_tags & _tag_set(catalog.tag_probabilities[row], threshold, top_n):
             continue
-        score = float(np.dot(catalog.embeddings[row], _unit(query.embedding)))
+        score = float(np.dot(catalog.embeddings[row], _compared(catalog, query)))
         scored.append((-score, track.track_id, track.artist))
     results, per_artist = [], {}
     for _, track_id, artist in sorted(scored):
@@ -96,7 +101,9 @@ def _check_consistent(catalog, query: Query, result, tag_filter: TagFilter | Non
         row = [t.track_id for t in catalog.tracks].index(track_id)
         assert recommendation.rank == rank
         assert recommendation.track == catalog.tracks[row]
-        assert recommendation.score == pytest.approx(float(catalog.embeddings[row] @ _unit(query.embedding)), abs=1e-5)
+        assert recommendation.score == pytest.approx(
+            float(catalog.embeddings[row] @ _compared(catalog, query)), abs=1e-5
+        )
         track_tags = (
             _tag_set(catalog.tag_probabilities[row], tag_filter.threshold, tag_filter.top_n) if tag_filter else set()
         )
@@ -113,7 +120,7 @@ def _check_consistent(catalog, query: Query, result, tag_filter: TagFilter | Non
 def test_two_stage_results_match_the_rules_and_belong_together(threshold, top_n, k):
     catalog = _catalog()
     tag_filter = TagFilter(threshold, top_n)
-    recommender = Recommender(catalog, tag_filter)
+    recommender = Recommender(catalog, tag_filter, expansion=None)  # The rules restated below rank by the query alone.
     for track in catalog.tracks[:12]:
         query = recommender.query_for_track(track.track_id)
         result = recommender.recommend(query, k)
@@ -125,7 +132,9 @@ def test_two_stage_results_match_the_rules_and_belong_together(threshold, top_n,
 def test_filtered_positions_differ_from_catalog_rows():
     """Guards the test's own premise: filtering moves tracks to other positions."""
     catalog = _catalog()
-    recommender = Recommender(catalog, TagFilter(0.7, 1))
+    recommender = Recommender(
+        catalog, TagFilter(0.7, 1), expansion=None
+    )  # The rules restated below rank by the query alone.
     query = recommender.query_for_track(catalog.tracks[0].track_id)
     result = recommender.recommend(query, 5)
     rows = [[t.track_id for t in catalog.tracks].index(r.track.track_id) for r in result.recommendations]
@@ -135,7 +144,9 @@ def test_filtered_positions_differ_from_catalog_rows():
 
 def test_a_new_audio_query_uses_its_own_tags_and_embedding():
     catalog = _catalog()
-    recommender = Recommender(catalog, TagFilter(0.5, 2))
+    recommender = Recommender(
+        catalog, TagFilter(0.5, 2), expansion=None
+    )  # The rules restated below rank by the query alone.
     rng = np.random.default_rng(42)
     query = Query(embedding=rng.normal(size=DIM), tag_probabilities=np.array([0.9, 0.1, 0.6, 0.2, 0.3], np.float32))
     result = recommender.recommend(query, 6)
@@ -187,8 +198,8 @@ def test_an_approximate_index_still_returns_every_candidate():
     )
     assert catalog.searcher.info.kind == "tree_ah" and catalog.searcher.info.leaves_to_search == 1
     query = Query(embeddings[0], np.array([0.0, 0.0, 0.0, 0.99, 0.0], np.float32))
-    result = Recommender(catalog, TagFilter(0.5, 1)).recommend(query, k=5)
-    scores = embeddings[candidates] @ embeddings[0]
+    result = Recommender(catalog, TagFilter(0.5, 1), expansion=None).recommend(query, k=5)
+    scores = catalog.embeddings[candidates] @ catalog.embeddings[0]  # As the index compares them (centred).
     expected = [f"y{i}" for i in candidates[np.argsort(-scores)][:5]]
     assert [r.track.track_id for r in result.recommendations] == expected
 
@@ -202,19 +213,21 @@ def test_the_query_and_exact_duplicates_are_excluded():
     # The same audio under another hash: identical embedding.
     same_audio = TrackRecord("dup-audio", artist="someone else", content_sha256="other")
     # Two copies of another track, both close to the query: only one may appear.
-    close = _unit(catalog.embeddings[row] + 0.05 * np.random.default_rng(3).normal(size=DIM))
+    close = _unit(catalog.model_embeddings[row] + 0.05 * np.random.default_rng(3).normal(size=DIM))
     twins = [
         TrackRecord("twin-a", artist="x", content_sha256="twin"),
         TrackRecord("twin-b", artist="y", content_sha256="twin"),
     ]
     # The same audio under two more hashes (e.g. two encodings), a little further away: only one may appear.
-    further = _unit(catalog.embeddings[row] + 0.2 * np.random.default_rng(4).normal(size=DIM))
+    further = _unit(catalog.model_embeddings[row] + 0.2 * np.random.default_rng(4).normal(size=DIM))
     encodings = [
         TrackRecord("enc-a", artist="p", content_sha256="e1"),
         TrackRecord("enc-b", artist="q", content_sha256="e2"),
     ]
     extra = [same_file, same_audio, *twins, *encodings]
-    embeddings = np.stack([catalog.embeddings[row], catalog.embeddings[row], close, close, further, further])
+    embeddings = np.stack(
+        [catalog.model_embeddings[row], catalog.model_embeddings[row], close, close, further, further]
+    )
     probabilities = np.repeat(catalog.tag_probabilities[row][np.newaxis], 6, axis=0)
     catalog.upsert(extra, embeddings, probabilities)
     recommender = Recommender(catalog, None)
@@ -224,14 +237,14 @@ def test_the_query_and_exact_duplicates_are_excluded():
     assert ids[0] in ("twin-a", "twin-b") and len({"twin-a", "twin-b"} & set(ids)) == 1
     assert len({"enc-a", "enc-b"} & set(ids)) == 1
     # A query from audio (no track id) with the same bytes as a catalog track.
-    from_audio = Query(catalog.embeddings[row] * 2.0, content_sha256=base.content_sha256)
+    from_audio = Query(catalog.model_embeddings[row] * 2.0, content_sha256=base.content_sha256)
     ids = [r.track.track_id for r in recommender.recommend(from_audio, k=10).recommendations]
     assert base.track_id not in ids and "dup-file" not in ids and "dup-audio" not in ids
 
 
 def test_at_most_m_results_per_artist():
     catalog = _catalog()
-    recommender = Recommender(catalog, TagFilter(0.3, 5))
+    recommender = Recommender(catalog, TagFilter(0.3, 5), expansion=None)  # As `_expected` ranks.
     query = recommender.query_for_track(catalog.tracks[5].track_id)
     result = recommender.recommend(query, k=10, max_per_artist=1)
     artists = [r.track.artist for r in result.recommendations]
@@ -241,14 +254,19 @@ def test_at_most_m_results_per_artist():
 
 def test_stages_can_be_switched_off():
     catalog = _catalog()
-    recommender = Recommender(catalog, TagFilter(0.5, 3))
+    recommender = Recommender(catalog, TagFilter(0.5, 3), expansion=None)
     query = recommender.query_for_track(catalog.tracks[3].track_id)
-    # Stage 1 off: exactly the nearest tracks by cosine.
+    # Stage 1 off: exactly the nearest tracks by cosine (as the index compares them).
     unfiltered = recommender.recommend(query, 8, tag_filter=None)
-    scores = catalog.embeddings @ query.embedding
+    scores = catalog.embeddings @ _compared(catalog, query)
     nearest = [catalog.tracks[i].track_id for i in np.argsort(-scores) if catalog.tracks[i].track_id != query.track_id]
     assert [r.track.track_id for r in unfiltered.recommendations] == nearest[:8]
-    assert all(r.shared_tags == () for r in unfiltered.recommendations)
+    # The tags still explain each answer: those it shares with the query, under the default tag sets (0.5, 3).
+    assert unfiltered.query_tags and all(p >= 0.5 for _, p in unfiltered.query_tags)
+    for r in unfiltered.recommendations:
+        row = catalog.row(r.track.track_id)
+        shared = _tag_set(query.tag_probabilities, 0.5, 3) & _tag_set(catalog.tag_probabilities[row], 0.5, 3)
+        assert {t.tag for t in r.shared_tags} == shared
     # Stage 2 off: candidates ranked by the cosine of their tag probabilities.
     by_tags = recommender.recommend(query, 8, rank_by_embedding=False)
     query_tags = _tag_set(query.tag_probabilities, 0.5, 3)
@@ -259,8 +277,9 @@ def test_stages_can_be_switched_off():
         p, q = catalog.tag_probabilities[row], query.tag_probabilities
         expected.append((-float(p @ q / np.linalg.norm(p) / np.linalg.norm(q)), track.track_id))
     assert [r.track.track_id for r in by_tags.recommendations] == [t for _, t in sorted(expected)[:8]]
-    with pytest.raises(ValueError, match="both stages are off"):
-        recommender.recommend(query, 8, tag_filter=None, rank_by_embedding=False)
+    # Both off: every track ranked by its tag probabilities.
+    everyone = recommender.recommend(query, len(catalog), tag_filter=None, rank_by_embedding=False)
+    assert len(everyone.recommendations) == len(catalog) - 1
 
 
 def test_a_query_without_confident_tags_skips_stage_one_and_says_so():
@@ -277,10 +296,10 @@ def test_a_tag_set_no_catalog_track_shares_skips_stage_one_and_says_so():
     probabilities = catalog.tag_probabilities.copy()
     probabilities[:, VOCABULARY.index("folk")] = 0.1  # Nobody in the catalog is folk...
     catalog = CatalogIndex.build(catalog.tracks, catalog.embeddings, probabilities, _ref("ranker"), _ref("tagger", 32))
-    recommender = Recommender(catalog, TagFilter(0.5, 1))
+    recommender = Recommender(catalog, TagFilter(0.5, 1), expansion=None)  # As `_expected` ranks.
     query = Query(_unit(np.ones(DIM)), np.array([0.1, 0.1, 0.1, 0.1, 0.9], np.float32))  # ...but the query is.
     result = recommender.recommend(query, 5)
-    assert result.query_tags == () and result.num_candidates == len(catalog)
+    assert result.query_tags == (("folk", pytest.approx(0.9)),) and result.num_candidates == len(catalog)
     assert [r.track.track_id for r in result.recommendations] == _expected(catalog, query, 5, 0.5, 1)
     assert any("no catalog track shares the query's tag set (folk 0.90)" in note for note in result.notes)
     assert all(r.shared_tags == () for r in result.recommendations)
@@ -348,3 +367,30 @@ def test_a_query_that_is_not_finite_is_refused():
         recommender.recommend(Query(np.full(DIM, np.nan), np.full(len(VOCABULARY), 0.5)), 3)
     with pytest.raises(ValueError, match="tag probabilities are not finite"):
         recommender.recommend(Query(np.ones(DIM), np.array([0.5, np.nan, 0.1, 0.1, 0.1])), 3)
+
+
+def test_the_default_answer_ranks_the_whole_catalog_by_the_expanded_query_and_explains_with_tags():
+    """Stage 1 off, the query expanded with its 3 nearest tracks weighted by cosine cubed, tags shown."""
+    catalog = _catalog()
+    recommender = Recommender(catalog)
+    track = catalog.tracks[7]
+    query = recommender.query_for_track(track.track_id)
+    result = recommender.recommend(query, 6)
+    query_vector = _compared(catalog, query)
+    cosines = catalog.embeddings @ query_vector
+    others = [row for row in np.argsort(-cosines, kind="stable") if catalog.tracks[row].track_id != track.track_id]
+    expanded = query_vector + sum(max(cosines[row], 0.0) ** 3 * catalog.embeddings[row] for row in others[:3])
+    scores = catalog.embeddings @ (expanded / np.linalg.norm(expanded))
+    expected = [row for row in np.argsort(-scores, kind="stable") if row != catalog.row(track.track_id)][:6]
+    assert [r.track.track_id for r in result.recommendations] == [catalog.tracks[row].track_id for row in expected]
+    np.testing.assert_allclose([r.score for r in result.recommendations], scores[expected], atol=1e-5)
+    assert result.num_candidates == len(catalog) - 1  # No tag filter.
+    assert result.query_tags == tuple(
+        (tag, pytest.approx(float(query.tag_probabilities[VOCABULARY.index(tag)])))
+        for tag in VOCABULARY
+        if tag in _tag_set(query.tag_probabilities, 0.5, 3)
+    )
+    plain = recommender.recommend(query, 6, expansion=None)
+    assert [r.track.track_id for r in plain.recommendations] == [catalog.tracks[row].track_id for row in others[:6]]
+    with pytest.raises(ValueError, match="neighbours must be >= 0"):
+        QueryExpansion(neighbours=-1)

@@ -40,5 +40,5 @@ def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged
     entry = catalog.entries[5]
     waveform, _ = audio.load_mono(entry.uri, entry.uri, ref.sample_rate)
     embedding = exported_model.LoadedModel(ref).from_waveform(waveform)["embedding"]
-    np.testing.assert_allclose(embedding, index.embeddings[index.row(entry.track_id)], atol=1e-4)
-    assert index.searcher.search(embedding[np.newaxis], k=3)[0][0][0] == entry.track_id
+    np.testing.assert_allclose(embedding, index.model_embeddings[index.row(entry.track_id)], atol=1e-4)
+    assert index.searcher.search(index.ranking_vectors(embedding[np.newaxis]), k=3)[0][0][0] == entry.track_id

@@ -125,7 +125,34 @@ def test_save_load_update_and_delete_keep_each_track_in_its_shard(one_and_sharde
     again = ShardedIndex.load(str(directory))
     assert len(again) == NUM_TRACKS + 12 - 2 and "new5" in again and "t0001" not in again
     assert all(sharded_index.shard_of(t.track_id, 4) == n for n, s in enumerate(again.shards) for t in s.tracks)
-    assert again.search(vectors[3], 1)[0][0][0] == "new3"
+    assert again.search(again.ranking_vectors(vectors[3:4]), 1)[0][0][0] == "new3"
+
+
+def test_one_catalog_mean_for_every_shard_through_updates_and_deletes():
+    """Sharded equals unsharded: the whole catalog's mean in every shard, the same recommendations."""
+    tracks, embeddings, probabilities = _catalog_arrays()
+    models = (_ref("ranker"), _ref("tagger", 32))
+    one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
+    sharded = ShardedIndex.build(
+        tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
+    )
+    new = [TrackRecord(f"new{i}", artist="someone") for i in range(9)]
+    vectors = _unit(np.random.default_rng(10).normal(size=(9, 16)) + 2.0)  # Moves the mean.
+    for index in (one, sharded):
+        index.upsert(new, vectors, np.full((9, len(VOCABULARY)), 0.5, np.float32))
+        index.delete(["t0010", "t0200", "new4"])
+    expected_mean = one.model_embeddings.mean(axis=0)
+    np.testing.assert_allclose(one.catalog_mean, expected_mean, atol=1e-6)
+    for shard in sharded.shards:
+        np.testing.assert_allclose(shard.catalog_mean, one.catalog_mean, atol=1e-9)
+    single, merged = Recommender(one, None), ShardedRecommender(sharded, None)
+    for track_id in ("t0003", "new2", "t0250"):
+        expected = single.recommend(single.query_for_track(track_id), 10)
+        got = merged.recommend(merged.query_for_track(track_id), 10)
+        assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
+        np.testing.assert_allclose(
+            [r.score for r in got.recommendations], [r.score for r in expected.recommendations], atol=1e-5
+        )
 
 
 def test_a_damaged_listing_or_mixed_models_are_refused(one_and_sharded, tmp_path):
@@ -147,7 +174,12 @@ def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_ind
     index_dir = demo_index[0]
     whole = CatalogIndex.load(str(index_dir))
     sharded = ShardedIndex.build(
-        whole.tracks, whole.embeddings, whole.tag_probabilities, whole.embedding_models, whole.tag_model, num_shards=2
+        whole.tracks,
+        whole.model_embeddings,
+        whole.tag_probabilities,
+        whole.embedding_models,
+        whole.tag_model,
+        num_shards=2,
     )
     sharded.save(str(tmp_path / "sharded"))
     outputs = []
@@ -192,7 +224,7 @@ def test_a_new_index_is_not_written_over_one_of_another_layout(demo_index, tmp_p
 def test_audio_indexed_twice_in_different_shards_is_returned_once(one_and_sharded):
     """A query among tracks whose audio exists twice (t0000-t0009 and t0380-t0389, in various shards)."""
     one, sharded = one_and_sharded
-    embedding = one.embeddings[[one.row(f"t{i:04d}") for i in range(10)]].sum(axis=0)
+    embedding = one.model_embeddings[[one.row(f"t{i:04d}") for i in range(10)]].sum(axis=0)
     query = Query(embedding=embedding, tag_probabilities=np.full(len(VOCABULARY), 0.99, np.float32))
     expected = Recommender(one).recommend(query, 10)
     got = ShardedRecommender(sharded).recommend(query, 10)
