@@ -33,17 +33,17 @@ Any other Beam runner: append its pipeline flags, e.g.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
 import sys
 
 from absl import app, flags, logging
 
-from data_prep import beam_jobs, mtat, pipeline, runner_flags
 from data_prep import catalog as catalog_lib
+from data_prep import runner_flags
 from data_prep.splits import SPLIT_BY_CHOICES
-from tfrecords.logmel import PRESETS, LogMelSpec
+from tfrecords.logmel_spec import PRESETS, LogMelSpec
 
 _CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
 _AUDIO_ROOT = flags.DEFINE_string(
@@ -105,7 +105,9 @@ def _log_mel() -> LogMelSpec:
     return PRESETS[_LOG_MEL_PRESET.value]
 
 
-def _config() -> pipeline.PreprocessConfig:
+def _config():
+    from data_prep import pipeline
+
     vocabulary = None
     if _VOCABULARY.value:
         text = catalog_lib.read_text(_VOCABULARY.value).decode("utf-8")
@@ -129,30 +131,40 @@ def _config() -> pipeline.PreprocessConfig:
 
 
 def main(argv):
+    if bool(_CATALOG.value) == bool(_MTAT_ANNOTATIONS.value):
+        raise app.UsageError("give exactly one of --catalog and --mtat_annotations")
+    if _MTAT_ANNOTATIONS.value and not _AUDIO_ROOT.value:
+        raise app.UsageError("--mtat_annotations needs --audio_root (the folder holding 0/ ... f/)")
+    _log_mel()  # Its usage errors, too, before TensorFlow loads.
+    catalog = None
+    if _CATALOG.value:
+        try:
+            catalog = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
+        except catalog_lib.CatalogError as error:
+            sys.exit(f"error: {error}")
+    load_tensorflow()
+    from data_prep import beam_jobs
+
     try:
-        _run(argv[1:])
+        _run(catalog, argv[1:])
     except (catalog_lib.CatalogError, FileNotFoundError, ValueError, beam_jobs.RunnerUnavailableError) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
     except beam_jobs.JobFailedError as error:
         sys.exit(f"error: {error}\nnothing was published; run the same command again to redo it")
 
 
-def _run(pipeline_args: list[str]):
+def _run(catalog, pipeline_args: list[str]):
+    from data_prep import beam_jobs, mtat, pipeline
+
     # The runners forward every worker's INFO lines; keep warnings.
     logging.get_absl_handler()  # Make sure absl's handler is installed first.
     beam_jobs.quiet_runner_logs()
-    if bool(_CATALOG.value) == bool(_MTAT_ANNOTATIONS.value):
-        raise app.UsageError("give exactly one of --catalog and --mtat_annotations")
     config = _config()
     if _MTAT_ANNOTATIONS.value:
-        if not _AUDIO_ROOT.value:
-            raise app.UsageError("--mtat_annotations needs --audio_root (the folder holding 0/ ... f/)")
         catalog, vocabulary = mtat.read_mtat(_MTAT_ANNOTATIONS.value, _AUDIO_ROOT.value, _MTAT_SPLIT_DIR.value)
         if config.vocabulary is None:
             config = dataclasses.replace(config, vocabulary=tuple(vocabulary))
         config = dataclasses.replace(config, split_by="given")
-    else:
-        catalog = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
     logging.info("Beam pipeline arguments: %s", pipeline_args)
     summary = pipeline.run(catalog, config, pipeline_args)
     print(summary.render())

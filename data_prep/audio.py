@@ -19,7 +19,6 @@ import struct
 import numpy as np
 import soundfile
 import soxr
-from apache_beam.io.filesystems import FileSystems
 
 
 class AudioError(Exception):
@@ -245,13 +244,15 @@ def open_source(uri: str) -> str | bytes:
     Raises:
         AudioError: `missing_file` or `unreadable_file`.
     """
-    if FileSystems.get_scheme(uri) in (None, "file"):
+    if "://" not in uri or uri.startswith("file://"):  # A local path: no Beam needed (binaries start fast).
         path = uri.removeprefix("file://")
         if not os.path.isfile(path):
             raise AudioError("missing_file", uri, "no such file")
         if not os.access(path, os.R_OK):
             raise AudioError("unreadable_file", uri, "permission denied")
         return path
+    from apache_beam.io.filesystems import FileSystems
+
     try:
         with FileSystems.open(uri, compression_type="uncompressed") as handle:
             return handle.read()

@@ -21,8 +21,6 @@ import io
 import os
 import posixpath
 
-from apache_beam.io.filesystems import FileSystems
-
 from data_prep.rejections import Rejection
 
 SPLITS = ("train", "valid", "test")
@@ -86,8 +84,18 @@ class Catalog:
     format: str = "csv"
 
 
+def is_local(path: str) -> bool:
+    """A path of this machine's file system (no `scheme://`, or `file://`): read without Beam."""
+    return "://" not in path or path.startswith("file://")
+
+
 def read_text(path: str) -> bytes:
-    """Reads a whole file through Beam's filesystems (local, gs://, ...)."""
+    """Reads a whole file: a local one directly, a URI (gs://, s3://, ...) through Beam's filesystems."""
+    if is_local(path):
+        with open(path.removeprefix("file://"), "rb") as handle:
+            return handle.read()
+    from apache_beam.io.filesystems import FileSystems  # Only for URIs: binaries start without Beam.
+
     with FileSystems.open(path, compression_type="uncompressed") as handle:
         return handle.read()
 
@@ -99,7 +107,13 @@ def resolve_audio_uri(path: str, audio_root: str) -> str:
     """
     if "://" in path or posixpath.isabs(path):
         return path
-    return FileSystems.join(audio_root, path) if audio_root else path
+    if not audio_root:
+        return path
+    if is_local(audio_root):
+        return os.path.join(audio_root, path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(audio_root, path)
 
 
 def parse_tags(value: str) -> tuple[str, ...]:
@@ -213,15 +227,23 @@ def read_catalog(path: str, audio_root: str | None = None) -> Catalog:
     Returns:
         The parsed catalog.
     """
-    if FileSystems.get_scheme(path) is None:
+    if "://" not in path:
         path = os.path.abspath(path)
     if audio_root is None:
-        audio_root = FileSystems.split(path)[0]
+        audio_root = _folder_of(path)
     try:
         data = read_text(path)
     except Exception as error:  # noqa: BLE001 - every filesystem raises its own.
         raise CatalogError(f"{path}: cannot read the catalog ({error})") from error
     return parse_catalog(data, path, audio_root)
+
+
+def _folder_of(path: str) -> str:
+    if is_local(path):
+        return os.path.dirname(path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.split(path)[0]
 
 
 @dataclasses.dataclass(frozen=True)

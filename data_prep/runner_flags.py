@@ -9,10 +9,8 @@ rebuild an index instead of updating it, put every track in one split. Every
 such binary parses its command line with `parse`: an argument that is
 neither the binary's flag nor a flag Beam's runners know ends the run with
 one `error:` line naming it and the closest known flag, and the flags handed
-on to the runner are said on standard error.
-
-    if __name__ == "__main__":
-        run(main, flags_parser=runner_flags.parse)
+on to the runner are said on standard error. A binary's `__main__` block
+calls `run(main, flags_parser=runner_flags.parse)`.
 """
 
 from __future__ import annotations
@@ -37,7 +35,10 @@ def parse(argv: list[str]) -> list[str]:
     Returns:
         `[program, *runner flags]`: what `main` receives.
     """
-    rest = flags.FLAGS(argv, known_only=True)
+    try:
+        rest = flags.FLAGS(argv, known_only=True)
+    except flags.Error as error:  # As absl's own parser answers (a missing required flag, a value out of range).
+        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull to see help on flags.")
     try:
         check_runner_args(rest[1:])
     except UnknownFlagError as error:
@@ -54,6 +55,8 @@ def check_runner_args(runner_args: list[str]):
         UnknownFlagError: Naming the first such argument and, when there is
             one, the closest flag of the binary or of Beam.
     """
+    if not runner_args:
+        return  # Nothing to check: Beam is not even imported (binaries answer usage errors at once).
     parser = _beam_argument_parser()
     known, unknown = parser.parse_known_args(runner_args)
     if unknown:

@@ -4,94 +4,35 @@
 wraps any of them into a waveform-in model for serving; `artifact` is the
 one format of a trained (or converted) model on disk. Gin configuration is
 registered from outside (see `train`), never inside the model classes.
+
+Importing the package loads nothing heavy: Keras and TensorFlow load when one
+of these names is first used (`models.registry`), so the binaries under
+`models/` answer `--help` and usage errors at once.
 """
 
 from __future__ import annotations
 
-import tfrecords.tf_startup  # noqa: F401 - first: TensorFlow's log level, before keras imports it.
+import importlib
 
-import dataclasses
-
-import keras
-
-from models import artifact, layers, musicnn, taggers
-from models.layers import LogMelFrontEnd
-from models.taggers import EMBEDDING, TAGS
-from tfrecords.logmel import PRESETS, LogMelSpec
-
-MODEL_BUILDERS = {
-    "crnn": taggers.build_crnn,
-    "short_chunk_cnn": taggers.build_short_chunk_cnn,
-    "short_chunk_res": taggers.build_short_chunk_res,
-    "musicnn": musicnn.build_musicnn,
-    "musicnn_vgg": musicnn.build_musicnn_vgg,
-}
-
-# The front end each architecture was designed (and its published weights trained) for.
-DEFAULT_LOG_MEL = {
-    "crnn": PRESETS["won2020_96"],
-    "short_chunk_cnn": PRESETS["won2020"],
-    "short_chunk_res": PRESETS["won2020"],
-    "musicnn": PRESETS["musicnn"],
-    "musicnn_vgg": PRESETS["musicnn"],
-}
-DEFAULT_N_MELS = {name: spec.n_mels for name, spec in DEFAULT_LOG_MEL.items()}
-
-__all__ = [
+_FROM_REGISTRY = (
     "DEFAULT_LOG_MEL",
     "DEFAULT_N_MELS",
     "EMBEDDING",
     "MODEL_BUILDERS",
     "TAGS",
     "LogMelFrontEnd",
-    "artifact",
     "get_model",
-    "layers",
-    "musicnn",
     "tag_vocabulary",
-    "taggers",
     "with_waveform_front_end",
-]
+)
+_SUBMODULES = ("artifact", "layers", "musicnn", "taggers")
+
+__all__ = [*_FROM_REGISTRY, *_SUBMODULES]
 
 
-def get_model(name: str, num_tags: int, **kwargs) -> keras.Model:
-    """Builds a tagger by name (a key of `MODEL_BUILDERS`).
-
-    Args:
-        name: The model name.
-        num_tags: Size of the tag vocabulary.
-        **kwargs: Passed to the builder (`n_mels`, `num_frames`, `vocabulary`,
-            and the architecture's own, e.g. `dropout`).
-
-    Returns:
-        An unbuilt-weights Keras functional model with outputs
-        `{"tags": ..., "embedding": ...}`.
-    """
-    if name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
-    return MODEL_BUILDERS[name](num_tags, **kwargs)
-
-
-def tag_vocabulary(model: keras.Model) -> list[str] | None:
-    """The tag names stored in a tagger's `tags` head, if any."""
-    return model.get_layer(TAGS).vocabulary
-
-
-def with_waveform_front_end(tagger: keras.Model, spec: LogMelSpec | None = None) -> keras.Model:
-    """Wraps a log-mel tagger into a model taking 16 kHz waveforms `[batch, samples]`.
-
-    The front end is the pipeline's log-mel function, so the wrapped model on a
-    waveform equals the tagger on the stored log-mel of the same audio. By
-    default it is the architecture's own (`DEFAULT_LOG_MEL`, by the model's
-    name) with the tagger's mel bands.
-    """
-    if spec is None:
-        default = DEFAULT_LOG_MEL.get(tagger.name, PRESETS["won2020"])
-        spec = dataclasses.replace(default, n_mels=tagger.input_shape[-1])
-    if spec.n_mels != tagger.input_shape[-1]:
-        raise ValueError(f"the front end has {spec.n_mels} mel bands, the tagger expects {tagger.input_shape[-1]}")
-    frames = tagger.input_shape[1]
-    samples = None if frames is None else spec.num_samples_for_frames(frames)
-    waveform = keras.Input(shape=(samples,), name="waveform")
-    log_mel = LogMelFrontEnd(spec, name="log_mel_front_end")(waveform)
-    return keras.Model(waveform, tagger(log_mel), name=f"{tagger.name}_waveform")
+def __getattr__(name: str):
+    if name in _FROM_REGISTRY:
+        return getattr(importlib.import_module("models.registry"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"models.{name}")
+    raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -29,20 +29,16 @@ existing index with `--update`; remove some with `--delete=ID,ID`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import app, flags, logging
 
-from data_prep import beam_jobs, runner_flags
 from data_prep import catalog as catalog_lib
+from data_prep import runner_flags
 from serving import flag_groups
-from serving.embedding.ensemble import EmbeddingModels
-from serving.export import exported_model
-from serving.export.exported_model import ModelMismatchError
-from serving.retrieval import embedding_job, searcher
-from serving.retrieval.catalog_index import IndexMismatchError
+from serving.retrieval import index_layout
 
 _EXPORT_BASE = flag_groups.define_export_base("the exported models, as <export_base>/<model name>/<version>/.")
 flag_groups.refuse_renamed("export_dir", "export_base")
@@ -66,20 +62,26 @@ _AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio pa
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", required=True)
 _UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the existing index (ScaNN upsert).")
 _DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
-_KIND = flags.DEFINE_enum("kind", "auto", ["auto", *searcher.KINDS], "ScaNN configuration; auto chooses by size.")
+_KIND = flags.DEFINE_enum(
+    "kind", "auto", ["auto", *index_layout.SEARCHER_KINDS], "ScaNN configuration; auto chooses by size."
+)
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards", 1, "Split a new index into this many shards by track-id hash (README: Index sizing).", lower_bound=1
 )
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
 _TRACKS_PER_BATCH = flags.DEFINE_integer(
     "tracks_per_batch",
-    embedding_job.DEFAULT_TRACKS_PER_BATCH,
+    index_layout.TRACKS_PER_BATCH,
     "The most tracks of one length a worker sends through a model in one pass (1: one at a time).",
     lower_bound=1,
 )
 
 
-def _models() -> embedding_job.JobModels:
+def _models():
+    from serving.embedding.ensemble import EmbeddingModels
+    from serving.export import exported_model
+    from serving.retrieval import embedding_job
+
     refs = [exported_model.resolve_named(_EXPORT_BASE.value, spec) for spec in _EMBEDDING_MODELS.value]
     try:
         weights = tuple(float(w) for w in _EMBEDDING_WEIGHTS.value or ())
@@ -89,11 +91,36 @@ def _models() -> embedding_job.JobModels:
     return embedding_job.JobModels(EmbeddingModels(tuple(refs), weights), tag_model)
 
 
+def _checked_input():
+    """The usage and the catalog, checked before TensorFlow, Beam and ScaNN load: (catalog or None, dataset dirs)."""
+    if _DELETE.value:
+        if _DATA.value:
+            raise app.UsageError("--delete cannot be combined with --data")
+        index_layout.require_index(_INDEX_DIR.value)
+        return None, None
+    if not _DATA.value or not _EXPORT_BASE.value:
+        raise app.UsageError("--data and --export_base are required (or --delete)")
+    if _UPDATE.value:
+        index_layout.require_index(_INDEX_DIR.value)
+    if len(_DATA.value) == 1 and _DATA.value[0].lower().endswith(".csv"):
+        return catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value), None
+    return None, _DATA.value
+
+
 def main(argv):
+    try:
+        catalog, dataset_dirs = _checked_input()
+    except (catalog_lib.CatalogError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    load_tensorflow()
+    from data_prep import beam_jobs
+    from serving.export.exported_model import ModelMismatchError
+    from serving.retrieval.catalog_index import IndexMismatchError
+
     logging.get_absl_handler()  # Beam's workers forward their INFO lines; keep warnings.
     beam_jobs.quiet_runner_logs()
     try:
-        _run(argv[1:])
+        _run(catalog, dataset_dirs, argv[1:])
     except (
         catalog_lib.CatalogError,
         FileNotFoundError,
@@ -109,20 +136,13 @@ def main(argv):
         sys.exit(f"error: {error.args[0]}")
 
 
-def _run(pipeline_args: list[str]):
+def _run(catalog, dataset_dirs, pipeline_args: list[str]):
+    from serving.retrieval import embedding_job
+
     if _DELETE.value:
-        if _DATA.value:
-            raise app.UsageError("--delete cannot be combined with --data")
         left = embedding_job.delete_tracks(_INDEX_DIR.value, _DELETE.value)
         print(f"deleted {len(_DELETE.value)} tracks from {_INDEX_DIR.value}; {left} left")
         return
-    if not _DATA.value or not _EXPORT_BASE.value:
-        raise app.UsageError("--data and --export_base are required (or --delete)")
-    catalog, dataset_dirs = None, None
-    if len(_DATA.value) == 1 and _DATA.value[0].lower().endswith(".csv"):
-        catalog = catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value)
-    else:
-        dataset_dirs = _DATA.value
     summary = embedding_job.build_index(
         _INDEX_DIR.value,
         _models(),

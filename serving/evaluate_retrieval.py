@@ -15,7 +15,7 @@ P@k as a ratio to it. `--output_json=FILE` writes the same figures.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
 import json
@@ -25,8 +25,7 @@ from absl import flags
 
 from data_prep import catalog as catalog_lib
 from serving import flag_groups
-from serving.retrieval import evaluation, mfcc_baseline
-from serving.retrieval.catalog_index import CatalogIndex
+from serving.retrieval import index_layout
 
 _INDEX_DIR = flags.DEFINE_list("index_dir", None, "One or more indexes built by serving.build_index.", required=True)
 _CATALOG = flags.DEFINE_string("catalog", None, "A catalog CSV whose `tags` are the ground truth.", required=True)
@@ -39,7 +38,7 @@ _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Also write the scores t
 MFCC_NAME = "MFCC-20+delta mean/std: embeddings only"
 
 
-def labelled(index: CatalogIndex, scores: list[evaluation.RetrievalScores]):
+def labelled(index, scores: list):
     """Each configuration named after the models that made it."""
     ranking = index.embedding_models.label
     tags = index.tag_model.name if index.tag_model else None
@@ -59,7 +58,16 @@ def labelled(index: CatalogIndex, scores: list[evaluation.RetrievalScores]):
 
 def main(argv):
     del argv
-    parsed = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
+    try:  # What the user gave, checked before TensorFlow and ScaNN load.
+        parsed = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
+        for index_dir in _INDEX_DIR.value:
+            index_layout.require_index(index_dir)
+    except (catalog_lib.CatalogError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    load_tensorflow()
+    from serving.retrieval import evaluation, mfcc_baseline
+    from serving.retrieval.catalog_index import CatalogIndex
+
     truth = {entry.track_id: set(entry.tags) for entry in parsed.entries}
     tag_filter = _TAG_FILTER.tag_filter()
     rows, chance = [], None

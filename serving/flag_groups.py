@@ -13,7 +13,8 @@
 Each `define_*` function defines its flags on first call and returns the same
 holders afterwards, so binaries (and tests importing several of them) share
 one definition. A renamed flag stays defined only to refuse its old spelling
-with a message naming the new one (`refuse_renamed`).
+with a message naming the new one (`refuse_renamed`). Importing this module
+loads no TensorFlow: binaries define and check their flags before they do.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import dataclasses
 
 from absl import flags
 
-from serving.embedding import embedders
-from serving.retrieval.recommender import DEFAULT_EXPANSION, QueryExpansion, TagFilter
+from serving.retrieval.recommend_settings import DEFAULT_EXPANSION, QueryExpansion, TagFilter
 
 _defined: dict[str, object] = {}
 
@@ -48,6 +48,8 @@ class ModelServerFlags:
 
     def embedder(self, catalog, export_base: str | None = None):
         """The embedder of `catalog`'s models: TF Serving when `--server` is given, else in-process."""
+        from serving.embedding import embedders
+
         return embedders.make_embedder(
             catalog.embedding_models, catalog.tag_model, self.server.value, self.protocol.value, export_base
         )

@@ -22,7 +22,7 @@ since the index was built.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import sys
 
@@ -30,10 +30,7 @@ from absl import app, flags
 
 from data_prep import audio
 from serving import flag_groups
-from serving.embedding import query_audio
-from serving.embedding.tf_serving_client import ServingError
-from serving.retrieval import rendering
-from serving.retrieval.sharded_index import load_index, recommender_for
+from serving.retrieval import index_layout
 
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
 _AUDIO = flags.DEFINE_string("audio", None, "An audio file to find similar catalog tracks for.")
@@ -61,6 +58,8 @@ _TAGS_PNG = flags.DEFINE_string("tags_png", None, "Write a bar chart of the quer
 def _query(catalog, recommender):
     if _TRACK_ID.value is not None:
         return recommender.query_for_track(_TRACK_ID.value), f"track {_TRACK_ID.value}"
+    from serving.embedding import query_audio
+
     embedder = _MODEL_SERVER.embedder(catalog, _EXPORT_BASE.value)
     return query_audio.audio_query(_AUDIO.value, embedder), _AUDIO.value
 
@@ -69,6 +68,17 @@ def main(argv):
     del argv
     if (_AUDIO.value is None) == (_TRACK_ID.value is None):
         raise app.UsageError("give exactly one of --audio and --track_id")
+    try:  # What the user gave, checked before TensorFlow and ScaNN load.
+        index_layout.require_index(_INDEX_DIR.value)
+        if _AUDIO.value is not None:
+            audio.open_source(_AUDIO.value)
+    except (audio.AudioError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    load_tensorflow()
+    from serving.embedding.tf_serving_client import ServingError
+    from serving.retrieval import rendering
+    from serving.retrieval.sharded_index import load_index, recommender_for
+
     try:
         catalog = load_index(_INDEX_DIR.value)  # One index, or the shards of one (merged per query).
         if _TAG_FILTER.value and catalog.tag_model is None:

@@ -57,6 +57,15 @@ def silence_cuda_probe() -> None:
         os.close(devnull)
 
 
+def load_tensorflow() -> None:
+    """What a binary calls when it starts the real work, after checking its flags: loads TensorFlow quietly.
+
+    Binaries import TensorFlow (and Beam, ScaNN) inside `main`, not at the top, so `--help` and usage
+    errors answer at once; this loads it first, without the CUDA probe's noise (`silence_cuda_probe`).
+    """
+    silence_cuda_probe()
+
+
 def run(main, **absl_run_kwargs) -> None:
     """What every binary's `__main__` block calls: `silence_cuda_probe`, then `absl.app.run(main, ...)`.
 

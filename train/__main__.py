@@ -33,18 +33,13 @@ running the same command again resumes from the last checkpoint.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import flags, logging
 
-from train import config as config_lib
 from train import strategies
-from train.experiment import Experiment
-from train.initialization import InitializationError
-from train.objectives import ObjectiveError
-from train.trainer import Trainer
 
 _CONFIG = flags.DEFINE_multi_string("config", [], "Gin config files or packaged config names, composed in order.")
 _GIN_FILE = flags.DEFINE_multi_string("gin_file", [], "Alias of --config.")
@@ -62,6 +57,11 @@ _PROFILE_STEPS = flags.DEFINE_list("profile_steps", [], "Two global steps FIRST,
 
 def main(argv):
     del argv
+    load_tensorflow()
+    from train import config as config_lib
+    from train.initialization import InitializationError
+    from train.objectives import ObjectiveError
+
     try:
         _train()
     except (config_lib.ConfigMismatchError, InitializationError, ObjectiveError, FileNotFoundError) as error:
@@ -69,6 +69,10 @@ def main(argv):
 
 
 def _train():
+    from train import config as config_lib
+    from train.experiment import Experiment
+    from train.trainer import Trainer
+
     bindings = list(_GIN_PARAM.value)
     if _DATASET_DIR.value:
         bindings.append(f"Experiment.dataset_dir = {_DATASET_DIR.value!r}")

@@ -23,15 +23,13 @@ pass through, as for `python -m data_prep`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import flags, logging
 
-from data_prep import beam_jobs, runner_flags
-from tfrecords.dataset_info import IncompleteDatasetError
-from train import teacher_targets
+from data_prep import runner_flags
 
 _DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "The student's dataset (python -m data_prep).", required=True)
 _TEACHER_DATASET_DIR = flags.DEFINE_string(
@@ -44,6 +42,11 @@ _HOP_FRAMES = flags.DEFINE_integer("hop_frames", 64, "Frames between consecutive
 
 
 def main(argv):
+    load_tensorflow()
+    from data_prep import beam_jobs
+    from tfrecords.dataset_info import IncompleteDatasetError
+    from train import teacher_targets
+
     try:
         info = _run(argv[1:])
     except (
@@ -64,6 +67,9 @@ def main(argv):
 
 
 def _run(pipeline_args: list[str]):
+    from data_prep import beam_jobs
+    from train import teacher_targets
+
     logging.get_absl_handler()  # Make sure absl's handler is installed first.
     beam_jobs.quiet_runner_logs()
     job = teacher_targets.TeacherJob(

@@ -12,14 +12,12 @@ dir, and prints the macro ROC-AUC and PR-AUC.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import os
 import sys
 
 from absl import flags
-
-from train import evaluation_report
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate.")
@@ -33,6 +31,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where reports go; default
 
 def main(argv):
     del argv
+    load_tensorflow()
+    from train import evaluation_report
+
     try:
         run = evaluation_report.load_run(_MODEL_DIR.value, _DATASET_DIR.value)
     except evaluation_report.NotATaggingRunError as error:

@@ -1,13 +1,11 @@
-"""tf.distribute strategies by name."""
+"""tf.distribute strategies by name (TensorFlow is loaded when one is made: binaries list the names first)."""
 
 from __future__ import annotations
-
-import tensorflow as tf
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
-def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
+def make_strategy(name: str, tpu: str | None = None):
     """Builds a strategy.
 
     Args:
@@ -16,6 +14,8 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
             `tpu`.
         tpu: The TPU address for `tpu` (`''` or `local` on a TPU VM).
     """
+    import tensorflow as tf
+
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -30,7 +30,7 @@ def make_strategy(name: str, tpu: str | None = None) -> tf.distribute.Strategy:
     raise ValueError(f"unknown strategy {name!r}; choose one of {STRATEGIES}")
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
+def is_chief(strategy) -> bool:
     """Whether this process writes checkpoints and summaries."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():

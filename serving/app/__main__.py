@@ -23,20 +23,14 @@ once); `--inference_threads` uploads are embedded at once.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
-import socket
 import sys
 
 from absl import flags
 
 from serving import flag_groups
-from serving.app.routes import create_app, listen
-from serving.app.service import AppConfig
-from serving.app.uploads import UploadDeadlines
-from serving.embedding.tf_serving_client import ServingError
-from serving.export.exported_model import ModelMismatchError
-from serving.retrieval.catalog_index import IndexMismatchError
+from serving.retrieval import index_layout
 
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index built by serving.build_index.", required=True)
 _EXPORT_BASE = flag_groups.define_export_base("where the exported models are, if they moved since the index was built.")
@@ -71,14 +65,26 @@ _RANKING = flag_groups.define_ranking()  # Query expansion by default; requests 
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
 
 
-def _url(sock: socket.socket) -> str:
+def _url(sock) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def main(argv):
     del argv
+    try:  # Checked before TensorFlow and ScaNN load.
+        index_layout.require_index(_INDEX_DIR.value)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    load_tensorflow()
     import uvicorn  # After absl parsed the flags: uvicorn configures logging on import of its config.
+
+    from serving.app.routes import create_app, listen
+    from serving.app.service import AppConfig
+    from serving.app.uploads import UploadDeadlines
+    from serving.embedding.tf_serving_client import ServingError
+    from serving.export.exported_model import ModelMismatchError
+    from serving.retrieval.catalog_index import IndexMismatchError
 
     try:
         config = AppConfig(

@@ -16,24 +16,27 @@ artifact, e.g. a converted pretrained model:
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import flags
 
-from serving.export import saved_model
+from serving.export import signatures
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The model's folder in the serving base path.", required=True)
 _VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
 _NUM_CHUNKS = flags.DEFINE_integer(
-    "num_chunks", saved_model.DEFAULT_NUM_CHUNKS, "The most evenly spaced chunks per track (fewer for short tracks)."
+    "num_chunks", signatures.DEFAULT_NUM_CHUNKS, "The most evenly spaced chunks per track (fewer for short tracks)."
 )
 
 
 def main(argv):
     del argv
+    load_tensorflow()
+    from serving.export import saved_model
+
     try:
         path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
     except saved_model.ExportError as error:

@@ -36,7 +36,7 @@ from tfrecords.logmel import log_mel_spectrogram
 VOCABULARY_ASSET = "tags.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MIN_SECONDS = 1.0
-DEFAULT_NUM_CHUNKS = 16
+DEFAULT_NUM_CHUNKS = sig.DEFAULT_NUM_CHUNKS
 
 
 class ExportError(ValueError):

@@ -14,6 +14,9 @@ and the tests all name them through this module.
 
 from __future__ import annotations
 
+# The most evenly spaced chunks an export averages a track over (fewer for short tracks: `readers.chunk_count`).
+DEFAULT_NUM_CHUNKS = 16
+
 # Signature names.
 SERVING_DEFAULT = "serving_default"
 TAGS_SIGNATURE = "tags"

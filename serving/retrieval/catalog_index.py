@@ -39,6 +39,7 @@ import numpy as np
 from models.pretrained import sha256_of
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelMismatchError, ModelRef
+from serving.retrieval.index_layout import INFO_FILENAME, PREVIOUS_SUFFIX, SHARDS_FILENAME, no_index_error
 from serving.retrieval.searcher import TrackIndex, normalise
 
 
@@ -49,8 +50,6 @@ class IndexMismatchError(ValueError):
 FORMAT_VERSION = 4  # 2: manifest.json, pickle-free searcher ids; 3: several ranking models; 4: catalog mean.
 READABLE_FORMATS = (2, 3, 4)
 CENTRED_FROM_FORMAT = 4
-INFO_FILENAME = "catalog_index.json"
-SHARDS_FILENAME = "shards.json"  # Lists the shards of a sharded index (`serving.retrieval.sharded_index`).
 MANIFEST_FILENAME = "manifest.json"
 TRACKS_FILENAME = "tracks.jsonl"
 EMBEDDINGS_FILENAME = "embeddings.npy"
@@ -303,7 +302,7 @@ class CatalogIndex:
         leaves `DIR.old`, which the next `save` or `load` restores first.
         """
         directory = os.path.normpath(directory)
-        staging, previous = f"{directory}.tmp", f"{directory}.old"
+        staging, previous = f"{directory}.tmp", directory + PREVIOUS_SUFFIX
         _recover(directory)
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
@@ -358,7 +357,7 @@ class CatalogIndex:
                 "folders, or the whole with `sharded_index.load_index` (serving.query does)"
             )
         if not os.path.exists(info_path):
-            raise FileNotFoundError(f"{directory}: no {INFO_FILENAME}; build one with `python -m serving.build_index`")
+            raise no_index_error(directory)
         _check_manifest(directory)
         with open(info_path, encoding="utf-8") as handle:
             info = json.load(handle)
@@ -483,7 +482,7 @@ def _check_manifest(directory: str):
 def _recover(directory: str):
     """Puts back an index that a crash left moved aside (`DIR.old`) during a save."""
     directory = os.path.normpath(directory)
-    previous = f"{directory}.old"
+    previous = directory + PREVIOUS_SUFFIX
     if not os.path.isdir(directory) and os.path.isdir(previous):
         os.rename(previous, directory)
 

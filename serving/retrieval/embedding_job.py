@@ -51,7 +51,7 @@ from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef
-from serving.retrieval import index_lock
+from serving.retrieval import index_layout, index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex, TrackRecord
 from serving.retrieval.searcher import choose_kind
 from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index, shard_names
@@ -62,7 +62,7 @@ STAGING_DIRNAME = "_embedding_staging"
 _WORK_SUFFIX = ".work-"
 EMBEDDING_ROLE = "embedding"
 TAG_ROLE = "tag"
-DEFAULT_TRACKS_PER_BATCH = 8
+DEFAULT_TRACKS_PER_BATCH = index_layout.TRACKS_PER_BATCH
 # Pending waveforms (or log-mel values) a worker holds while it waits for a batch of one length to fill: 256 MB.
 MAX_PENDING_VALUES = 64 * 1024 * 1024
 _FEATURES_DIRNAME = "features"

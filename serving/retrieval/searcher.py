@@ -22,11 +22,13 @@ import os
 import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
+from serving.retrieval.index_layout import SEARCHER_KINDS
+
 CONFIG_FILENAME = "index.json"
 SEARCHER_DIRNAME = "scann"
 TRACK_IDS_FILENAME = "track_ids.json"
 _SCANN_PICKLE = "scann_docids.pkl"  # ScaNN's own id list: never written or read here.
-KINDS = ("brute_force", "ah", "tree_ah")
+KINDS = SEARCHER_KINDS
 BRUTE_FORCE_BELOW = 20_000
 AH_BELOW = 100_000
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
-from tests.conftest import REPO_ROOT
+import pytest
+
+from tests.conftest import DEMO_CATALOG, REPO_ROOT
 from tfrecords import tf_startup
 
 
@@ -44,14 +47,90 @@ def test_every_binary_imports_tf_startup_first():
         path
         for package in ("data_prep", "tfrecords", "models", "train", "serving", "benchmarks")
         for path in (REPO_ROOT / package).rglob("*.py")
-        if 'if __name__ == "__main__":' in path.read_text()
+        if 'if __name__ == "__main__":' in path.read_text() and path.name != "tf_startup.py"  # Its docstring shows one.
     ]
     assert len(binaries) >= 15, binaries
     for path in binaries:
         text = path.read_text()
-        assert "from tfrecords.tf_startup import run" in text, f"{path} does not start through tfrecords.tf_startup"
-        body = text.split("from tfrecords.tf_startup import run", 1)[0]
+        startup = re.search(r"^from tfrecords\.tf_startup import (load_tensorflow, )?run$", text, re.MULTILINE)
+        assert startup, f"{path} does not start through tfrecords.tf_startup"
+        body = text[: startup.start()]
         assert "\nimport " not in body.split('"""')[-1] and "\nfrom " not in body.split('"""')[-1].replace(
             "from __future__ import annotations", ""
         ), f"{path}: tfrecords.tf_startup must be the first import"
         assert "run(main" in text, f"{path}: main must be run by tf_startup.run"
+
+
+# A binary run as `python -m`, reporting on standard error how it exited and which heavy libraries it had imported.
+_RUN_AND_REPORT = """
+import runpy, sys
+module, *argv = sys.argv[1:]
+sys.argv = [module, *argv]
+code = 0
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+except SystemExit as exit:
+    code = exit.code
+if isinstance(code, str):
+    print(code, file=sys.stderr)
+heavy = sorted(name for name in ("tensorflow", "apache_beam", "scann", "keras") if name in sys.modules)
+print("exit:", "zero" if code in (0, None) else "nonzero", "heavy:", ",".join(heavy) or "none", file=sys.stderr)
+"""
+
+USAGE_ERRORS = [
+    ("serving.query", ["--help"], "--index_dir"),
+    ("serving.query", ["--track_id=x"], "--index_dir must have a value"),
+    ("serving.query", ["--index_dir=/nonexistent/index", "--track_id=x"], "/nonexistent/index: no catalog_index.json"),
+    ("serving.query", ["--index_dir={index}", "--audio=/nonexistent/a.mp3"], "/nonexistent/a.mp3: missing_file"),
+    ("serving.build_index", ["--help"], "--embedding_models"),
+    ("serving.build_index", ["--data=x.csv"], "--index_dir must have a value"),
+    (
+        "serving.build_index",
+        ["--index_dir=/tmp/unused", "--export_base=/x", "--data=/nonexistent/c.csv"],
+        "/nonexistent/c.csv: cannot read the catalog",
+    ),
+    ("serving.build_index", ["--index_dir=/nonexistent/index", "--delete=a"], "no catalog_index.json"),
+    ("serving.evaluate_retrieval", ["--help"], "--mfcc_baseline"),
+    ("serving.evaluate_retrieval", ["--catalog=c.csv"], "--index_dir must have a value"),
+    (
+        "serving.evaluate_retrieval",
+        ["--index_dir={index}", "--catalog=/nonexistent/c.csv"],
+        "/nonexistent/c.csv: cannot read the catalog",
+    ),
+    ("serving.evaluate_retrieval", ["--index_dir=/nonexistent/i", "--catalog={catalog}"], "no catalog_index.json"),
+    ("serving.export", ["--help"], "--num_chunks"),
+    ("serving.export", ["--model_dir=m"], "--export_dir must have a value"),
+    ("serving.app", ["--help"], "--max_upload_mb"),
+    ("serving.app", ["--port=0"], "--index_dir must have a value"),
+    ("serving.app", ["--index_dir=/nonexistent/i"], "no catalog_index.json"),
+    ("train", ["--help"], "--gin_param"),
+    ("train", ["--config=crnn.gin"], "--model_dir must have a value"),
+    ("train", ["--model_dir=m", "--strategy=bogus"], "--strategy"),
+    ("train.evaluate", ["--help"], "--robustness"),
+    ("train.evaluate", ["--split=test"], "--model_dir must have a value"),
+    ("train.compute_teacher_targets", ["--help"], "--hop_frames"),
+    ("train.compute_teacher_targets", ["--output_dir=o"], "--dataset_dir must have a value"),
+    ("data_prep", ["--help"], "--split_by"),
+    ("data_prep", ["--catalog=c.csv"], "--output_dir must have a value"),
+    ("data_prep", ["--catalog=/nonexistent/c.csv", "--output_dir=o"], "/nonexistent/c.csv: cannot read the catalog"),
+    ("data_prep", ["--output_dir=o"], "give exactly one of --catalog and --mtat_annotations"),
+    (
+        "data_prep",
+        ["--catalog={catalog}", "--output_dir=o", "--log_mel_preset=musicnn", "--n_mels=3"],
+        "--log_mel_preset sets the front end; drop --n_mels",
+    ),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "message"), USAGE_ERRORS, ids=lambda v: v if isinstance(v, str) else None)
+def test_usage_errors_are_answered_before_tensorflow_beam_or_scann_load(module, argv, message, tmp_path):
+    """No timing: a usage error must not have imported the libraries that take seconds to load."""
+    (tmp_path / "catalog_index.json").write_text("{}")  # What the binaries check for before loading an index.
+    argv = [a.replace("{index}", str(tmp_path)).replace("{catalog}", str(DEMO_CATALOG)) for a in argv]
+    done = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_REPORT, module, *argv], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    output = done.stdout + done.stderr
+    assert message in output
+    assert "Traceback" not in output
+    assert output.strip().splitlines()[-1] == "exit: nonzero heavy: none"
