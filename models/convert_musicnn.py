@@ -14,13 +14,13 @@ checkpoints, fetching the wheel itself.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import os
 
 from absl import app, flags
 
-from models import musicnn_conversion, pretrained
+from models import pretrained
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "MSD_musicnn, MTT_musicnn, MSD_vgg or MTT_vgg of the wheel.", required=True
@@ -34,6 +34,9 @@ def main(argv):
     published = {model.checkpoint_dir: model for model in pretrained.PUBLISHED.values() if model.checkpoint_dir}
     if folder not in published:
         raise app.UsageError(f"--checkpoint_dir must be one of the wheel's folders {sorted(published)}, got {folder!r}")
+    load_tensorflow()
+    from models import musicnn_conversion
+
     try:
         path = pretrained.convert_musicnn(_CHECKPOINT_DIR.value, published[folder], _OUTPUT_DIR.value)
     except (pretrained.IntegrityError, musicnn_conversion.ConversionError, OSError) as error:

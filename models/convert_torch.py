@@ -17,7 +17,7 @@ pip install -e ".[torch]".
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import os
 import pathlib
@@ -25,11 +25,10 @@ import pathlib
 import numpy as np
 from absl import app, flags
 
-import models
-from models import artifact, pretrained, torch_conversion
+from models import pretrained
 
 _MODEL = flags.DEFINE_enum(
-    "model", None, sorted(torch_conversion.ARCHITECTURES), "Which reference architecture.", required=True
+    "model", None, sorted(pretrained.TORCH_ARCHITECTURES), "Which reference architecture.", required=True
 )
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "The PyTorch state_dict (.pth).", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "The model artifact directory to write.", required=True)
@@ -42,8 +41,10 @@ def _read_tags(path: str) -> list[str]:
     return [line.strip() for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _provenance(checkpoint: str, sha256: str) -> artifact.Provenance:
+def _provenance(checkpoint: str, sha256: str):
     """An unpublished checkpoint: only what the file itself says."""
+    from models import artifact
+
     return artifact.Provenance(
         source=os.path.abspath(checkpoint),
         source_sha256={os.path.basename(checkpoint): sha256},
@@ -57,6 +58,10 @@ def _provenance(checkpoint: str, sha256: str) -> artifact.Provenance:
 
 def main(argv):
     del argv
+    load_tensorflow()
+    import models
+    from models import artifact, torch_conversion
+
     try:
         state = torch_conversion.load_state_dict(_CHECKPOINT.value)
     except ImportError as error:

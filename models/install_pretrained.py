@@ -16,13 +16,13 @@ provenance: `pretrained/ATTRIBUTION.md`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tfrecords.tf_startup import load_tensorflow, run
 
 import os
 
 from absl import app, flags
 
-from models import musicnn_conversion, pretrained
+from models import pretrained
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "pretrained", "Where the model artifacts go.")
 _MUSICNN_WHEEL = flags.DEFINE_string("musicnn_wheel", None, "A local copy of the musicnn 0.1.0 wheel (else pip).")
@@ -34,6 +34,9 @@ def main(argv):
     unknown = sorted(set(_MODELS.value) - set(pretrained.MUSICNN_MODELS))
     if unknown:
         raise app.UsageError(f"--models: unknown {unknown}; choose from {list(pretrained.MUSICNN_MODELS)}")
+    load_tensorflow()
+    from models import musicnn_conversion
+
     try:
         results = pretrained.install_musicnn(_OUTPUT_DIR.value, _MUSICNN_WHEEL.value, _MODELS.value)
     except (pretrained.IntegrityError, musicnn_conversion.ConversionError, RuntimeError, OSError) as error:

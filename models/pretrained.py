@@ -24,14 +24,22 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from typing import TYPE_CHECKING
 
-from models import DEFAULT_LOG_MEL, artifact, musicnn_conversion
 from models.vocabularies import MSD_TOP50_TAGS, MTAT_TOP50_TAGS
+
+if TYPE_CHECKING:
+    from models import artifact
+
+# Keras loads when a model is converted or read, not when this module is imported: `models.install_pretrained
+# --help` answers at once.
 
 MUSICNN_REQUIREMENT = "musicnn==0.1.0"
 MUSICNN_WHEEL = "musicnn-0.1.0-py3-none-any.whl"
 MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
 CONVERTER_VERSION = 1
+# The reference's PyTorch architectures `models.torch_conversion` converts.
+TORCH_ARCHITECTURES = ("crnn", "short_chunk_cnn", "short_chunk_res")
 DOWNLOADS_DIRNAME = "downloads"
 
 _MUSICNN_LICENSE = (
@@ -76,6 +84,8 @@ class PublishedModel:
 
     def info(self, embedding_dim: int, converter: str) -> artifact.ModelInfo:
         """The `ModelInfo` of this checkpoint once converted by `converter`."""
+        from models import DEFAULT_LOG_MEL, artifact
+
         return artifact.ModelInfo(
             model_name=self.architecture,
             crop_frames=self.crop_frames,
@@ -209,6 +219,8 @@ def extract_checkpoint(wheel: zipfile.ZipFile, model: PublishedModel, directory:
 
 def convert_musicnn(checkpoint_dir: str, model: PublishedModel, output_dir: str) -> str:
     """Converts one of the wheel's checkpoint folders into a model artifact at `output_dir`."""
+    from models import artifact, musicnn_conversion
+
     for name, expected in model.files.items():
         _check_sha256(os.path.join(checkpoint_dir, os.path.basename(name)), expected, f"{model.name}'s {name}")
     variables = musicnn_conversion.read_checkpoint(checkpoint_dir)
@@ -219,6 +231,8 @@ def convert_musicnn(checkpoint_dir: str, model: PublishedModel, output_dir: str)
 
 def is_installed(model: PublishedModel, directory: str) -> bool:
     """Whether `directory` holds this model converted from the pinned files by this converter version."""
+    from models import artifact
+
     try:
         info = artifact.read_info(directory)
     except (artifact.ArtifactError, OSError):

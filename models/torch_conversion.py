@@ -19,11 +19,12 @@ import numpy as np
 from absl import logging
 
 import models
+from models import pretrained
 from models.vocabularies import MTAT_TOP50_TAGS
 from tfrecords.logmel import LogMelSpec, mel_filterbank
 
 # The reference architectures this converter maps.
-ARCHITECTURES = ("crnn", "short_chunk_cnn", "short_chunk_res")
+ARCHITECTURES = pretrained.TORCH_ARCHITECTURES
 
 # State-dict entries that carry no weights of the Keras models: the
 # torchaudio front end's buffers (checked separately) and batch counters.

@@ -119,6 +119,13 @@ USAGE_ERRORS = [
         ["--catalog={catalog}", "--output_dir=o", "--log_mel_preset=musicnn", "--n_mels=3"],
         "--log_mel_preset sets the front end; drop --n_mels",
     ),
+    ("data_prep.spotify", ["--help"], "--output_dir"),
+    ("models.install_pretrained", ["--help"], "--musicnn_wheel"),
+    ("models.install_pretrained", ["--models=bogus"], "--models: unknown ['bogus']"),
+    ("models.convert_musicnn", ["--output_dir=o"], "--checkpoint_dir must have a value"),
+    ("models.convert_musicnn", ["--checkpoint_dir=/x/Other", "--output_dir=o"], "must be one of the wheel's folders"),
+    ("models.convert_torch", ["--help"], "--checkpoint"),
+    ("models.convert_torch", ["--model=crnn"], "--checkpoint must have a value"),
 ]
 
 
