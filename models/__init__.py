@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import importlib
 
-_FROM_REGISTRY = (
-    "DEFAULT_LOG_MEL",
-    "DEFAULT_N_MELS",
-    "EMBEDDING",
-    "MODEL_BUILDERS",
-    "TAGS",
-    "LogMelFrontEnd",
-    "get_model",
-    "tag_vocabulary",
-    "with_waveform_front_end",
-)
+# Each public name and the module that defines it.
+_DEFINED_IN = {
+    "DEFAULT_LOG_MEL": "models.registry",
+    "DEFAULT_N_MELS": "models.registry",
+    "MODEL_BUILDERS": "models.registry",
+    "get_model": "models.registry",
+    "tag_vocabulary": "models.registry",
+    "with_waveform_front_end": "models.registry",
+    "EMBEDDING": "models.taggers",
+    "TAGS": "models.taggers",
+    "LogMelFrontEnd": "models.layers",
+}
 _SUBMODULES = ("artifact", "layers", "musicnn", "taggers")
 
-__all__ = [*_FROM_REGISTRY, *_SUBMODULES]
+__all__ = [*_DEFINED_IN, *_SUBMODULES]
 
 
 def __getattr__(name: str):
-    if name in _FROM_REGISTRY:
-        return getattr(importlib.import_module("models.registry"), name)
+    if name in _DEFINED_IN:
+        return getattr(importlib.import_module(_DEFINED_IN[name]), name)
     if name in _SUBMODULES:
         return importlib.import_module(f"models.{name}")
     raise AttributeError(f"module 'models' has no attribute {name!r}")

@@ -11,9 +11,9 @@ import dataclasses
 
 import keras
 
-from models import artifact, layers, musicnn, taggers
+from models import musicnn, taggers
 from models.layers import LogMelFrontEnd
-from models.taggers import EMBEDDING, TAGS
+from models.taggers import TAGS
 from tfrecords.logmel import PRESETS, LogMelSpec
 
 MODEL_BUILDERS = {
@@ -33,22 +33,6 @@ DEFAULT_LOG_MEL = {
     "musicnn_vgg": PRESETS["musicnn"],
 }
 DEFAULT_N_MELS = {name: spec.n_mels for name, spec in DEFAULT_LOG_MEL.items()}
-
-__all__ = [
-    "DEFAULT_LOG_MEL",
-    "DEFAULT_N_MELS",
-    "EMBEDDING",
-    "MODEL_BUILDERS",
-    "TAGS",
-    "LogMelFrontEnd",
-    "artifact",
-    "get_model",
-    "layers",
-    "musicnn",
-    "tag_vocabulary",
-    "taggers",
-    "with_waveform_front_end",
-]
 
 
 def get_model(name: str, num_tags: int, **kwargs) -> keras.Model:

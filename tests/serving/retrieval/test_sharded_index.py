@@ -39,8 +39,8 @@ def _catalog_arrays(seed=0):
     return tracks, embeddings, probabilities
 
 
-@pytest.fixture(scope="module")
-def one_and_sharded():
+def _build_one_and_sharded():
+    """The catalog as one brute-force index and as 4 brute-force shards."""
     tracks, embeddings, probabilities = _catalog_arrays()
     models = (_ref("ranker"), _ref("tagger", 32))
     one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
@@ -48,6 +48,11 @@ def one_and_sharded():
         tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
     )
     return one, sharded
+
+
+@pytest.fixture(scope="module")
+def one_and_sharded():
+    return _build_one_and_sharded()
 
 
 def test_tracks_are_split_by_id_hash_into_complete_shards(one_and_sharded):
@@ -130,12 +135,7 @@ def test_save_load_update_and_delete_keep_each_track_in_its_shard(one_and_sharde
 
 def test_one_catalog_mean_for_every_shard_through_updates_and_deletes():
     """Sharded equals unsharded: the whole catalog's mean in every shard, the same recommendations."""
-    tracks, embeddings, probabilities = _catalog_arrays()
-    models = (_ref("ranker"), _ref("tagger", 32))
-    one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
-    sharded = ShardedIndex.build(
-        tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
-    )
+    one, sharded = _build_one_and_sharded()  # Changed below: not the module's shared pair.
     new = [TrackRecord(f"new{i}", artist="someone") for i in range(9)]
     vectors = _unit(np.random.default_rng(10).normal(size=(9, 16)) + 2.0)  # Moves the mean.
     for index in (one, sharded):
