@@ -44,12 +44,14 @@ def silence_cuda_probe() -> None:
     """Enumerates TensorFlow's devices now, without the CUDA probe's error where no NVIDIA GPU can exist."""
     if has_nvidia_device():
         return
-    import tensorflow as tf
-
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
+        # Imported here: once absl has parsed the flags (a binary's `main` loads TensorFlow after its checks),
+        # importing TensorFlow itself runs the probe. A Python error still raises, after the redirect ends.
+        import tensorflow as tf
+
         tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)

@@ -20,13 +20,22 @@ def test_nvidia_devices_are_recognised(tmp_path):
     assert tf_startup.has_nvidia_device(str(tmp_path / "missing"))  # Unknown: hide nothing.
 
 
-def test_run_drops_only_the_probe_and_restores_standard_error():
-    """A binary as the project writes one: tf_startup imported first, main run by `run`."""
+@pytest.mark.parametrize(
+    "main",
+    [
+        # TensorFlow imported at the top, before absl parses the flags.
+        "import tensorflow as tf\ndef main(argv):\n",
+        # A binary as the project writes one: TensorFlow loaded in main, after the flags are parsed and checked
+        # (importing it then runs the probe at import time).
+        "def main(argv):\n    load_tensorflow()\n    import tensorflow as tf\n",
+    ],
+    ids=["imported first", "loaded in main"],
+)
+def test_run_drops_only_the_probe_and_restores_standard_error(main):
     script = (
         "import sys\n"
-        "from tfrecords.tf_startup import run\n"
-        "import tensorflow as tf\n"
-        "def main(argv):\n"
+        "from tfrecords.tf_startup import load_tensorflow, run\n"
+        f"{main}"
         "    tf.constant(1.0) + 1.0\n"
         "    print('standard error still works', file=sys.stderr)\n"
         "run(main)\n"
