@@ -191,6 +191,8 @@ def load(path: str) -> tuple[keras.Model, ModelInfo]:
     model_path = os.path.join(directory, MODEL_FILENAME)
     if not tf.io.gfile.exists(model_path):
         raise ArtifactError(f"{directory}: no {MODEL_FILENAME}")
+    from models import registry  # noqa: F401 - every architecture's custom layers, registered for deserialising.
+
     with tempfile.TemporaryDirectory() as local:  # Keras reads local files only.
         local_model = os.path.join(local, MODEL_FILENAME)
         tf.io.gfile.copy(model_path, local_model, overwrite=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import models
 from models import artifact
+from tests.conftest import REPO_ROOT
 from tfrecords.logmel import PRESETS, LogMelSpec
 
 
@@ -83,3 +86,13 @@ def test_inconsistent_or_damaged_artifacts_are_refused_naming_the_file(tmp_path)
     (directory / artifact.MODEL_FILENAME).unlink()
     with pytest.raises(artifact.ArtifactError, match="no model.keras"):
         artifact.load(str(directory))
+
+
+def test_an_artifact_loads_in_a_process_that_imported_nothing_else():
+    """`models` loads its modules on first use: loading an artifact must register every architecture's layers itself."""
+    script = (
+        "from models import artifact; model, info = artifact.load('pretrained/msd_musicnn'); print(info.model_name)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "musicnn"
