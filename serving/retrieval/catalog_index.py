@@ -112,6 +112,7 @@ class CatalogIndex:
         tag_model: ModelRef | None,
         searcher: TrackIndex,
         catalog_mean: np.ndarray | None,
+        embeddings: np.ndarray | None = None,
     ):
         _check_rows(tracks, model_embeddings, tag_probabilities, embedding_models, tag_model)
         self.tracks = list(tracks)
@@ -121,7 +122,8 @@ class CatalogIndex:
         self.tag_model = tag_model
         self.searcher = searcher
         self.catalog_mean = catalog_mean
-        self.embeddings = self.ranking_vectors(model_embeddings)
+        # `build` passes the vectors it gave the searcher; `load` derives them from the stored ones.
+        self.embeddings = self.ranking_vectors(model_embeddings) if embeddings is None else embeddings
         self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
 
     @classmethod
@@ -155,14 +157,12 @@ class CatalogIndex:
         _check_rows(tracks, embeddings, tag_probabilities, embedding_models, tag_model)
         if catalog_mean is None:
             catalog_mean = embedding_models.part_means(embeddings)
+        centred = embedding_models.centre(embeddings, catalog_mean)
         searcher = TrackIndex.build(
-            [t.track_id for t in tracks],
-            embedding_models.centre(embeddings, catalog_mean),
-            kind=kind,
-            leaves_searched_fraction=leaves_searched_fraction,
+            [t.track_id for t in tracks], centred, kind=kind, leaves_searched_fraction=leaves_searched_fraction
         )
         probabilities = None if tag_probabilities is None else np.asarray(tag_probabilities, np.float32)
-        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher, catalog_mean)
+        return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher, catalog_mean, centred)
 
     def __len__(self) -> int:
         return len(self.tracks)

@@ -198,6 +198,9 @@ class Recommender:
         expansion: Query expansion by default (None: off).
         tag_sets: The tag sets that explain answers when stage 1 is off
             (when on, its own settings make them).
+        neighbours: Where query expansion finds the query's nearest tracks
+            (default: `catalog`; a shard's recommender is given the whole
+            sharded index, so every shard expands the query alike).
 
     A recommender reads the catalog as it was when created: make a new one
     after `CatalogIndex.upsert` or `delete`. `recommend` may be called from
@@ -218,7 +221,7 @@ class Recommender:
         self.duplicate_cosine = duplicate_cosine
         self.expansion = expansion
         self.tag_sets = tag_sets
-        self._neighbours = neighbours or catalog  # Where expansion finds neighbours: a sharded index's whole.
+        self._neighbours = catalog if neighbours is None else neighbours
         self._tag_sets = {}
         self._rows_by_hash: dict[str, list[int]] = {}
         for row, track in enumerate(catalog.tracks):
