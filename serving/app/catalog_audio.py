@@ -14,7 +14,8 @@ import re
 from serving.app.errors import ApiError
 from serving.retrieval.catalog_index import TrackRecord
 
-_RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# At most 18 digits a position (more than any file has bytes): longer numbers are malformed, not parsed.
+_RANGE_SPEC = re.compile(r"^\s*(\d{0,18})\s*-\s*(\d{0,18})\s*$")
 _EXTRA_TYPES = {".opus": "audio/ogg", ".m4a": "audio/mp4", ".flac": "audio/flac", ".wav": "audio/wav"}
 
 

@@ -1,6 +1,7 @@
 """Prometheus metrics of the web service, in a registry of its own.
 
-- `recommender_http_requests_total{method, route, status}`: requests by route
+- `recommender_http_requests_total{method, route, status}`: requests by method (`KNOWN_METHODS`, any other as
+  `other`), route
   template (`/tracks/{track_id}/similar`, never the raw path) and status;
 - `recommender_http_request_duration_seconds{method, route}`: latency histogram;
 - `recommender_stage_duration_seconds{stage}`: decode, embed and search time
@@ -22,6 +23,10 @@ from serving.retrieval.catalog_index import CatalogIndex
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNMATCHED_ROUTE = "unmatched"
+# Request methods are labels from this closed set; any other is counted as `other` (one label per made-up
+# method would grow /metrics and the process without bound).
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 
 class Metrics:
@@ -93,6 +98,7 @@ class Metrics:
                 timings[name] = elapsed
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else OTHER_METHOD
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

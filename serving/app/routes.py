@@ -127,8 +127,9 @@ def _add_api_routes(app: FastAPI, service: RecommendationService, metrics: Metri
         """Catalog tracks similar to a catalog track."""
         return service.similar(track_id, params)
 
-    @app.get(
+    @app.api_route(
         "/tracks/{track_id:path}/audio",
+        methods=["GET", "HEAD"],  # Players and proxies ask for the headers first.
         response_class=FileResponse,
         responses={
             200: {"content": {"audio/*": {}}, "description": "The audio file."},

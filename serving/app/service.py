@@ -152,8 +152,13 @@ class RecommendationService:
     # Tracks.
 
     def audio_url(self, track: TrackRecord) -> str | None:
-        """Where the page plays the track (None when this service serves no audio for it)."""
-        if self.config.audio_root is None or not catalog_audio.servable(track):
+        """Where the page plays the track (None when this service would not serve its audio: no audio root, no
+        local file, a file outside the root or missing)."""
+        if self.config.audio_root is None:
+            return None
+        try:
+            catalog_audio.resolve(self.config.audio_root, track)
+        except ApiError:
             return None
         return f"/tracks/{quote(track.track_id, safe='')}/audio"
 

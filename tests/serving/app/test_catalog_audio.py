@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 
+import httpx
 import pytest
 
+from benchmarks import app_load
 from serving.app import catalog_audio
 from serving.app.errors import ApiError
 from serving.retrieval.catalog_index import TrackRecord
@@ -27,7 +30,7 @@ def test_catalog_audio_is_served_with_ranges(client, demo_audio_files):
     unsatisfiable = client.get(url, headers={"Range": f"bytes={len(data) + 10}-"})
     assert unsatisfiable.status_code == 416 and unsatisfiable.headers["content-range"] == f"bytes */{len(data)}"
     assert _error(unsatisfiable)[1] == "range_not_satisfiable"  # JSON, like every other error.
-    for malformed in ("bytes=5-2", "bytes=abc", "pages=1-2", "bytes="):
+    for malformed in ("bytes=5-2", "bytes=abc", "pages=1-2", "bytes=", f"bytes={'9' * 5000}-", f"bytes=0-{'9' * 19}"):
         assert _error(client.get(url, headers={"Range": malformed}))[:2] == (400, "malformed_range"), malformed
     assert _error(client.get("/tracks/no-such-track/audio"))[:2] == (404, "unknown_track")
 
@@ -65,3 +68,29 @@ def test_catalog_audio_resolves_only_inside_the_root(tmp_path):
         assert raised.value.status == 404 and str(tmp_path) not in raised.value.detail
     assert not catalog_audio.servable(TrackRecord("t", path="gs://bucket/a.mp3"))
     assert not catalog_audio.servable(TrackRecord("t", path=""))
+
+
+def test_head_answers_a_track_audio_headers_without_the_body(client, demo_audio_files):
+    mp3 = demo_audio_files[0]
+    response = client.head(f"/tracks/{mp3.stem}/audio")
+    assert response.status_code == 200 and response.content == b""
+    assert int(response.headers["content-length"]) == mp3.stat().st_size
+    assert response.headers["accept-ranges"] == "bytes" and response.headers["content-type"] == "audio/mpeg"
+
+
+def test_no_audio_url_for_a_track_whose_file_the_service_would_refuse(demo_index, demo_audio_files, tmp_path):
+    """A file outside the audio root (a symlink out of it) or missing gets `audio_url: null`, not a URL that 404s."""
+    root = tmp_path / "root"
+    (root / "audio").mkdir(parents=True)
+    inside, outside, missing = demo_audio_files[:3]
+    shutil.copy(inside, root / "audio" / inside.name)
+    (root / "audio" / outside.name).symlink_to(outside)  # Resolves outside the root.
+    flags = [f"--upload_dir={tmp_path}", "--noaccess_log"]
+    with app_load.app_process(str(demo_index[0]), str(root), str(tmp_path / "app.log"), flags) as url:
+        with httpx.Client(base_url=url, timeout=120.0) as client:
+            tracks = {t["track_id"]: t for t in client.get("/tracks", params={"limit": 100}).json()["tracks"]}
+            assert tracks[inside.stem]["audio_url"] == f"/tracks/{inside.stem}/audio"
+            assert client.get(tracks[inside.stem]["audio_url"]).status_code == 200
+            for refused in (outside, missing):
+                assert tracks[refused.stem]["audio_url"] is None
+                assert client.get(f"/tracks/{refused.stem}/audio").status_code == 404

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.serving.app.conftest import _upload
@@ -37,3 +39,21 @@ def test_metrics_count_requests_and_name_the_versions(client, model_refs):
         assert value(after, "recommender_model_info", **labels, architecture=ref.model_name) == 1
     assert value(after, "recommender_index_tracks") == 16
     assert any(name == "recommender_index_info" and dict(labels)["searcher"] for name, labels in after)
+
+
+def test_made_up_methods_are_counted_as_other_not_as_labels(client, server):
+    """3,000 made-up methods once grew /metrics to 6 MB, a label each; the labels are a closed set."""
+    for number in range(40):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request(f"BREW{number}", "/healthz")
+        connection.getresponse().read()
+        connection.close()
+    text = client.get("/metrics").raise_for_status().text
+    assert "BREW" not in text
+    methods = {
+        labels["method"]
+        for (name, labels_items) in _samples(client)
+        for labels in [dict(labels_items)]
+        if "method" in labels
+    }
+    assert "other" in methods and methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
