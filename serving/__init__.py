@@ -1,4 +1,4 @@
-"""Serving: export for TF Serving, the catalog index (ScaNN), two-stage recommendations, queries and the web app.
+"""Serving: export for TF Serving, the catalog index (ScaNN), recommendations, queries and the web app.
 
 Libraries live in sub-packages:
 

@@ -6,9 +6,10 @@ Usage (after `make demo`: the pretrained models' index next to the demo-trained 
         --catalog=demo/catalog.csv --k=3 --mfcc_baseline
 
 queries each index with every catalog track and prints precision@k, recall@k
-and MAP@k of results sharing a `tags` value with the query, for the two-stage
-recommender, embeddings only and tags only (each row names its models), next
-to the chance level. `--mfcc_baseline` adds the classic content baseline
+and MAP@k of results sharing a `tags` value with the query, for the default
+answer, the two stages (tag filter first), embeddings only (no query
+expansion) and tags only (each row names its models), next to the chance
+level; `--tag_threshold` and `--tag_top_n` set the tag sets. `--mfcc_baseline` adds the classic content baseline
 (MFCC-20 + delta mean/std, computed from the catalog's audio) and each row's
 P@k as a ratio to it. `--output_json=FILE` writes the same figures.
 """
