@@ -142,7 +142,7 @@ def _scores_of_similarity(name: str, index: CatalogIndex, similarity: np.ndarray
     ids = [t.track_id for t in index.tracks]
     similarity = similarity.copy()
     np.fill_diagonal(similarity, -np.inf)
-    counts = {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids if truth.get(q)}
+    counts = evaluation.relevant_counts([i for i in ids if truth.get(i)], truth)
     rankings = {
         ids[i]: [ids[j] for j in np.argsort(-similarity[i], kind="stable")[:k]]
         for i in range(len(ids))
@@ -330,7 +330,7 @@ def run_benchmark(command: str) -> report.Section:
         _cross_fitted_rows(knobs, new, halves),
     )
     chance = evaluation.chance_scores(
-        {q: sum(1 for o in truth if o != q and truth[o] & truth[q]) for q in new.precisions},
+        {q: count for q, count in evaluation.relevant_counts(list(truth), truth).items() if q in new.precisions},
         list(new.precisions),
         len(embedded.tracks),
         k,

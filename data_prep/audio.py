@@ -20,6 +20,8 @@ import numpy as np
 import soundfile
 import soxr
 
+from data_prep import catalog
+
 
 class AudioError(Exception):
     """A file that cannot be turned into a usable waveform.
@@ -244,7 +246,7 @@ def open_source(uri: str) -> str | bytes:
     Raises:
         AudioError: `missing_file` or `unreadable_file`.
     """
-    if "://" not in uri or uri.startswith("file://"):  # A local path: no Beam needed (binaries start fast).
+    if catalog.is_local(uri):  # No Beam needed (binaries start fast).
         path = uri.removeprefix("file://")
         if not os.path.isfile(path):
             raise AudioError("missing_file", uri, "no such file")

@@ -104,28 +104,29 @@ def evaluate(
         settings = {key: tag_filter if value == "given" else value for key, value in SETTINGS[name].items()}
         scores.append(evaluate_recommender(name, recommender, truth, k, **settings))
     ids = [t.track_id for t in catalog.tracks if truth.get(t.track_id)]
-    relevant_counts = _relevant_counts(ids, truth)
-    scores.append(chance_scores(relevant_counts, [q for q in ids if relevant_counts[q]], len(catalog), k))
+    counts = relevant_counts(ids, truth)
+    scores.append(chance_scores(counts, [q for q in ids if counts[q]], len(catalog), k))
     return scores
 
 
-def _relevant_counts(ids: list[str], truth: dict[str, set[str]]) -> dict[str, int]:
+def relevant_counts(ids: list[str], truth: dict[str, set[str]]) -> dict[str, int]:
+    """For each of `ids`, how many of the others share a ground-truth tag with it."""
     return {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids}
 
 
 def evaluate_recommender(name: str, recommender, truth: dict[str, set[str]], k: int = 5, **settings) -> RetrievalScores:
     """Every catalog track with ground truth queries `recommender.recommend(query, k, **settings)`; scored as named."""
     ids = [t.track_id for t in recommender.catalog.tracks if truth.get(t.track_id)]
-    relevant_counts = _relevant_counts(ids, truth)
+    counts = relevant_counts(ids, truth)
     rankings = {
         query_id: [
             r.track.track_id
             for r in recommender.recommend(recommender.query_for_track(query_id), k, **settings).recommendations
         ]
         for query_id in ids
-        if relevant_counts[query_id]
+        if counts[query_id]
     }
-    return score_rankings(name, rankings, truth, relevant_counts, k)
+    return score_rankings(name, rankings, truth, counts, k)
 
 
 def score_rankings(
@@ -181,13 +182,13 @@ def evaluate_embeddings(
     unit = vectors[rows] / np.maximum(np.linalg.norm(vectors[rows], axis=1, keepdims=True), 1e-12)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
-    relevant_counts = _relevant_counts(ids, truth)
+    counts = relevant_counts(ids, truth)
     rankings = {
         ids[i]: [ids[j] for j in np.argsort(-similarity[i], kind="stable")[:k]]
         for i in range(len(ids))
-        if relevant_counts[ids[i]]
+        if counts[ids[i]]
     }
-    return score_rankings(name, rankings, truth, relevant_counts, k)
+    return score_rankings(name, rankings, truth, counts, k)
 
 
 def render(scores: list[RetrievalScores], k: int, baseline: RetrievalScores | None = None) -> str:
