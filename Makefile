@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_output
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench clean system-packages
+.PHONY: install demo test coverage lint bench clean system-packages
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -89,6 +89,14 @@ lint: $(STAMP)
 test: lint $(PRETRAINED_STAMP) system-packages
 	$(BIN)/python -m pytest -n 2 --durations=15
 
+# Line coverage of the package over the whole suite, the binaries the tests start
+# as processes included. The report ends with the total; coverage.txt keeps it.
+coverage: lint $(PRETRAINED_STAMP) system-packages
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest -n 2 --durations=15
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage combine --quiet
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage report | tee coverage.txt
+
 # The app_load benchmark serves the demo index: the demo runs first if it is missing.
 $(DEMO_OUT)/index/catalog_index.json:
 	$(MAKE) demo
@@ -98,4 +106,4 @@ bench: $(STAMP) $(DEMO_OUT)/index/catalog_index.json
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) .pytest_cache .coverage .coverage.* coverage.txt

@@ -70,6 +70,8 @@ EXTRAS_REQUIRE = {
         # `make test` runs the suite in a random order (seed in the header; replay with -p randomly
         # --randomly-seed=N): a test that depends on another's leftovers fails instead of passing by luck.
         "pytest-randomly>=3.15",
+        # `make coverage`: line coverage of the package, subprocesses included (`patch = subprocess`).
+        "coverage>=7.10",
         "filelock>=3.12",  # tests/conftest.py: fixtures built once and shared by the xdist workers.
         "apache-beam[dask]>=2.60",  # Both Beam jobs are tested on a Dask cluster of worker processes.
         "ruff>=0.6",
