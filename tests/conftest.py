@@ -133,11 +133,16 @@ def no_distribution_strategy_left_in_scope():
 
 @pytest.fixture(autouse=True)
 def logging_restored():
-    """The root logger's level, handlers and filters, absl's verbosity, and `logging.disable`'s level."""
+    """The root logger's level, handlers and filters, every named logger's level (a binary run in the test's
+    process quiets Beam's), absl's verbosity, and `logging.disable`'s level."""
     root = logging.getLogger()
     level, handlers, filters = root.level, _own_handlers(root), list(root.filters)
     verbosity, disabled = absl_logging.get_verbosity(), logging.root.manager.disable
+    named_levels = _named_logger_levels()
     yield
+    for name, named_level in _named_logger_levels().items():
+        if named_level != named_levels.get(name, logging.NOTSET):
+            logging.getLogger(name).setLevel(named_levels.get(name, logging.NOTSET))
     root.setLevel(level)
     for handler in _own_handlers(root):
         if handler not in handlers:
@@ -147,6 +152,14 @@ def logging_restored():
     root.filters[:] = filters
     absl_logging.set_verbosity(verbosity)
     logging.disable(disabled)
+
+
+def _named_logger_levels() -> dict[str, int]:
+    return {
+        name: logger.level
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger) and name != "absl"  # absl's level is its verbosity, restored above.
+    }
 
 
 def _own_handlers(logger: logging.Logger) -> list[logging.Handler]:

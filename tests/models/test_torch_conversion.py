@@ -18,6 +18,7 @@ import torch
 import models
 from data_prep import audio
 from models import artifact, pretrained, torch_conversion
+from tests.binaries import run_binary
 from tests.conftest import DEMO_DIR, REPO_ROOT
 from tests.models import torch_reference
 
@@ -132,20 +133,12 @@ def test_published_crnn_equals_the_pytorch_reference_on_real_audio():
 
 def test_shipped_crnn_is_the_published_checkpoint_converted(tmp_path):
     output = tmp_path / "mtat_crnn"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "models.convert_torch",
-            "--model=crnn",
-            f"--checkpoint={_published_checkpoint()}",
-            f"--tags={CARRIED_CHECKPOINT.parent / 'tags.npy'}",
-            f"--output_dir={output}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_binary(
+        "models.convert_torch",
+        "--model=crnn",
+        f"--checkpoint={_published_checkpoint()}",
+        f"--tags={CARRIED_CHECKPOINT.parent / 'tags.npy'}",
+        f"--output_dir={output}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "published mtat_crnn" in result.stdout
@@ -168,20 +161,12 @@ def test_command_line_writes_a_loadable_keras_model(tmp_path):
     torch.save(reference.state_dict(), checkpoint)
     (tmp_path / "tags.txt").write_text("rock\npop\njazz\nmetal\n")
     output = tmp_path / "artifact"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "models.convert_torch",
-            "--model=short_chunk_res",
-            f"--checkpoint={checkpoint}",
-            f"--output_dir={output}",
-            f"--tags={tmp_path / 'tags.txt'}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_binary(
+        "models.convert_torch",
+        "--model=short_chunk_res",
+        f"--checkpoint={checkpoint}",
+        f"--output_dir={output}",
+        f"--tags={tmp_path / 'tags.txt'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     loaded, info = artifact.load(str(output))

@@ -11,15 +11,13 @@ import soundfile
 
 from models.vocabularies import MTAT_TOP50_TAGS
 from serving.retrieval.catalog_index import CatalogIndex
+from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
 from tests.serving import tf_serving_standin
 
 
-def _query(*flags, timeout=300):
-    done = subprocess.run(
-        [sys.executable, "-m", "serving.query", *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
-    )
-    return done
+def _query(*flags):
+    return run_binary("serving.query", *flags)
 
 
 def test_audio_query_prints_json_results_and_a_tag_chart(tmp_path, demo_index, entries):
@@ -49,8 +47,17 @@ def test_audio_query_prints_json_results_and_a_tag_chart(tmp_path, demo_index, e
 
 
 def test_track_query_prints_a_table(demo_index, entries):
+    """The binary's own process (the other tests run its `main` in theirs)."""
     track_id = sorted(entries)[3]
-    done = _query(f"--index_dir={demo_index[0]}", f"--track_id={track_id}", "--k=4", "--max_per_artist=1")
+    command = [
+        "-m",
+        "serving.query",
+        f"--index_dir={demo_index[0]}",
+        f"--track_id={track_id}",
+        "--k=4",
+        "--max_per_artist=1",
+    ]
+    done = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert lines[0] == f"query: track {track_id}"

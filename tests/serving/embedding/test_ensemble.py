@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +19,7 @@ from serving.export.exported_model import LoadedModel, ModelMismatchError, Model
 from serving.retrieval import embedding_job
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
 from serving.retrieval.recommender import Recommender
-from tests.conftest import REPO_ROOT
+from tests.binaries import run_binary
 from tests.serving import tf_serving_standin
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -133,9 +131,7 @@ def ensemble_index(tmp_path_factory, demo_catalog, model_refs):
     subset_csv.write_text("".join(demo_catalog.read_text().splitlines(keepends=True)[:5]))
     for ref in model_refs.values():
         shutil.copytree(ref.path, export_base / ref.name / "1")
-    command = [
-        sys.executable,
-        "-m",
+    done = run_binary(
         "serving.build_index",
         f"--export_base={export_base}",
         "--embedding_models=short_chunk_res,crnn/1",
@@ -145,8 +141,7 @@ def ensemble_index(tmp_path_factory, demo_catalog, model_refs):
         f"--audio_root={demo_catalog.parent}",
         f"--index_dir={index_dir}",
         *IN_MEMORY,
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ranking by: short_chunk_res/1@" in done.stdout and "*0.5" in done.stdout
     return index_dir, export_base

@@ -18,6 +18,7 @@ from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import LoadedModel
 from serving.retrieval import embedding_job
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
+from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT, tone
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
@@ -89,9 +90,7 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
     root = trained[0]
     data_128, data_96 = root / "data_128", trained_crnn[0]
     index_dir = tmp_path / "from_tfrecords"
-    command = [
-        sys.executable,
-        "-m",
+    done = run_binary(
         "serving.build_index",
         f"--export_base={root / 'export'}",
         "--embedding_models=short_chunk_res",
@@ -99,8 +98,7 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         f"--data={data_128},{data_96}",
         f"--index_dir={index_dir}",
         *IN_MEMORY,
-    ]
-    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tracks in: 3; embedded: 3; rejected: 0" in done.stdout
     from_records = CatalogIndex.load(str(index_dir))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +12,7 @@ from serving.retrieval import embedding_job, sharded_index
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError, TrackRecord
 from serving.retrieval.recommender import Query, Recommender, TagFilter
 from serving.retrieval.sharded_index import ShardedIndex, ShardedRecommender
-from tests.conftest import REPO_ROOT
+from tests.binaries import run_binary
 from tests.serving.retrieval.test_recommender import VOCABULARY, _ref, _unit
 
 NUM_TRACKS = 400
@@ -184,22 +181,8 @@ def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_ind
     sharded.save(str(tmp_path / "sharded"))
     outputs = []
     for directory in (index_dir, tmp_path / "sharded"):
-        command = [
-            sys.executable,
-            "-m",
-            "serving.query",
-            f"--index_dir={directory}",
-            "--track_id=hyperrogue--hr3-caves",
-            "--k=5",
-            "--format=json",
-        ]
-        done = subprocess.run(
-            command,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        done = run_binary(
+            "serving.query", f"--index_dir={directory}", "--track_id=hyperrogue--hr3-caves", "--k=5", "--format=json"
         )
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(json.loads(done.stdout))
