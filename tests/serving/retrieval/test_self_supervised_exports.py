@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -26,7 +27,8 @@ def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged
         exported_info = artifact.ModelInfo.from_json(handle.read(), "the export")
     assert exported_info.training.objective == info.training.objective  # Provenance travels with the export.
     assert ref.vocabulary == info.vocabulary
-    catalog = catalog_lib.read_catalog(untagged_demo["catalog"])
+    whole = catalog_lib.read_catalog(untagged_demo["catalog"])
+    catalog = dataclasses.replace(whole, entries=whole.entries[::4], num_rows=4)  # One track of each soundtrack.
     embedding_job.build_index(
         str(tmp_path / "index"),
         embedding_job.JobModels(EmbeddingModels((ref,)), None),
@@ -34,10 +36,10 @@ def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged
         pipeline_args=["--direct_running_mode=in_memory"],
     )
     index = CatalogIndex.load(str(tmp_path / "index"))
-    assert len(index.tracks) == len(catalog.entries) == 16
+    assert len(index.tracks) == len(catalog.entries) == 4
     assert index.embedding_models.models[0].checksum == ref.checksum
     # A catalog track, embedded again through the export, finds itself first.
-    entry = catalog.entries[5]
+    entry = catalog.entries[2]
     waveform, _ = audio.load_mono(entry.uri, entry.uri, ref.sample_rate)
     embedding = exported_model.LoadedModel(ref).from_waveform(waveform)["embedding"]
     np.testing.assert_allclose(embedding, index.model_embeddings[index.row(entry.track_id)], atol=1e-4)
