@@ -62,12 +62,17 @@ def test_bad_arguments():
         models.get_model("crnn", 3, vocabulary=["a", "b"])
 
 
+# The short-chunk models' layers with 16 channels where 128 are not what a check is about: the same graph
+# at a sixty-fourth of the convolutions' work.
+_NARROW = {"short_chunk_res": {"n_channels": 16}, "short_chunk_cnn": {"n_channels": 16}}
+
+
 @pytest.mark.parametrize("name", ["short_chunk_res", "crnn", "short_chunk_cnn", "musicnn", "musicnn_vgg"])
 def test_one_optimisation_step_lowers_the_loss(name):
     keras.utils.set_random_seed(0)
     frames = {"crnn": 256, "musicnn": 187, "musicnn_vgg": 187}.get(name, 128)
     no_dropout = {} if name.startswith("musicnn") else {"dropout": 0.0}
-    model = models.get_model(name, 5, num_frames=frames, **no_dropout)
+    model = models.get_model(name, 5, num_frames=frames, **no_dropout, **_NARROW.get(name, {}))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss={models.TAGS: keras.losses.BinaryCrossentropy()})
     rng = np.random.default_rng(0)
     x = rng.normal(-30.0, 20.0, size=(8, frames, models.DEFAULT_N_MELS[name])).astype(np.float32)
@@ -153,7 +158,7 @@ def test_mixed_precision_outputs_are_float32(policy):
 @pytest.mark.parametrize("name", ["short_chunk_res", "crnn"])
 def test_jit_compiled_training_step(name):
     frames = 256 if name == "crnn" else 128
-    model = models.get_model(name, 3, num_frames=frames)
+    model = models.get_model(name, 3, num_frames=frames, **_NARROW.get(name, {}))
     model.compile(optimizer="adam", loss={models.TAGS: "binary_crossentropy"}, jit_compile=True)
     x = np.zeros((4, frames, models.DEFAULT_N_MELS[name]), np.float32)
     logs = model.train_on_batch(x, {models.TAGS: np.ones((4, 3), np.float32)}, return_dict=True)

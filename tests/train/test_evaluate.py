@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from data_prep import catalog, pipeline
-from tests.conftest import REPO_ROOT
+from tests.binaries import run_binary
 from train import config as config_lib
 from train import evaluation_report
 from train.evaluation import predict_tracks
@@ -38,21 +36,7 @@ def trained_run(tmp_path_factory, demo_catalog):
 
 def test_evaluate_command_with_robustness(trained_run):
     model_dir = trained_run / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "train.evaluate",
-            f"--model_dir={model_dir}",
-            "--split=test",
-            "--num_chunks=2",
-            "--robustness",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_binary("train.evaluate", f"--model_dir={model_dir}", "--split=test", "--num_chunks=2", "--robustness")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "short_chunk_res on test (4 tracks, up to 2 chunks each): ROC-AUC" in result.stdout
     reports = model_dir / "evaluation"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from serving.export.exported_model import ModelRef
 from serving.retrieval import evaluation
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import TagFilter
-from tests.conftest import REPO_ROOT
+from tests.binaries import run_binary
 
 
 def _ref(name, dim, vocabulary=("x", "y")):
@@ -73,22 +71,14 @@ def test_embedding_scores_skip_tracks_without_truth_and_count_duplicated_tags():
 
 def test_binary_prints_and_writes_the_scores(tmp_path, demo_index, demo_catalog):
     output = tmp_path / "scores.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.evaluate_retrieval",
-            f"--index_dir={demo_index[0]}",
-            f"--catalog={demo_catalog}",
-            "--k=3",
-            "--tag_threshold=0.0",
-            "--mfcc_baseline",
-            f"--output_json={output}",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_binary(
+        "serving.evaluate_retrieval",
+        f"--index_dir={demo_index[0]}",
+        f"--catalog={demo_catalog}",
+        "--k=3",
+        "--tag_threshold=0.0",
+        "--mfcc_baseline",
+        f"--output_json={output}",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "16 indexed tracks; 0 without ground-truth tags" in done.stdout
