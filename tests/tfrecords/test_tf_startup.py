@@ -143,8 +143,14 @@ def test_usage_errors_are_answered_before_tensorflow_beam_or_scann_load(module, 
     """No timing: a usage error must not have imported the libraries that take seconds to load."""
     (tmp_path / "catalog_index.json").write_text("{}")  # What the binaries check for before loading an index.
     argv = [a.replace("{index}", str(tmp_path)).replace("{catalog}", str(DEMO_CATALOG)) for a in argv]
+    work_dir = tmp_path / "work"  # Relative outputs (`--output_dir=o`) land here should a check be missed.
+    work_dir.mkdir()
     done = subprocess.run(
-        [sys.executable, "-c", _RUN_AND_REPORT, module, *argv], cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, "-c", _RUN_AND_REPORT, module, *argv],
+        cwd=work_dir,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
     )
     output = done.stdout + done.stderr
     assert message in output
