@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import io
 import logging
+import re
 import sys
 
 from absl import app, flags
@@ -78,9 +79,8 @@ def run_binary(name: str, *args: str) -> Finished:
         for flag_name in _flags_defined_by_binaries():
             delattr(flags.FLAGS, flag_name)
         flags.FLAGS.unparse_flags()  # Every flag at its default, as in a new process.
-        sys.modules.pop(module_name, None)  # Imported afresh: it defines its flags again.
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            module = importlib.import_module(module_name)
+            module = _import_afresh(module_name)
             sys.modules["__main__"] = module  # Whose docstring absl's usage message shows.
             parser = {"flags_parser": runner_flags.parse} if getattr(module, "runner_flags", None) else {}
             returncode = _exit_status(lambda: tf_startup.run(module.main, argv=[name, *args], **parser), stderr)
@@ -98,6 +98,22 @@ def _module_of(name: str) -> str:
     """The module `python -m NAME` runs: a package's `__main__`, or the module itself."""
     spec = importlib.util.find_spec(name)
     return f"{name}.__main__" if spec.submodule_search_locations is not None else name
+
+
+def _import_afresh(module_name: str):
+    """The binary's module, executed again so that it defines its flags.
+
+    A flag of the same name that a library module defined for another binary
+    (`serving.flag_groups` refuses `--export_dir`, renamed `--export_base`, in
+    `serving.query`; `serving.export` has an `--export_dir` of its own) is
+    taken out for the run: in a process of its own the binary never meets it.
+    """
+    while True:
+        sys.modules.pop(module_name, None)
+        try:
+            return importlib.import_module(module_name)
+        except flags.DuplicateFlagError as error:
+            delattr(flags.FLAGS, re.search(r"The flag '([^']+)' is defined twice", str(error)).group(1))
 
 
 def _exit_status(run, stderr: io.StringIO) -> int:

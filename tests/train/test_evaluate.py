@@ -27,7 +27,8 @@ def trained_run(tmp_path_factory, demo_catalog):
     )
     pipeline.run(parsed, config, ["--direct_running_mode=in_memory"])
     config_text = config_lib.parse(
-        ["short_chunk_res.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{root / 'data'}'"]
+        ["short_chunk_res.gin", "smoke.gin"],
+        [f"Experiment.dataset_dir = '{root / 'data'}'", "Experiment.model_kwargs = {'n_channels': 16}"],
     )
     config_lib.check_or_save(str(root / "run"), config_text)
     Trainer(Experiment(), str(root / "run"), tf.distribute.get_strategy()).train()

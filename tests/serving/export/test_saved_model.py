@@ -45,7 +45,7 @@ def test_signatures_and_shapes(trained):
     assert spec.dtype == tf.float32 and spec.shape.as_list() == [None, None]
     outputs = serve(waveform=tf.zeros([2, 32000]) + 0.01)
     num_tags = len(loaded.vocabulary.numpy())
-    assert outputs["tags"].shape == (2, num_tags) and outputs["embedding"].shape == (2, 512)
+    assert outputs["tags"].shape == (2, num_tags) and outputs["embedding"].shape == (2, 64)  # 16 channels x 4
     np.testing.assert_allclose(np.linalg.norm(outputs["embedding"].numpy(), axis=1), 1.0, rtol=1e-5)
     assert set(loaded.signatures["tags"](waveform=tf.zeros([1, 16000]))) == {"tags"}
     assert set(loaded.signatures["embed"](waveform=tf.zeros([1, 16000]))) == {"embedding"}
