@@ -12,7 +12,10 @@ loader; under 2 minutes); `preprocess_on_dask` is
 `benchmarks.preprocess_on_dask` (the same job on Dask worker processes against
 the DirectRunner, with the crossover; about 4 minutes); `model_inference` is
 `benchmarks.model_inference` (Short-Chunk ResNet tracks per second on the CPU
-against the PyTorch reference architecture; about 1 minute); `index_search` is
+against the PyTorch reference architecture; about 1 minute); `layer_profile` is
+`benchmarks.layer_profile` (per model and layer, the FLOPs of one 30 s track,
+the time and the achieved GFLOP/s against the CPU's float32 GEMM rate measured
+in the same run; about 2 minutes); `index_search` is
 `benchmarks.index_search` (ScaNN against NumPy brute force and faiss HNSW on
 1M clustered 512-d vectors; about 5 minutes, 8 GB of memory); `index_sizing`
 is `benchmarks.index_sizing` (the catalog index's memory, disk, build and
@@ -49,6 +52,7 @@ from benchmarks import (
     distillation,
     index_search,
     index_sizing,
+    layer_profile,
     model_inference,
     preprocess_on_dask,
     preprocess_throughput,
@@ -63,6 +67,7 @@ BENCHMARKS = {
     "preprocess_on_dask": preprocess_on_dask.run_benchmark,
     "reader": reader_throughput.run_benchmark,
     "model_inference": model_inference.run_benchmark,
+    "layer_profile": layer_profile.run_benchmark,
     "index_search": index_search.run_benchmark,
     "index_sizing": index_sizing.run_benchmark,
     "catalog_embedding": catalog_embedding.run_benchmark,
