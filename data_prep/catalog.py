@@ -22,8 +22,8 @@ import os
 import posixpath
 
 from data_prep.rejections import Rejection
+from tfrecords.splits import SPLITS
 
-SPLITS = ("train", "valid", "test")
 REQUIRED_COLUMNS = ("track_id", "path")
 TAG_SEPARATOR = "|"
 
@@ -146,6 +146,16 @@ def parse_catalog(text: bytes, source: str, audio_root: str) -> Catalog:
     except UnicodeDecodeError as error:
         raise CatalogError(f"{source}: not UTF-8 text ({error})") from error
     reader = csv.DictReader(io.StringIO(decoded, newline=""))
+    try:
+        return _parse_rows(reader, text, source, audio_root)
+    except csv.Error as error:
+        # An unclosed quote reads on to the end of the file: the field outgrows csv's limit, or the file ends.
+        raise CatalogError(
+            f"{source}: not valid CSV at line {reader.line_num} ({error}); is a quote left open on or before that line?"
+        ) from error
+
+
+def _parse_rows(reader: csv.DictReader, text: bytes, source: str, audio_root: str) -> Catalog:
     if not reader.fieldnames:
         raise CatalogError(f"{source}: the catalog is empty (no header row)")
     header = [name.strip() for name in reader.fieldnames]

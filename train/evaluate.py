@@ -19,8 +19,10 @@ import sys
 
 from absl import flags
 
+from tfrecords.splits import SPLITS
+
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
-_SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate.")
+_SPLIT = flags.DEFINE_enum("split", "test", SPLITS, "The split to evaluate.")
 _DATASET_DIR = flags.DEFINE_string("dataset_dir", None, "Overrides the dataset the run was trained on.")
 _NUM_CHUNKS = flags.DEFINE_integer(
     "num_chunks", 16, "The most evenly spaced chunks per track (fewer for short tracks)."
@@ -36,7 +38,7 @@ def main(argv):
 
     try:
         run = evaluation_report.load_run(_MODEL_DIR.value, _DATASET_DIR.value)
-    except evaluation_report.NotATaggingRunError as error:
+    except (evaluation_report.NotATaggingRunError, evaluation_report.NotARunError) as error:
         sys.exit(f"error: {error}")
     output_dir = _OUTPUT_DIR.value or os.path.join(_MODEL_DIR.value, evaluation_report.EVALUATION_DIRNAME)
     summary = evaluation_report.evaluate(run, _SPLIT.value, output_dir, _NUM_CHUNKS.value)

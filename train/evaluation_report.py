@@ -40,6 +40,10 @@ PITCH_SHIFTS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 TIME_STRETCHES = (0.76, 0.88, 1.0, 1.18, 1.36)
 
 
+class NotARunError(ValueError):
+    """A model dir without the configuration `python -m train` saves there."""
+
+
 class NotATaggingRunError(ValueError):
     """A run trained without tags (contrastive, distillation): nothing to score tags against."""
 
@@ -56,7 +60,13 @@ class LoadedRun:
 
 def load_run(model_dir: str, dataset_dir: str | None = None) -> LoadedRun:
     """Rebuilds a run's model from its saved config and best checkpoint."""
-    with tf.io.gfile.GFile(os.path.join(model_dir, config_lib.CONFIG_FILENAME)) as handle:
+    config_path = os.path.join(model_dir, config_lib.CONFIG_FILENAME)
+    if not tf.io.gfile.exists(config_path):
+        raise NotARunError(
+            f"{model_dir}: no {config_lib.CONFIG_FILENAME}; not a directory written by `python -m train` "
+            "(give the --model_dir of a training run)"
+        )
+    with tf.io.gfile.GFile(config_path) as handle:
         config_text = handle.read()
     gin.clear_config()
     gin.parse_config(config_text)

@@ -41,8 +41,6 @@ from data_prep.rejections import REJECTED_FILENAME
 from models import artifact
 from tfrecords import dataset_info, schema
 
-SPLITS = ("train", "valid", "test")
-
 
 class TeacherTargetsError(ValueError):
     """Datasets or a teacher that cannot make targets together; the message says why."""

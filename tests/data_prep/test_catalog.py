@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from data_prep import catalog
+from tests.binaries import run_binary
 
 
 def _parse(text: str, audio_root: str = "/music") -> catalog.Catalog:
@@ -29,6 +30,36 @@ def test_empty_and_non_utf8_files():
         _parse("")
     with pytest.raises(catalog.CatalogError, match="UTF-8"):
         catalog.parse_catalog(b"track_id,path\n\xff\xfe,x\n", "latin.csv", "/")
+
+
+def _unclosed_quote_csv(directory) -> str:
+    """A catalog whose third row opens a quote that never closes: the field runs past csv's 128 KB limit."""
+    path = directory / "unclosed.csv"
+    path.write_text('track_id,path,title\na,a.mp3,fine\nb,b.mp3,"never closed\n' + "x," * 70_000 + "\n")
+    return str(path)
+
+
+def test_an_unclosed_quote_is_named_with_its_line(tmp_path):
+    with pytest.raises(catalog.CatalogError, match=r"unclosed.csv: not valid CSV at line \d+ .*quote left open"):
+        catalog.read_catalog(_unclosed_quote_csv(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("binary", "flags"),
+    [
+        ("data_prep", ["--output_dir={tmp}/out"]),
+        ("serving.build_index", ["--index_dir={tmp}/index", "--export_base={tmp}"]),
+        ("serving.evaluate_retrieval", ["--index_dir={tmp}"]),
+    ],
+)
+def test_the_binaries_reading_a_catalog_name_an_unclosed_quote(binary, flags, tmp_path):
+    (tmp_path / "catalog_index.json").write_text("{}")  # evaluate_retrieval checks the index folder first.
+    catalog_flag = "--catalog" if binary != "serving.build_index" else "--data"
+    done = run_binary(
+        binary, f"{catalog_flag}={_unclosed_quote_csv(tmp_path)}", *(f.format(tmp=tmp_path) for f in flags)
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'unclosed.csv'}: not valid CSV at line")
 
 
 def test_bad_rows_become_rejections_with_reasons():

@@ -117,6 +117,11 @@ USAGE_ERRORS = [
     ("train", ["--model_dir=m", "--strategy=bogus"], "--strategy"),
     ("train.evaluate", ["--help"], "--robustness"),
     ("train.evaluate", ["--split=test"], "--model_dir must have a value"),
+    (
+        "train.evaluate",
+        ["--model_dir=m", "--split=bogus"],
+        "flag --split=bogus: value should be one of <train|valid|test>",
+    ),
     ("train.compute_teacher_targets", ["--help"], "--hop_frames"),
     ("train.compute_teacher_targets", ["--output_dir=o"], "--dataset_dir must have a value"),
     ("data_prep", ["--help"], "--split_by"),

@@ -67,3 +67,12 @@ def test_evaluate_refuses_a_directory_without_checkpoints(tmp_path, trained_run)
     (tmp_path / config_lib.CONFIG_FILENAME).write_text((trained_run / "run" / config_lib.CONFIG_FILENAME).read_text())
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         evaluation_report.load_run(str(tmp_path))
+
+
+def test_a_folder_that_is_no_training_run_is_named(tmp_path):
+    done = run_binary("train.evaluate", f"--model_dir={tmp_path / 'missing'}", "--split=test")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'missing'}: no config.gin; not a directory written by `python -m train` "
+        "(give the --model_dir of a training run)"
+    )
