@@ -41,7 +41,7 @@ import sys
 from absl import app, flags, logging
 
 from data_prep import catalog as catalog_lib
-from data_prep import runner_flags
+from data_prep import runner_flags, splits
 from data_prep.splits import SPLIT_BY_CHOICES
 from tfrecords.logmel_spec import PRESETS, LogMelSpec
 
@@ -57,7 +57,12 @@ _MTAT_SPLIT_DIR = flags.DEFINE_string(
 )
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the dataset is written.", required=True)
 _SPLIT_BY = flags.DEFINE_enum("split_by", "artist", SPLIT_BY_CHOICES, "How tracks are grouped into disjoint splits.")
-_SPLIT_FRACTIONS = flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"], "Train, valid, test fractions.")
+_SPLIT_FRACTIONS = flags.DEFINE_list(
+    "split_fractions", ["0.8", "0.1", "0.1"], "Train, valid, test fractions: three numbers from 0 that add up to 1."
+)
+
+
+flags.register_validator("split_fractions", splits.check_split_fractions_flag)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the split assignment.")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the log-mel front end in Hz.")
 _N_FFT = flags.DEFINE_integer("n_fft", 512, "FFT size and window length.")

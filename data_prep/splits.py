@@ -15,6 +15,8 @@ import collections
 import hashlib
 from collections.abc import Sequence
 
+from absl import flags
+
 from data_prep.catalog import SPLITS, CatalogEntry
 
 SPLIT_BY_CHOICES = ("artist", "track", "given")
@@ -128,3 +130,19 @@ def _place(members, split_index, track_counts, tag_counts, assignment, known):
         assignment[entry.track_id] = SPLITS[split_index]
         track_counts[split_index] += 1
         tag_counts[split_index].update(t for t in entry.tags if t in known)
+
+
+def check_split_fractions_flag(values: list[str]) -> bool:
+    """The validator of the `--split_fractions` flag (`data_prep`, `data_prep.spotify`): absl's message says
+    what is wrong with the values."""
+    try:
+        fractions = [float(value) for value in values]
+    except ValueError:
+        raise flags.ValidationError(f"{','.join(values)} are not three numbers") from None
+    if len(fractions) != 3 or any(not fraction >= 0 for fraction in fractions):
+        raise flags.ValidationError("give three numbers from 0 on: the train, valid and test fractions")
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise flags.ValidationError(
+            f"the train, valid and test fractions must add up to 1; these add up to {sum(fractions):g}"
+        )
+    return True

@@ -26,6 +26,7 @@ import logging as std_logging
 
 from absl import app, flags, logging
 
+from data_prep import splits
 from data_prep.spotify import build, client, collect, labels
 from data_prep.spotify.report import render_report
 from data_prep.spotify.retry import RateLimitError, RetryPolicy
@@ -52,7 +53,10 @@ _DOWNLOAD_TIMEOUT_S = flags.DEFINE_float("download_timeout_s", 30.0, "Connect ti
 _SPLIT_BY = flags.DEFINE_enum(
     "split_by", "artist", build.SPLIT_BY_CHOICES, "Splits disjoint by first credited artist, or per track."
 )
-_SPLIT_FRACTIONS = flags.DEFINE_list("split_fractions", ["0.8", "0.1", "0.1"], "Train, valid, test fractions.")
+_SPLIT_FRACTIONS = flags.DEFINE_list(
+    "split_fractions", ["0.8", "0.1", "0.1"], "Train, valid, test fractions: three numbers from 0 that add up to 1."
+)
+flags.register_validator("split_fractions", splits.check_split_fractions_flag)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the split assignment.")
 _PLAYLIST_PAGE_SIZE = flags.DEFINE_integer("playlist_page_size", 50, "Items per playlist page (1-50).")
 _SEARCH_PAGE_SIZE = flags.DEFINE_integer(

@@ -26,7 +26,9 @@ from serving.export import signatures
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The model's folder in the serving base path.", required=True)
-_VERSION = flags.DEFINE_integer("version", None, "Version number; default: the next free one.")
+_VERSION = flags.DEFINE_integer(
+    "version", None, "Version number (TF Serving's folder name: 0 or more); default: the next free one.", lower_bound=0
+)
 _NUM_CHUNKS = flags.DEFINE_integer(
     "num_chunks", signatures.DEFAULT_NUM_CHUNKS, "The most evenly spaced chunks per track (fewer for short tracks)."
 )

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 from data_prep.catalog import CatalogEntry
-from data_prep.splits import assign_splits, stable_hash
+from data_prep.splits import assign_splits, check_split_fractions_flag, stable_hash
 
 
 def _catalog(num_artists=40, tracks_per_artist=5, tags=("rock", "jazz", "pop", "rare")):
@@ -95,3 +96,18 @@ def test_stable_hash_does_not_depend_on_the_process():
         for seed in ("1", "2")
     }
     assert outputs == {str(stable_hash("artist:x", 3))}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["0.5", "0.5", "0.2"], "must add up to 1; these add up to 1.2"),
+        (["0.8", "0.2"], "give three numbers"),
+        (["0.8", "-0.1", "0.3"], "give three numbers from 0 on"),
+        (["a", "b", "c"], "a,b,c are not three numbers"),
+    ],
+)
+def test_split_fractions_flag_says_what_is_wrong(values, message):
+    with pytest.raises(flags.ValidationError, match=message):
+        check_split_fractions_flag(values)
+    assert check_split_fractions_flag(["0.5", "0.25", "0.25"]) and check_split_fractions_flag(["1", "0", "0"])

@@ -130,6 +130,13 @@ USAGE_ERRORS = [
     ("data_prep", ["--output_dir=o"], "give exactly one of --catalog and --mtat_annotations"),
     (
         "data_prep",
+        ["--catalog={catalog}", "--output_dir=o", "--split_fractions=0.5,0.5,0.2"],
+        "flag --split_fractions=['0.5', '0.5', '0.2']: the train, valid and test fractions must add up to 1; these "
+        "add up to 1.2",
+    ),
+    ("serving.export", ["--model_dir=m", "--export_dir=e", "--version=-1"], "flag --version=-1: -1 is not"),
+    (
+        "data_prep",
         ["--catalog={catalog}", "--output_dir=o", "--log_mel_preset=musicnn", "--n_mels=3"],
         "--log_mel_preset sets the front end; drop --n_mels",
     ),
