@@ -147,6 +147,8 @@ def main(argv):
             catalog = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
         except catalog_lib.CatalogError as error:
             sys.exit(f"error: {error}")
+        if not catalog.num_rows:
+            sys.exit(f"error: {_CATALOG.value}: no rows after the header: nothing to preprocess")
     load_tensorflow()
     from data_prep import beam_jobs
 

@@ -719,7 +719,7 @@ def _build_or_update(
         index = existing
     else:
         if not tracks:
-            raise ValueError(f"no track could be embedded: {len(run.rejections)} rejected (see the reasons above)")
+            raise ValueError(_nothing_embedded(run.rejections))
         if num_shards > 1:
             index = ShardedIndex.build(
                 tracks,
@@ -769,6 +769,15 @@ def _check_layout(index_dir: str, num_shards: int):
             f"{index_dir} holds an index of {found} shard(s); building {num_shards} there would mix layouts: "
             "write to another --index_dir, or remove the old index first"
         )
+
+
+def _nothing_embedded(rejections) -> str:
+    """Why a new index would be empty: no input rows at all, or each row's rejection reason, counted."""
+    if not rejections:
+        return "nothing to index: the input holds no track (a catalog with a header and no rows?)"
+    reasons = collections.Counter(rejection.reason for rejection in rejections)
+    counted = ", ".join(f"{reason} {count}" for reason, count in sorted(reasons.items()))
+    return f"no track could be embedded: {len(rejections)} rejected ({counted})"
 
 
 def _new_work_dir(index_dir: str) -> str:

@@ -128,6 +128,7 @@ USAGE_ERRORS = [
     ("data_prep", ["--catalog=c.csv"], "--output_dir must have a value"),
     ("data_prep", ["--catalog=/nonexistent/c.csv", "--output_dir=o"], "/nonexistent/c.csv: cannot read the catalog"),
     ("data_prep", ["--output_dir=o"], "give exactly one of --catalog and --mtat_annotations"),
+    ("data_prep", ["--catalog={header_only}", "--output_dir=o"], "header_only.csv: no rows after the header"),
     (
         "data_prep",
         ["--catalog={catalog}", "--output_dir=o", "--split_fractions=0.5,0.5,0.2"],
@@ -154,7 +155,13 @@ USAGE_ERRORS = [
 def test_usage_errors_are_answered_before_tensorflow_beam_or_scann_load(module, argv, message, tmp_path):
     """No timing: a usage error must not have imported the libraries that take seconds to load."""
     (tmp_path / "catalog_index.json").write_text("{}")  # What the binaries check for before loading an index.
-    argv = [a.replace("{index}", str(tmp_path)).replace("{catalog}", str(DEMO_CATALOG)) for a in argv]
+    (tmp_path / "header_only.csv").write_text("track_id,path\n")
+    argv = [
+        a.replace("{index}", str(tmp_path))
+        .replace("{catalog}", str(DEMO_CATALOG))
+        .replace("{header_only}", str(tmp_path / "header_only.csv"))
+        for a in argv
+    ]
     work_dir = tmp_path / "work"  # Relative outputs (`--output_dir=o`) land here should a check be missed.
     work_dir.mkdir()
     done = subprocess.run(

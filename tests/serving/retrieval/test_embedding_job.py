@@ -119,6 +119,25 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         )
 
 
+def test_a_catalog_without_rows_is_named(tmp_path, trained, trained_crnn):
+    header_only = tmp_path / "catalog.csv"
+    header_only.write_text("track_id,path\n")
+    done = run_binary(
+        "serving.build_index",
+        f"--export_base={trained[0] / 'export'}",
+        "--embedding_models=short_chunk_res",
+        "--tag_model=crnn",
+        f"--data={header_only}",
+        f"--index_dir={tmp_path / 'index'}",
+        *IN_MEMORY,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: nothing to index: the input holds no track (a catalog with a header and no rows?)"
+    )
+    assert not (tmp_path / "index").exists()
+
+
 def test_a_dataset_with_other_log_mel_parameters_is_refused(tmp_path, trained_crnn, job_models):
     with pytest.raises(ValueError, match=r"no dataset has the log-mel parameters of the embedding model"):
         embedding_job.build_index(str(tmp_path / "index"), job_models, dataset_dirs=[str(trained_crnn[0])])
