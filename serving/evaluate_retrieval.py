@@ -20,6 +20,7 @@ from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
 import json
+import os
 import sys
 
 from absl import flags
@@ -65,6 +66,9 @@ def main(argv):
             index_layout.require_index(index_dir)
     except (catalog_lib.CatalogError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    output_folder = os.path.dirname(os.path.abspath(_OUTPUT_JSON.value)) if _OUTPUT_JSON.value else None
+    if output_folder and not os.path.isdir(output_folder):
+        sys.exit(f"error: --output_json={_OUTPUT_JSON.value}: no folder {output_folder} to write it in")
     load_tensorflow()
     from serving.retrieval import evaluation, mfcc_baseline
     from serving.retrieval.catalog_index import CatalogIndex
@@ -78,6 +82,11 @@ def main(argv):
         except (FileNotFoundError, ValueError) as error:
             sys.exit(f"error: {error}")
         missing = sum(1 for track in index.tracks if not truth.get(track.track_id))
+        if missing == len(index):
+            sys.exit(
+                f"error: {index_dir}: none of its {len(index)} tracks has ground-truth tags in {_CATALOG.value} "
+                "(no track id in common, or no tags): nothing to score"
+            )
         print(f"{index_dir}: {len(index)} indexed tracks; {missing} without ground-truth tags (not queried)")
         *scores, chance = evaluation.evaluate(index, truth, _K.value, tag_filter)
         rows += labelled(index, scores)
@@ -91,8 +100,11 @@ def main(argv):
     rows.append(chance)
     print(evaluation.render(rows, _K.value, baseline))
     if _OUTPUT_JSON.value:
-        with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
-            json.dump({"k": _K.value, "scores": [s.summary() for s in rows]}, handle, indent=2)
+        try:
+            with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
+                json.dump({"k": _K.value, "scores": [s.summary() for s in rows]}, handle, indent=2)
+        except OSError as error:
+            sys.exit(f"error: --output_json={_OUTPUT_JSON.value}: {error.strerror}")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,27 @@ def test_a_paired_difference_is_taken_query_by_query():
     assert (mean, low, high) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="different queries"):
         evaluation.paired_difference(scores("fewer", dict(list(base.items())[:5])), scores("base", base), group_of)
+
+
+def test_a_catalog_without_truth_for_the_index_is_named(tmp_path, demo_index):
+    other = tmp_path / "other.csv"
+    other.write_text("track_id,path,tags\nnot-indexed-1,a.mp3,x\nnot-indexed-2,b.mp3,x\n")
+    done = run_binary("serving.evaluate_retrieval", f"--index_dir={demo_index[0]}", f"--catalog={other}")
+    assert done.returncode == 1 and "nan" not in done.stdout.lower()
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {demo_index[0]}: none of its 16 tracks has ground-truth tags in {other} (no track id in common, "
+        "or no tags): nothing to score"
+    )
+
+
+def test_an_output_json_that_cannot_be_written_is_named(demo_index, demo_catalog):
+    done = run_binary(
+        "serving.evaluate_retrieval",
+        f"--index_dir={demo_index[0]}",
+        f"--catalog={demo_catalog}",
+        "--output_json=/nonexistent/scores.json",
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --output_json=/nonexistent/scores.json: no folder /nonexistent to write it in"
+    )
