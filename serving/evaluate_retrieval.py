@@ -20,7 +20,6 @@ from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
 import json
-import os
 import sys
 
 from absl import flags
@@ -66,9 +65,9 @@ def main(argv):
             index_layout.require_index(index_dir)
     except (catalog_lib.CatalogError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
-    output_folder = os.path.dirname(os.path.abspath(_OUTPUT_JSON.value)) if _OUTPUT_JSON.value else None
-    if output_folder and not os.path.isdir(output_folder):
-        sys.exit(f"error: --output_json={_OUTPUT_JSON.value}: no folder {output_folder} to write it in")
+    unwritable = flag_groups.unwritable_output("output_json", _OUTPUT_JSON.value)
+    if unwritable:
+        sys.exit(f"error: {unwritable}")
     load_tensorflow()
     from serving.retrieval import evaluation, mfcc_baseline
     from serving.retrieval.catalog_index import CatalogIndex

@@ -20,6 +20,7 @@ loads no TensorFlow: binaries define and check their flags before they do.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from absl import flags
 
@@ -131,3 +132,15 @@ def refuse_renamed(old: str, new: str, how: str = "") -> None:
         return old
 
     _once(f"renamed:{old}", define)
+
+
+def unwritable_output(flag_name: str, path: str | None) -> str | None:
+    """Why an output file flag (`--output_json`, `--tags_png`) cannot be written, checked before any work; or None."""
+    if not path:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--{flag_name}={path}: no folder {folder} to write it in"
+    if os.path.isdir(path):
+        return f"--{flag_name}={path} is a folder; give a file name"
+    return None

@@ -74,6 +74,9 @@ def main(argv):
             audio.open_source(_AUDIO.value)
     except (audio.AudioError, FileNotFoundError) as error:
         sys.exit(f"error: {error}")
+    unwritable = flag_groups.unwritable_output("tags_png", _TAGS_PNG.value)
+    if unwritable:
+        sys.exit(f"error: {unwritable}")
     load_tensorflow()
     from serving.embedding.tf_serving_client import ServingError
     from serving.retrieval import rendering
@@ -101,9 +104,12 @@ def main(argv):
     if _TAGS_PNG.value:
         if query.tag_probabilities is None:
             sys.exit("error: --tags_png needs an index with a tag model")
-        rendering.write_tag_chart(
-            _TAGS_PNG.value, query.tag_probabilities, catalog.vocabulary, title=f"top tags: {label}"
-        )
+        try:
+            rendering.write_tag_chart(
+                _TAGS_PNG.value, query.tag_probabilities, catalog.vocabulary, title=f"top tags: {label}"
+            )
+        except OSError as error:
+            sys.exit(f"error: --tags_png={_TAGS_PNG.value}: {error.strerror or error}")
         print(f"tag chart: {_TAGS_PNG.value}", file=sys.stderr)
 
 

@@ -91,6 +91,12 @@ USAGE_ERRORS = [
     ("serving.query", ["--track_id=x"], "--index_dir must have a value"),
     ("serving.query", ["--index_dir=/nonexistent/index", "--track_id=x"], "/nonexistent/index: no catalog_index.json"),
     ("serving.query", ["--index_dir={index}", "--audio=/nonexistent/a.mp3"], "/nonexistent/a.mp3: missing_file"),
+    (
+        "serving.query",
+        ["--index_dir={index}", "--track_id=x", "--tags_png=/nonexistent/x.png"],
+        "error: --tags_png=/nonexistent/x.png: no folder /nonexistent to write it in",
+    ),
+    ("serving.query", ["--index_dir={index}", "--track_id=x", "--tags_png={index}"], "is a folder; give a file name"),
     ("serving.build_index", ["--help"], "--embedding_models"),
     ("serving.build_index", ["--data=x.csv"], "--index_dir must have a value"),
     (
