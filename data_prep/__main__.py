@@ -36,6 +36,7 @@ from __future__ import annotations
 from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
+import os
 import sys
 
 from absl import app, flags, logging
@@ -141,6 +142,9 @@ def main(argv):
     if _MTAT_ANNOTATIONS.value and not _AUDIO_ROOT.value:
         raise app.UsageError("--mtat_annotations needs --audio_root (the folder holding 0/ ... f/)")
     _log_mel()  # Its usage errors, too, before TensorFlow loads.
+    output_dir = _OUTPUT_DIR.value.removeprefix("file://")
+    if catalog_lib.is_local(_OUTPUT_DIR.value) and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        sys.exit(f"error: --output_dir={_OUTPUT_DIR.value} is a file; give a folder (new or a dataset's)")
     catalog = None
     if _CATALOG.value:
         try:

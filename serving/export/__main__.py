@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from tfrecords.tf_startup import load_tensorflow, run
 
+import os
 import sys
 
 from absl import flags
@@ -36,13 +37,19 @@ _NUM_CHUNKS = flags.DEFINE_integer(
 
 def main(argv):
     del argv
+    if "://" not in _EXPORT_DIR.value and os.path.exists(_EXPORT_DIR.value) and not os.path.isdir(_EXPORT_DIR.value):
+        sys.exit(f"error: --export_dir={_EXPORT_DIR.value} is a file; give the model's folder in the serving base path")
     load_tensorflow()
+    import tensorflow as tf
+
     from serving.export import saved_model
 
     try:
         path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
     except saved_model.ExportError as error:
         sys.exit(f"error: {error}")
+    except (OSError, tf.errors.OpError) as error:  # A folder it may not write in, a full disk.
+        sys.exit(f"error: --export_dir={_EXPORT_DIR.value}: cannot write the export ({error})")
     print(f"exported {_MODEL_DIR.value} -> {path}")
 
 

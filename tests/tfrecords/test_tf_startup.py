@@ -135,6 +135,8 @@ USAGE_ERRORS = [
     ("data_prep", ["--catalog=/nonexistent/c.csv", "--output_dir=o"], "/nonexistent/c.csv: cannot read the catalog"),
     ("data_prep", ["--output_dir=o"], "give exactly one of --catalog and --mtat_annotations"),
     ("data_prep", ["--catalog={header_only}", "--output_dir=o"], "header_only.csv: no rows after the header"),
+    ("data_prep", ["--catalog={catalog}", "--output_dir={header_only}"], "header_only.csv is a file; give a folder"),
+    ("serving.export", ["--model_dir=m", "--export_dir={header_only}"], "header_only.csv is a file; give the model's"),
     (
         "data_prep",
         ["--catalog={catalog}", "--output_dir=o", "--split_fractions=0.5,0.5,0.2"],
