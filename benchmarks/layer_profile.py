@@ -85,7 +85,8 @@ def float_ops(function: Callable, *inputs) -> int:
     from tensorflow.python.profiler import model_analyzer, option_builder
 
     specs = tf.nest.map_structure(lambda x: tf.TensorSpec(x.shape, x.dtype), inputs)
-    graph = tf.function(function).get_concrete_function(*specs).graph
+    traced = function if hasattr(function, "get_concrete_function") else tf.function(function)
+    graph = traced.get_concrete_function(*specs).graph  # A tf.function's own trace: the one that is timed.
     options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
     options = options.with_empty_output().build()
     return int(model_analyzer.profile(graph, options=options).total_float_ops)
@@ -136,7 +137,7 @@ def profile_model(model_name: str, model: keras.Model, batch: np.ndarray, repeat
             LayerCost(
                 name=layer.name,
                 kind=type(layer).__name__,
-                flops=float_ops(lambda x, layer=layer: layer(x, training=False), value),
+                flops=float_ops(call, value),
                 seconds=median_seconds(lambda call=call, value=value: call(value), repeats),
             )
         )
@@ -145,18 +146,27 @@ def profile_model(model_name: str, model: keras.Model, batch: np.ndarray, repeat
     return ModelProfile(model_name, tuple(batch.shape), tuple(costs), median_seconds(lambda: whole(tensor), repeats))
 
 
-def shipped_models() -> list[tuple[str, keras.Model, tuple[int, int, int]]]:
-    """The models `build_index` runs by default (where installed) and the Short-Chunk ResNet."""
+def shipped_models() -> list[tuple[str, keras.Model, LogMelSpec, int]]:
+    """The models `build_index` runs by default (where installed) and the Short-Chunk ResNet: each with its
+    front end and crop length."""
     found = []
     for name in ("msd_musicnn", "mtat_crnn"):
         path = os.path.join(REPO_ROOT, "pretrained", name)
         if os.path.exists(os.path.join(path, artifact.MODEL_INFO_FILENAME)):
             model, info = artifact.load(path)
-            found.append((f"{name} ({info.model_name})", model, track_batch_shape(info.log_mel, info.crop_frames)))
+            found.append((f"{name} ({info.model_name})", model, info.log_mel, info.crop_frames))
     resnet = models.get_model("short_chunk_res", 50, num_frames=SHORT_CHUNK_RES_CROP_FRAMES)
     spec = LogMelSpec(n_mels=models.DEFAULT_N_MELS["short_chunk_res"])
-    found.append(("short_chunk_res (default width)", resnet, track_batch_shape(spec, SHORT_CHUNK_RES_CROP_FRAMES)))
+    found.append(("short_chunk_res (default width)", resnet, spec, SHORT_CHUNK_RES_CROP_FRAMES))
     return found
+
+
+def track_batch(log_mel: LogMelSpec, crop_frames: int) -> np.ndarray:
+    """Log-mel values of the front end's range (dB are negative, `log10_1p` is not) in one track's batch shape."""
+    batch = np.random.default_rng(0).normal(-30.0, 20.0, size=track_batch_shape(log_mel, crop_frames))
+    if log_mel.compression == "log10_1p":
+        batch = np.abs(batch) / 10.0
+    return batch.astype(np.float32)
 
 
 def profile_rows(profile: ModelProfile, gemm_gflops: float, shown: int = SHOWN_LAYERS) -> list[Sequence[object]]:
@@ -190,11 +200,8 @@ def run_benchmark(command: str) -> report.Section:
     load_at_start = report.load_average()
     gemm = gemm_rate()
     profiles = []
-    for name, model, shape in shipped_models():
-        batch = np.random.default_rng(0).normal(-30.0, 20.0, size=shape).astype(np.float32)
-        if name.startswith("msd_musicnn"):
-            batch = np.abs(batch) / 10.0  # musicnn's log10(1 + 10000 x) front end is non-negative.
-        profiles.append(profile_model(name, model, batch))
+    for name, model, log_mel, crop_frames in shipped_models():
+        profiles.append(profile_model(name, model, track_batch(log_mel, crop_frames)))
     rows = [row for profile in profiles for row in profile_rows(profile, gemm)]
     table = report.markdown_table(
         ["model", "layer", "kind", "GFLOP / track", "ms / track", "GFLOP/s", "of GEMM rate", "of layers' time"],

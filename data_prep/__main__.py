@@ -36,7 +36,6 @@ from __future__ import annotations
 from tfrecords.tf_startup import load_tensorflow, run
 
 import dataclasses
-import os
 import sys
 
 from absl import app, flags, logging
@@ -61,8 +60,6 @@ _SPLIT_BY = flags.DEFINE_enum("split_by", "artist", SPLIT_BY_CHOICES, "How track
 _SPLIT_FRACTIONS = flags.DEFINE_list(
     "split_fractions", ["0.8", "0.1", "0.1"], "Train, valid, test fractions: three numbers from 0 that add up to 1."
 )
-
-
 flags.register_validator("split_fractions", splits.check_split_fractions_flag)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the split assignment.")
 _SAMPLE_RATE = flags.DEFINE_integer("sample_rate", 16000, "Sample rate of the log-mel front end in Hz.")
@@ -142,8 +139,7 @@ def main(argv):
     if _MTAT_ANNOTATIONS.value and not _AUDIO_ROOT.value:
         raise app.UsageError("--mtat_annotations needs --audio_root (the folder holding 0/ ... f/)")
     _log_mel()  # Its usage errors, too, before TensorFlow loads.
-    output_dir = _OUTPUT_DIR.value.removeprefix("file://")
-    if catalog_lib.is_local(_OUTPUT_DIR.value) and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    if catalog_lib.is_local_file(_OUTPUT_DIR.value):
         sys.exit(f"error: --output_dir={_OUTPUT_DIR.value} is a file; give a folder (new or a dataset's)")
     catalog = None
     if _CATALOG.value:

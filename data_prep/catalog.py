@@ -89,6 +89,11 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
+def is_local_file(path: str) -> bool:
+    """A local path (`is_local`) naming a file that exists: what a flag for a folder must not name."""
+    return is_local(path) and os.path.isfile(path.removeprefix("file://"))
+
+
 def read_text(path: str) -> bytes:
     """Reads a whole file: a local one directly, a URI (gs://, s3://, ...) through Beam's filesystems."""
     if is_local(path):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import io
@@ -94,6 +95,7 @@ def run_binary(name: str, *args: str) -> Finished:
     return Finished(returncode, stdout.getvalue(), stderr.getvalue())
 
 
+@functools.cache
 def _module_of(name: str) -> str:
     """The module `python -m NAME` runs: a package's `__main__`, or the module itself."""
     spec = importlib.util.find_spec(name)

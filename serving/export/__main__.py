@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from tfrecords.tf_startup import load_tensorflow, run
 
-import os
 import sys
 
 from absl import flags
 
+from data_prep import catalog
 from serving.export import signatures
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
@@ -37,7 +37,7 @@ _NUM_CHUNKS = flags.DEFINE_integer(
 
 def main(argv):
     del argv
-    if "://" not in _EXPORT_DIR.value and os.path.exists(_EXPORT_DIR.value) and not os.path.isdir(_EXPORT_DIR.value):
+    if catalog.is_local_file(_EXPORT_DIR.value):
         sys.exit(f"error: --export_dir={_EXPORT_DIR.value} is a file; give the model's folder in the serving base path")
     load_tensorflow()
     import tensorflow as tf
