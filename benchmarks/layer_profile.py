@@ -11,7 +11,9 @@ formulation pays.
 
 The models: the shipped defaults of `serving.build_index` (`pretrained/msd_musicnn`
 ranks, `pretrained/mtat_crnn` tags), and the Short-Chunk ResNet at its
-default width (random weights: the time does not depend on them).
+default width (random weights: the time does not depend on them), each as
+trained and in its inference form (`models.for_inference`, what
+`serving.export` writes by default).
 
 Usage:
 
@@ -147,18 +149,23 @@ def profile_model(model_name: str, model: keras.Model, batch: np.ndarray, repeat
 
 
 def shipped_models() -> list[tuple[str, keras.Model, LogMelSpec, int]]:
-    """The models `build_index` runs by default (where installed) and the Short-Chunk ResNet: each with its
-    front end and crop length."""
+    """The models `build_index` runs by default (where installed) and the Short-Chunk ResNet, each as trained
+    and in its inference form (what exports run, `models.for_inference`), with its front end and crop length."""
     found = []
     for name in ("msd_musicnn", "mtat_crnn"):
         path = os.path.join(REPO_ROOT, "pretrained", name)
         if os.path.exists(os.path.join(path, artifact.MODEL_INFO_FILENAME)):
             model, info = artifact.load(path)
-            found.append((f"{name} ({info.model_name})", model, info.log_mel, info.crop_frames))
+            found.append((f"{name} ({info.model_name})", info.model_name, model, info.log_mel, info.crop_frames))
     resnet = models.get_model("short_chunk_res", 50, num_frames=SHORT_CHUNK_RES_CROP_FRAMES)
     spec = LogMelSpec(n_mels=models.DEFAULT_N_MELS["short_chunk_res"])
-    found.append(("short_chunk_res (default width)", resnet, spec, SHORT_CHUNK_RES_CROP_FRAMES))
-    return found
+    found.append(("short_chunk_res (default width)", "short_chunk_res", resnet, spec, SHORT_CHUNK_RES_CROP_FRAMES))
+    with_inference_forms = []
+    for label, architecture, model, log_mel, crop_frames in found:
+        with_inference_forms.append((f"{label}, as trained", model, log_mel, crop_frames))
+        inference_form = models.for_inference(model, architecture)
+        with_inference_forms.append((f"{label}, inference form", inference_form, log_mel, crop_frames))
+    return with_inference_forms
 
 
 def track_batch(log_mel: LogMelSpec, crop_frames: int) -> np.ndarray:

@@ -19,6 +19,7 @@ _DEFINED_IN = {
     "DEFAULT_LOG_MEL": "models.registry",
     "DEFAULT_N_MELS": "models.registry",
     "MODEL_BUILDERS": "models.registry",
+    "for_inference": "models.registry",
     "get_model": "models.registry",
     "tag_vocabulary": "models.registry",
     "with_waveform_front_end": "models.registry",

@@ -8,7 +8,10 @@ reference, so that its 3x3 kernels map onto these without flipping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
@@ -25,6 +28,52 @@ BATCH_NORM_MOMENTUM = 0.9
 def batch_norm(name: str) -> layers.BatchNormalization:
     """A BatchNormalization with the reference's (PyTorch's) constants."""
     return layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name)
+
+
+def batch_norm_affine(layer: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, shift) per channel of a batch norm at inference: `y = x * scale + shift`, in float64."""
+    gamma, beta, mean, variance = (
+        np.asarray(ops.convert_to_numpy(weight), np.float64)
+        for weight in (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)
+    )
+    scale = gamma / np.sqrt(variance + layer.epsilon)
+    return scale, beta - mean * scale
+
+
+def clone_for_inference(model: keras.Model, replacement: Callable[[layers.Layer], layers.Layer | None]) -> keras.Model:
+    """A copy of a trained functional model, some layers replaced, for inference.
+
+    Args:
+        model: The trained model; left as it is.
+        replacement: Given each layer, the layer to stand in its place (its
+            weights set), or None to copy it with its weights.
+
+    Returns:
+        A model of its own layers: nothing shared with `model`.
+    """
+    replaced = set()
+
+    def clone(layer):
+        stand_in = replacement(layer)
+        if stand_in is None:
+            return layer.__class__.from_config(layer.get_config())
+        replaced.add(layer.name)
+        return stand_in
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for layer in copy.layers:
+        if layer.name not in replaced and layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return copy
+
+
+def _fold_into(target: layers.Conv2D, conv: layers.Conv2D, bn: layers.BatchNormalization):
+    """Sets `target` to `bn(conv(x))` at inference: the kernel scaled per output channel, the bias shifted."""
+    scale, shift = batch_norm_affine(bn)
+    kernel = np.asarray(ops.convert_to_numpy(conv.kernel), np.float64) * scale
+    bias = np.asarray(ops.convert_to_numpy(conv.bias), np.float64) * scale + shift
+    target.kernel.assign(kernel.astype(np.float32))
+    target.bias.assign(bias.astype(np.float32))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -46,35 +95,54 @@ class ConvBlock(layers.Layer):
     Args:
         filters: Output channels.
         pool_size: Max-pool window and stride, an int or (freq, time).
+        folded: The inference form (`folded_copy()`): the batch norm folded into
+            the convolution's kernel and bias; not trainable as a tagger.
     """
 
-    def __init__(self, filters: int, pool_size=2, **kwargs):
+    def __init__(self, filters: int, pool_size=2, folded: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.pool_size = tuple(pool_size) if isinstance(pool_size, list | tuple) else (pool_size, pool_size)
+        self.folded = folded
         self.pad = layers.ZeroPadding2D(1)
         self.conv = layers.Conv2D(filters, 3, padding="valid", name="conv")
-        self.bn = batch_norm("bn")
+        self.bn = None if folded else batch_norm("bn")
         self.pool = layers.MaxPooling2D(self.pool_size, padding="valid")
 
     def build(self, input_shape):
         padded = self.pad.compute_output_shape(input_shape)
         self.conv.build(padded)
         conv_shape = self.conv.compute_output_shape(padded)
-        self.bn.build(conv_shape)
+        if self.bn is not None:
+            self.bn.build(conv_shape)
         self.pool.build(conv_shape)
 
     def call(self, inputs, training=None):
+        if self.folded:
+            # Bias and ReLU after the pool: both are non-decreasing, so they commute with the max (a quarter of the work).
+            pooled = self.pool(ops.conv(self.pad(inputs), self.conv.kernel, padding="valid"))
+            return ops.relu(pooled + self.conv.bias)
         x = self.conv(self.pad(inputs))
-        x = ops.relu(self.bn(x, training=training))
-        return self.pool(x)
+        return self.pool(ops.relu(self.bn(x, training=training)))
+
+    def folded_copy(self) -> ConvBlock:
+        """The same block at inference with its batch norm folded into the convolution (one pass less)."""
+        block = ConvBlock(self.filters, self.pool_size, folded=True, name=self.name, dtype=self.dtype_policy)
+        block.build((None, None, None, self.conv.kernel.shape[2]))
+        _fold_into(block.conv, self.conv, self.bn)
+        return block
 
     def compute_output_shape(self, input_shape):
         padded = self.pad.compute_output_shape(input_shape)
         return self.pool.compute_output_shape(self.conv.compute_output_shape(padded))
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "pool_size": list(self.pool_size)}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "pool_size": list(self.pool_size),
+            "folded": self.folded,
+        }
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -89,17 +157,20 @@ class ResBlock(layers.Layer):
     Args:
         filters: Output channels.
         stride: Stride of the first conv and of the shortcut.
+        folded: The inference form (`folded_copy()`): each batch norm folded
+            into the convolution before it; not trainable as a tagger.
     """
 
-    def __init__(self, filters: int, stride: int = 2, **kwargs):
+    def __init__(self, filters: int, stride: int = 2, folded: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.filters = filters
         self.stride = stride
+        self.folded = folded
         self.pad = layers.ZeroPadding2D(1)
         self.conv_1 = layers.Conv2D(filters, 3, strides=stride, padding="valid", name="conv_1")
-        self.bn_1 = batch_norm("bn_1")
+        self.bn_1 = None if folded else batch_norm("bn_1")
         self.conv_2 = layers.Conv2D(filters, 3, padding="valid", name="conv_2")
-        self.bn_2 = batch_norm("bn_2")
+        self.bn_2 = None if folded else batch_norm("bn_2")
         self.conv_3 = None
         self.bn_3 = None
 
@@ -107,28 +178,43 @@ class ResBlock(layers.Layer):
         padded = self.pad.compute_output_shape(input_shape)
         self.conv_1.build(padded)
         out_shape = self.conv_1.compute_output_shape(padded)
-        self.bn_1.build(out_shape)
         self.conv_2.build(self.pad.compute_output_shape(out_shape))
-        self.bn_2.build(out_shape)
+        if not self.folded:
+            self.bn_1.build(out_shape)
+            self.bn_2.build(out_shape)
         if self.stride != 1 or input_shape[-1] != self.filters:
             self.conv_3 = layers.Conv2D(self.filters, 3, strides=self.stride, padding="valid", name="conv_3")
-            self.bn_3 = batch_norm("bn_3")
             self.conv_3.build(padded)
-            self.bn_3.build(out_shape)
+            if not self.folded:
+                self.bn_3 = batch_norm("bn_3")
+                self.bn_3.build(out_shape)
+
+    @staticmethod
+    def _normalized(bn, x, training):
+        return x if bn is None else bn(x, training=training)
 
     def call(self, inputs, training=None):
-        x = ops.relu(self.bn_1(self.conv_1(self.pad(inputs)), training=training))
-        x = self.bn_2(self.conv_2(self.pad(x)), training=training)
+        x = ops.relu(self._normalized(self.bn_1, self.conv_1(self.pad(inputs)), training))
+        x = self._normalized(self.bn_2, self.conv_2(self.pad(x)), training)
         shortcut = inputs
         if self.conv_3 is not None:
-            shortcut = self.bn_3(self.conv_3(self.pad(inputs)), training=training)
+            shortcut = self._normalized(self.bn_3, self.conv_3(self.pad(inputs)), training)
         return ops.relu(x + shortcut)
+
+    def folded_copy(self) -> ResBlock:
+        """The same block at inference with each batch norm folded into its convolution (three passes less)."""
+        block = ResBlock(self.filters, self.stride, folded=True, name=self.name, dtype=self.dtype_policy)
+        block.build((None, None, None, self.conv_1.kernel.shape[2]))
+        for conv, bn in (("conv_1", "bn_1"), ("conv_2", "bn_2"), ("conv_3", "bn_3")):
+            if getattr(self, conv) is not None:
+                _fold_into(getattr(block, conv), getattr(self, conv), getattr(self, bn))
+        return block
 
     def compute_output_shape(self, input_shape):
         return self.conv_1.compute_output_shape(self.pad.compute_output_shape(input_shape))
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "stride": self.stride}
+        return {**super().get_config(), "filters": self.filters, "stride": self.stride, "folded": self.folded}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

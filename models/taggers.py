@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from models.layers import PACKAGE, ConvBlock, LogMelToImage, ResBlock, TagHead, batch_norm
+from models.layers import PACKAGE, ConvBlock, LogMelToImage, ResBlock, TagHead, batch_norm, clone_for_inference
 
 TAGS = "tags"
 EMBEDDING = "embedding"
@@ -102,6 +102,18 @@ class FrequencySqueeze(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[2], input_shape[3])
+
+
+def fold_batch_norms(model: keras.Model) -> keras.Model:
+    """A trained CRNN or short-chunk tagger with every `ConvBlock`/`ResBlock` batch norm folded into its convolution.
+
+    The same function of the same weights at inference, with one pass over
+    each block's largest tensor less; every other layer a copy of the
+    trained one. Inference only.
+    """
+    return clone_for_inference(
+        model, lambda layer: layer.folded_copy() if isinstance(layer, ConvBlock | ResBlock) else None
+    )
 
 
 def build_crnn(

@@ -33,6 +33,13 @@ _VERSION = flags.DEFINE_integer(
 _NUM_CHUNKS = flags.DEFINE_integer(
     "num_chunks", signatures.DEFAULT_NUM_CHUNKS, "The most evenly spaced chunks per track (fewer for short tracks)."
 )
+_GRAPH = flags.DEFINE_enum(
+    "graph",
+    signatures.GRAPH_INFERENCE,
+    signatures.GRAPHS,
+    "How the graph computes the model: 'inference' (batch norms folded, musicnn's front end fused: the same outputs, "
+    "about twice as fast on a CPU) or 'as_trained' (the layers as trained: the baseline).",
+)
 
 
 def main(argv):
@@ -45,7 +52,7 @@ def main(argv):
     from serving.export import saved_model
 
     try:
-        path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value)
+        path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value, _GRAPH.value)
     except saved_model.ExportError as error:
         sys.exit(f"error: {error}")
     except (OSError, tf.errors.OpError) as error:  # A folder it may not write in, a full disk.

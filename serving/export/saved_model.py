@@ -16,6 +16,11 @@ zeros, or send them one by one). The tag vocabulary travels as the asset
 `tags.txt`, as the `vocabulary` attribute and in the model artifact's
 `model_info.json` (`models.artifact.ModelInfo`, provenance included), copied
 under `assets.extra/`, which also holds TF Serving warm-up requests.
+
+The tagger runs in its inference form (`models.for_inference`: batch norms
+folded, musicnn's front end fused; the same outputs up to float rounding)
+unless the export asks for the layers as trained (`GRAPH_AS_TRAINED`, the
+baseline the benchmarks compare with). The `graph` attribute says which.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ VOCABULARY_ASSET = "tags.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MIN_SECONDS = 1.0
 DEFAULT_NUM_CHUNKS = sig.DEFAULT_NUM_CHUNKS
+GRAPH_INFERENCE = sig.GRAPH_INFERENCE
+GRAPH_AS_TRAINED = sig.GRAPH_AS_TRAINED
 
 
 class ExportError(ValueError):
@@ -50,11 +57,15 @@ class TaggerModule(tf.Module):
         tagger: A model from `models.get_model`, weights loaded.
         info: Its `ModelInfo` (front end, input length, vocabulary).
         num_chunks: The most evenly spaced chunks averaged per track (`readers.chunk_count`).
+        graph: `GRAPH_INFERENCE` (the tagger's inference form) or `GRAPH_AS_TRAINED`.
     """
 
-    def __init__(self, tagger, info: artifact.ModelInfo, num_chunks: int):
+    def __init__(self, tagger, info: artifact.ModelInfo, num_chunks: int, graph: str = GRAPH_INFERENCE):
         super().__init__(name="tagger")
-        self.tagger = tagger
+        if graph not in sig.GRAPHS:
+            raise ExportError(f"unknown graph {graph!r}; choose one of {list(sig.GRAPHS)}")
+        self.tagger = models.for_inference(tagger, info.model_name) if graph == GRAPH_INFERENCE else tagger
+        self.graph = tf.Variable(graph, trainable=False, name="graph")
         self.spec = info.log_mel
         self.chunk_frames = info.crop_frames
         self.num_chunks = num_chunks
@@ -131,7 +142,13 @@ def warmup_requests(model_name: str, sample_rate: int, seconds=(1.0, 30.0)) -> l
     return records
 
 
-def export(model_dir: str, export_base: str, version: int | None = None, num_chunks: int = DEFAULT_NUM_CHUNKS) -> str:
+def export(
+    model_dir: str,
+    export_base: str,
+    version: int | None = None,
+    num_chunks: int = DEFAULT_NUM_CHUNKS,
+    graph: str = GRAPH_INFERENCE,
+) -> str:
     """Exports a model artifact as `EXPORT_BASE/<version>/`.
 
     Args:
@@ -141,6 +158,8 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
         export_base: The model's folder in a TF Serving model base path.
         version: The version number; default: one more than the highest.
         num_chunks: The most chunks averaged per track in the serving graph (fewer for short tracks).
+        graph: `GRAPH_INFERENCE` (the tagger's inference form, the default) or
+            `GRAPH_AS_TRAINED` (its layers as trained: the baseline).
 
     Returns:
         The version directory. It is written next to it first and renamed,
@@ -153,7 +172,7 @@ def export(model_dir: str, export_base: str, version: int | None = None, num_chu
         tagger, info = artifact.load(model_dir)
     except artifact.ArtifactError as error:
         raise ExportError(str(error)) from error
-    module = TaggerModule(tagger, info, num_chunks)
+    module = TaggerModule(tagger, info, num_chunks, graph)
     version = version or next_version(export_base)
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):

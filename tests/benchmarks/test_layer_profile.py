@@ -53,3 +53,13 @@ def test_every_layer_is_profiled_and_the_layers_add_up_to_the_model():
 
 def test_the_gemm_rate_is_a_rate():
     assert layer_profile.gemm_rate(size=256, repeats=2) > 0.1  # GFLOP/s: any CPU does more than this.
+
+
+def test_the_inference_form_is_profiled_layer_by_layer_too():
+    model = models.for_inference(models.get_model("musicnn", 3, frontend_filters=0.4), "musicnn")
+    batch = np.abs(np.random.default_rng(0).normal(size=(1, 187, 96))).astype(np.float32)
+    profile = layer_profile.profile_model("musicnn, inference form", model, batch, repeats=1)
+    fused = [cost for cost in profile.layers if cost.kind == "FrequencyPooledConv"]
+    assert len(fused) == 5 and all(cost.flops > 0 and cost.seconds > 0 for cost in fused)
+    whole = layer_profile.float_ops(lambda x: model(x, training=False), batch)
+    assert profile.flops == pytest.approx(whole, rel=0.01)

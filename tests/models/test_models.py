@@ -93,6 +93,49 @@ def test_keras_save_load_round_trip(name, tmp_path):
     assert models.tag_vocabulary(loaded) == ["a", "b", "c", "d"]
 
 
+def _with_batch_statistics(model, rng):
+    """Random running statistics and gammas of both signs in every batch norm, nested ones included."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size))
+            layer.beta.assign(rng.normal(0, 0.5, size))
+            layer.moving_mean.assign(rng.normal(0, 0.5, size))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
+    return model
+
+
+@pytest.mark.parametrize("name", ["crnn", "short_chunk_res", "short_chunk_cnn"])
+def test_inference_form_folds_every_block_batch_norm_and_keeps_the_outputs(name, tmp_path):
+    rng = np.random.default_rng(3)
+    frames = 256 if name == "crnn" else 128
+    model = models.get_model(name, 5, num_frames=frames, **_NARROW.get(name, {}))
+    model = _with_batch_statistics(model, rng)
+    folded = models.for_inference(model, name)
+    blocks = [layer for layer in folded.layers if isinstance(layer, models.layers.ConvBlock | models.layers.ResBlock)]
+    assert blocks and all(block.folded for block in blocks)
+    assert not any(
+        isinstance(inner, keras.layers.BatchNormalization)
+        for block in blocks
+        for inner in block._flatten_layers(include_self=False)
+    )
+    x = rng.normal(-30.0, 20.0, size=(2, frames, models.DEFAULT_N_MELS[name])).astype(np.float32)
+    expected, got = model(x, training=False), folded(x, training=False)
+    for key in (models.TAGS, models.EMBEDDING):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4, atol=1e-4)
+    folded.save(tmp_path / "folded.keras")
+    loaded = keras.saving.load_model(tmp_path / "folded.keras")
+    np.testing.assert_array_equal(loaded(x)[models.EMBEDDING].numpy(), got[models.EMBEDDING].numpy())
+    assert not model.get_layer("layer1").folded  # The trained model is left as it was.
+
+
+def test_inference_form_of_an_architecture_without_one_is_the_model_itself():
+    model = models.get_model("musicnn_vgg", 3)
+    assert models.for_inference(model, "musicnn_vgg") is model
+    with pytest.raises(ValueError, match="unknown model"):
+        models.for_inference(model, "samplecnn")
+
+
 @pytest.fixture(scope="module")
 def pipeline_dataset(tmp_path_factory, demo_catalog):
     """Two demo tracks through the real pipeline, log-mels stored as float32."""

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 
 import models
 from data_prep import audio
-from models import artifact, musicnn_conversion, pretrained
+from models import artifact, musicnn, musicnn_conversion, pretrained
 from tests.conftest import DEMO_DIR, REPO_ROOT
 from tfrecords.logmel import PRESETS, log_mel_spectrogram
 
@@ -59,18 +60,20 @@ def test_installed_model_equals_the_original_graph_on_real_audio(name, reference
     assert info.log_mel == PRESETS["musicnn"] and info.crop_frames == PATCH
     assert info.provenance.source_sha256 == pretrained.PUBLISHED[name].files
     assert info.vocabulary == pretrained.PUBLISHED[name].vocabulary
+    inference_form = models.for_inference(model, info.model_name)
     for index, file_name in enumerate(reference["files"]):
         path = str(DEMO_DIR / "audio" / str(file_name))
         waveform, _ = audio.load_mono(path, path, info.log_mel.sample_rate)
         log_mel = log_mel_spectrogram(waveform, info.log_mel).numpy()
         if index == 0:  # The front end: librosa's mel and log10(1 + 10000 x), in float32.
             np.testing.assert_allclose(log_mel, reference["log_mel/0"], atol=1e-4)
-        outputs = model(_patches(log_mel), training=False)
         original = ORIGINAL_NAMES[name]
-        np.testing.assert_allclose(outputs[models.TAGS].numpy(), reference[f"{original}/{index}/tags"], atol=1e-4)
-        np.testing.assert_allclose(
-            outputs[models.EMBEDDING].numpy(), reference[f"{original}/{index}/embedding"], atol=1e-4
-        )
+        for form in (model, inference_form):  # The layers as trained, and what exports run.
+            outputs = form(_patches(log_mel), training=False)
+            np.testing.assert_allclose(outputs[models.TAGS].numpy(), reference[f"{original}/{index}/tags"], atol=1e-4)
+            np.testing.assert_allclose(
+                outputs[models.EMBEDDING].numpy(), reference[f"{original}/{index}/embedding"], atol=1e-4
+            )
 
 
 def test_architectures_have_the_checkpoints_parameter_counts(wheel, tmp_path):
@@ -86,6 +89,47 @@ def test_architectures_have_the_checkpoints_parameter_counts(wheel, tmp_path):
             model = models.get_model(pretrained.PUBLISHED[name].architecture, 50)
             assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == trainable
     assert trainable == 605_748  # musicnn_vgg; musicnn's 787,159 is checked by the first pass.
+
+
+def _with_batch_statistics(model, rng):
+    """Random running statistics and gammas of both signs in every batch norm (fresh ones are the identity)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape[0]
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size))
+            layer.beta.assign(rng.normal(0, 0.5, size))
+            layer.moving_mean.assign(rng.normal(0, 0.5, size))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
+    return model
+
+
+@pytest.mark.parametrize("frames", [187, 100, 250])
+def test_fused_front_end_equals_the_branches_for_both_gamma_signs_and_any_length(frames, tmp_path):
+    rng = np.random.default_rng(frames)
+    model = _with_batch_statistics(models.get_model("musicnn", 6, num_frames=None, frontend_filters=0.4), rng)
+    fused = musicnn.fused_for_inference(model)
+    kinds = [type(layer) for layer in fused.layers]
+    assert kinds.count(musicnn.FrequencyPooledConv) == 5 and keras.layers.Conv2D not in kinds
+    log_mel = rng.normal(1.0, 1.0, size=(3, frames, 96)).astype(np.float32)
+    expected, got = model(log_mel, training=False), fused(log_mel, training=False)
+    for key in (models.TAGS, models.EMBEDDING):
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), atol=1e-4)
+    for name in musicnn.FRONT_END_BRANCHES:  # Each branch alone, before the mid-end mixes them.
+        branch = keras.Model(model.input, model.get_layer(f"{name}_pool").output)
+        image = keras.Model(model.input, model.get_layer("input_bn").output)(log_mel, training=False)
+        pooled = musicnn.FrequencyPooledConv.from_branch(model.get_layer(name), model.get_layer(f"{name}_bn"))
+        np.testing.assert_allclose(pooled(image).numpy(), branch(log_mel, training=False).numpy(), atol=1e-4)
+    fused.save(tmp_path / "fused.keras")  # A serializable layer: the inference form saves and loads.
+    loaded = keras.saving.load_model(tmp_path / "fused.keras")
+    np.testing.assert_array_equal(loaded(log_mel)[models.EMBEDDING].numpy(), got[models.EMBEDDING].numpy())
+
+
+def test_banded_toeplitz_blocks_hold_the_kernel_on_each_diagonal():
+    kernel = np.arange(1.0, 7.0).reshape(3, 2)  # k = 3 frames, 2 filters
+    matrix = musicnn._banded_toeplitz(kernel, block_frames=4).reshape(6, 4, 2)
+    for output_frame in range(4):
+        np.testing.assert_array_equal(matrix[output_frame : output_frame + 3, output_frame], kernel)
+        assert not np.delete(matrix[:, output_frame], range(output_frame, output_frame + 3), axis=0).any()
 
 
 def test_musicnn_takes_any_length_and_vgg_refuses_none():

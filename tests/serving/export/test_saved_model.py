@@ -158,3 +158,25 @@ def test_the_crnn_export_makes_as_many_passes_as_the_track_needs(trained_crnn):
         chunks = np.stack([log_mel[i * hop : i * hop + info.crop_frames] for i in range(passes)])
         expected = tagger(chunks, training=False)[models.TAGS].numpy().mean(axis=0)
         np.testing.assert_allclose(served["tags"].numpy()[0], expected, atol=1e-5)
+
+
+def test_both_graphs_export_the_same_function(pretrained_exports, tmp_path):
+    """`--graph=as_trained` keeps the layers as trained (the baseline); the default inference form gives the same outputs."""
+    inference = tf.saved_model.load(pretrained_exports["mtat_crnn"])
+    done = run_binary(
+        "serving.export",
+        f"--model_dir={REPO_ROOT / 'pretrained' / 'mtat_crnn'}",
+        f"--export_dir={tmp_path / 'mtat_crnn'}",
+        "--graph=as_trained",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    as_trained = tf.saved_model.load(str(tmp_path / "mtat_crnn" / "1"))
+    assert inference.graph.numpy() == b"inference" and as_trained.graph.numpy() == b"as_trained"
+    path = str(DEMO_DIR / "audio" / "starfighter--death.mp3")
+    waveform = tf.constant(audio.load_mono(path, path, 16000)[0][np.newaxis])
+    expected = as_trained.signatures["serving_default"](waveform=waveform)
+    got = inference.signatures["serving_default"](waveform=waveform)
+    np.testing.assert_allclose(got["tags"].numpy(), expected["tags"].numpy(), atol=1e-5)
+    assert float(np.sum(got["embedding"].numpy() * expected["embedding"].numpy())) >= 0.9999
+    with pytest.raises(saved_model.ExportError, match="unknown graph 'fast'"):
+        saved_model.export(str(REPO_ROOT / "pretrained" / "mtat_crnn"), str(tmp_path / "other"), graph="fast")
