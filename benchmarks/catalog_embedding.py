@@ -43,24 +43,25 @@ from data_prep import audio
 from data_prep import catalog as catalog_lib
 from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from serving.embedding.ensemble import EmbeddingModels
-from serving.export import exported_model, saved_model
+from serving.export import exported_model, graph_options, saved_model
 from serving.export.exported_model import LoadedModel
-from serving.retrieval import embedding_job
+from serving.retrieval import embedding_job, evaluation
 from serving.retrieval.catalog_index import TrackRecord
 
 SECTION = "catalog_embedding"
 TARGET_RATIO = 2.5
 TOP_K = 10
+BFLOAT16_MIN_OVERLAP = 0.95  # With P@5 unchanged within its interval: `graph_options.BFLOAT16_RETRIEVAL_CHECK_HOLDS`.
 RANKING_MODELS = ("msd_musicnn", "mtt_musicnn")
 TAG_MODEL = "mtat_crnn"
 PRETRAINED = report.REPO_ROOT / "pretrained"
 WHAT_BOUNDS_IT = (
-    "What bounds it: musicnn's two timbral convolutions (7 x 38 and 7 x 67 kernels, 22.7 GFLOP per 30 s track"
-    " and model) already ran at this CPU's matrix-product rate as trained and still do: about 45 % of the"
-    " two musicnn passes' FLOPs at the limit, so float32 arithmetic on these cores cannot make the ensemble"
-    " much faster than this; the inference forms removed the rest (temporal convolutions at a tenth of the"
-    " rate, batch norms over unpooled tensors). Reduced precision would be the next lever: this CPU has no"
-    " bfloat16 or AVX-512 units (`benchmarks/layer_profile.py` prints the per-layer figures)."
+    "What bounds it: musicnn's two timbral convolutions (7 x 38 and 7 x 67 kernels over the mel bands, 22.7 of"
+    " the model's 28.2 GFLOP per 30 s track) ran at this CPU's float32 matrix-product rate as trained and still"
+    " do; for the two musicnn models of the ensemble they alone take about 0.4 s per track at 110 GFLOP/s, so"
+    " float32 on these cores cannot reach 2.5x. The inference forms removed the rest of the distance to that"
+    " limit (temporal convolutions at a tenth of the rate, batch norms over unpooled tensors: `layer_profile`"
+    " gives the per-layer figures). bfloat16 is the lever left, on CPUs that compute it natively."
 )
 
 
@@ -79,11 +80,12 @@ class Row:
         return self.tracks / self.wall_s
 
 
-def export_defaults(work_dir: str, graph: str) -> embedding_job.JobModels:
+def export_defaults(work_dir: str, graph: str, precision: str = graph_options.FLOAT32) -> embedding_job.JobModels:
     """The shipped default models, exported as `make demo` does, in one of `serving.export`'s graphs."""
     refs = {}
     for name in (*RANKING_MODELS, TAG_MODEL):
-        path = saved_model.export(str(PRETRAINED / name), os.path.join(work_dir, graph, name), 1, graph=graph)
+        export_base = os.path.join(work_dir, f"{graph}_{precision}", name)
+        path = saved_model.export(str(PRETRAINED / name), export_base, 1, graph=graph, precision=precision)
         refs[name] = exported_model.resolve(path)
     return embedding_job.JobModels(EmbeddingModels(tuple(refs[n] for n in RANKING_MODELS)), refs[TAG_MODEL])
 
@@ -120,6 +122,15 @@ def job(system: str, models, work_dir: str, **inputs) -> Row:
     )
 
 
+def neighbours(embeddings: dict[str, np.ndarray], ids: list[str], k: int = TOP_K) -> np.ndarray:
+    """Each track's k nearest others by cosine (exact), as row indices into `ids`."""
+    vectors = np.stack([embeddings[i] for i in ids])
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = vectors @ vectors.T
+    np.fill_diagonal(scores, -np.inf)
+    return np.argsort(-scores, axis=1, kind="stable")[:, : min(k, len(ids) - 1)]
+
+
 def agreement(row: Row, baseline: Row) -> tuple[float, float, float]:
     """Largest tag difference, smallest embedding cosine and share of identical top-10 lists, against the baseline."""
     ids = sorted(set(row.embeddings) & set(baseline.embeddings))
@@ -127,15 +138,45 @@ def agreement(row: Row, baseline: Row) -> tuple[float, float, float]:
     ours = np.stack([row.embeddings[i] for i in ids])
     theirs = np.stack([baseline.embeddings[i] for i in ids])
     cosines = np.sum(ours * theirs, axis=1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
-    k = min(TOP_K, len(ids) - 1)
-
-    def neighbours(embeddings):
-        scores = embeddings @ embeddings.T
-        np.fill_diagonal(scores, -np.inf)
-        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-    identical = [list(a) == list(b) for a, b in zip(neighbours(ours), neighbours(theirs), strict=True)]
+    pairs = zip(neighbours(row.embeddings, ids), neighbours(baseline.embeddings, ids), strict=True)
+    identical = [list(a) == list(b) for a, b in pairs]
     return tag_difference, float(np.min(cosines)), float(np.mean(identical))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReducedPrecisionCheck:
+    """Whether reduced-precision embeddings keep the float32 ones' retrieval answers."""
+
+    top10_overlap: float
+    precision: evaluation.RetrievalScores
+    reference: evaluation.RetrievalScores
+    difference: tuple[float, float, float]  # P@5 difference with its album-bootstrap interval.
+
+    @property
+    def holds(self) -> bool:
+        _, low, high = self.difference
+        return self.top10_overlap >= BFLOAT16_MIN_OVERLAP and low <= 0.0 <= high
+
+
+def reduced_precision_check(row: Row, reference: Row, catalog: catalog_lib.Catalog) -> ReducedPrecisionCheck | None:
+    """Top-10 overlap with `reference` and same-tag P@5 of both with its interval (None without catalog tags)."""
+    truth = {entry.track_id: set(entry.tags) for entry in catalog.entries if entry.tags}
+    ids = sorted(set(row.embeddings) & set(reference.embeddings))
+    if not truth or not ids:
+        return None
+    overlap = [
+        len(set(a) & set(b)) / TOP_K
+        for a, b in zip(neighbours(row.embeddings, ids), neighbours(reference.embeddings, ids), strict=True)
+    ]
+
+    def scores(name, embeddings):
+        return evaluation.evaluate_embeddings(name, ids, np.stack([embeddings[i] for i in ids]), truth, k=5)
+
+    ours, theirs = scores("bfloat16", row.embeddings), scores("float32", reference.embeddings)
+    groups = evaluation.album_of(truth)
+    return ReducedPrecisionCheck(
+        float(np.mean(overlap)), ours, theirs, evaluation.paired_difference(ours, theirs, groups)
+    )
 
 
 def run_benchmark(command: str) -> report.Section:
@@ -164,6 +205,16 @@ def run_benchmark(command: str) -> report.Section:
             ),
             plain_loop("plain loop, `--graph=inference` exports, one track at a time", catalog, inference),
         ]
+        native = graph_options.native_bfloat16()
+        bfloat16 = job(
+            f"`build_index` job, `--graph=inference --precision=bfloat16` exports"
+            f"{'' if native else ' (emulated: this CPU has no native bfloat16)'}, {batch} tracks per batch",
+            export_defaults(work_dir, saved_model.GRAPH_INFERENCE, graph_options.BFLOAT16),
+            os.path.join(work_dir, "job_bfloat16"),
+            catalog=catalog,
+        )
+        rows.append(bfloat16)
+    check = reduced_precision_check(bfloat16, rows[1], catalog)
     table_rows = []
     for row in rows:
         tag_difference, cosine, identical = agreement(row, baseline)
@@ -209,6 +260,7 @@ def run_benchmark(command: str) -> report.Section:
         f"({'met' if ratio >= TARGET_RATIO else 'not met'}); outputs {'agree' if outputs_agree else 'DIFFER'} "
         f"(largest tag difference {tag_difference:.1e}, smallest cosine {cosine:.6f}, identical top-10 for "
         f"{identical:.1%} of tracks).",
+        bfloat16_note(check, native),
         report.load_note(load_at_start),
     ]
     return report.Section(
@@ -217,4 +269,26 @@ def run_benchmark(command: str) -> report.Section:
         command=command,
         table=table,
         notes=notes,
+    )
+
+
+def bfloat16_note(check: ReducedPrecisionCheck | None, native: bool) -> str:
+    """What the bfloat16 row shows, and whether `--precision=auto` may choose it."""
+    if check is None:
+        return "bfloat16: the catalog has no tags, so the retrieval check could not be made."
+    difference, low, high = check.difference
+    verdict = "holds" if check.holds else "does not hold"
+    speed = (
+        "This CPU computes bfloat16 natively, so the row's speed is what `--precision=bfloat16` gives."
+        if native
+        else "This CPU has no native bfloat16 (no AVX-512 BF16 or AMX): the row's arithmetic is emulated and slow, "
+        "which is why `--precision=auto` stays float32 here; its outputs are what a native CPU computes."
+    )
+    return (
+        f"**bfloat16 retrieval check** (against the float32 `--graph=inference` job): mean top-10 overlap "
+        f"{check.top10_overlap:.3f} (needs >= {BFLOAT16_MIN_OVERLAP}); same-tag P@5 {check.precision.precision:.3f} "
+        f"against {check.reference.precision:.3f}, difference {difference:+.3f} [{low:+.3f}, {high:+.3f}] (95 % "
+        f"bootstrap over albums; needs to contain 0): the check **{verdict}**. {speed} "
+        f"`serving.export.graph_options.BFLOAT16_RETRIEVAL_CHECK_HOLDS` records this verdict; `--precision=auto` "
+        "picks bfloat16 only where it is true and the CPU is native."
     )

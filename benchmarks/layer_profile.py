@@ -34,6 +34,7 @@ import tensorflow as tf
 import models
 from benchmarks import report
 from models import artifact
+from models.musicnn import FrequencyPooledConv
 from serving.export.signatures import DEFAULT_NUM_CHUNKS
 from tfrecords import readers
 from tfrecords.logmel_spec import LogMelSpec
@@ -69,6 +70,7 @@ class ModelProfile:
     batch_shape: tuple[int, ...]
     layers: tuple[LayerCost, ...]
     model_seconds: float
+    xla_seconds: float | None = None  # The whole model compiled with XLA (`jit_compile`); None: it does not compile.
 
     @property
     def flops(self) -> int:
@@ -92,6 +94,18 @@ def float_ops(function: Callable, *inputs) -> int:
     options = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
     options = options.with_empty_output().build()
     return int(model_analyzer.profile(graph, options=options).total_float_ops)
+
+
+def layer_flops(layer: keras.layers.Layer, call: Callable, value) -> int:
+    """A layer's floating-point operations on `value`: the profiler's count (`float_ops`), except for musicnn's
+    fused branches, credited with the convolution they compute, as the layers they replace are: the profiler
+    does not count inside their per-track loop, and their Toeplitz products do more multiply-adds than the
+    convolution needs (the excess is not useful work)."""
+    if isinstance(layer, FrequencyPooledConv):
+        batch, frames, bands, _ = value.shape
+        kernel_frames, kernel_bands = layer.kernel_size
+        return 2 * batch * frames * (bands - kernel_bands + 1) * kernel_frames * kernel_bands * layer.filters
+    return float_ops(call, value)
 
 
 def median_seconds(call: Callable[[], object], repeats: int = REPEATS) -> float:
@@ -139,13 +153,19 @@ def profile_model(model_name: str, model: keras.Model, batch: np.ndarray, repeat
             LayerCost(
                 name=layer.name,
                 kind=type(layer).__name__,
-                flops=float_ops(call, value),
+                flops=layer_flops(layer, call, value),
                 seconds=median_seconds(lambda call=call, value=value: call(value), repeats),
             )
         )
     whole = tf.function(lambda x: model(x, training=False))
+    compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)
     tensor = tf.constant(batch)
-    return ModelProfile(model_name, tuple(batch.shape), tuple(costs), median_seconds(lambda: whole(tensor), repeats))
+    try:
+        xla_seconds = median_seconds(lambda: compiled(tensor), repeats)
+    except (tf.errors.OpError, ValueError, NotImplementedError):  # An op XLA cannot compile.
+        xla_seconds = None
+    model_seconds = median_seconds(lambda: whole(tensor), repeats)
+    return ModelProfile(model_name, tuple(batch.shape), tuple(costs), model_seconds, xla_seconds)
 
 
 def shipped_models() -> list[tuple[str, keras.Model, LogMelSpec, int]]:
@@ -199,6 +219,10 @@ def profile_rows(profile: ModelProfile, gemm_gflops: float, shown: int = SHOWN_L
     if rest:
         rows.append(row(f"{len(rest)} other layers", "", sum(x.flops for x in rest), sum(x.seconds for x in rest)))
     rows.append(row("**whole model, one graph**", "", profile.flops, profile.model_seconds))
+    if profile.xla_seconds is None:
+        rows.append((profile.model_name, "whole model, XLA (`jit_compile`)", "", "", "does not compile", "", "", ""))
+    else:
+        rows.append(row("whole model, XLA (`jit_compile`)", "", profile.flops, profile.xla_seconds))
     return rows
 
 
@@ -222,8 +246,15 @@ def run_benchmark(command: str) -> report.Section:
         + "; ".join(f"{p.model_name} {list(p.batch_shape)}" for p in profiles)
         + ". Each layer runs alone (a `tf.function` of the layer on the inputs the model gives it), median of "
         f"{REPEATS} after a warm-up; FLOPs are TensorFlow's graph profiler's (2 per multiply-add; GRU loops and "
-        "pooling count little or nothing). The whole model's row is one graph of all layers: below the layers' "
-        "sum where TensorFlow fuses or overlaps them.",
+        "pooling count little or nothing), except musicnn's fused branches (`FrequencyPooledConv`), credited with "
+        "the convolution they compute, as the as-trained rows are. The whole model's row is one graph of all layers: below the layers' "
+        "sum where TensorFlow fuses or overlaps them. The XLA row is the same graph compiled with `jit_compile`; "
+        "its speed-up over the one graph (above 1.00x: XLA is faster): "
+        + "; ".join(
+            f"{p.model_name} {p.model_seconds / p.xla_seconds:.2f}x" if p.xla_seconds else f"{p.model_name} -"
+            for p in profiles
+        )
+        + ".",
         report.load_note(load_at_start),
     ]
     return report.Section(

@@ -25,9 +25,9 @@ BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def batch_norm(name: str) -> layers.BatchNormalization:
+def batch_norm(name: str, dtype=None) -> layers.BatchNormalization:
     """A BatchNormalization with the reference's (PyTorch's) constants."""
-    return layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name)
+    return layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name, dtype=dtype)
 
 
 def batch_norm_affine(layer: layers.BatchNormalization) -> tuple[np.ndarray, np.ndarray]:
@@ -40,13 +40,21 @@ def batch_norm_affine(layer: layers.BatchNormalization) -> tuple[np.ndarray, np.
     return scale, beta - mean * scale
 
 
-def clone_for_inference(model: keras.Model, replacement: Callable[[layers.Layer], layers.Layer | None]) -> keras.Model:
+def clone_for_inference(
+    model: keras.Model,
+    replacement: Callable[[layers.Layer], layers.Layer | None] = lambda layer: None,
+    dtype_policy: str | None = None,
+    float32_layers: tuple[str, ...] = (),
+) -> keras.Model:
     """A copy of a trained functional model, some layers replaced, for inference.
 
     Args:
         model: The trained model; left as it is.
         replacement: Given each layer, the layer to stand in its place (its
             weights set), or None to copy it with its weights.
+        dtype_policy: The copies' dtype policy (e.g. `mixed_bfloat16`);
+            default: each layer's own.
+        float32_layers: Names of layers that stay float32 whatever the policy.
 
     Returns:
         A model of its own layers: nothing shared with `model`.
@@ -55,10 +63,13 @@ def clone_for_inference(model: keras.Model, replacement: Callable[[layers.Layer]
 
     def clone(layer):
         stand_in = replacement(layer)
-        if stand_in is None:
-            return layer.__class__.from_config(layer.get_config())
-        replaced.add(layer.name)
-        return stand_in
+        if stand_in is not None:
+            replaced.add(layer.name)
+            return stand_in
+        config = layer.get_config()
+        if dtype_policy is not None and layer.name not in float32_layers:
+            config["dtype"] = dtype_policy
+        return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for layer in copy.layers:
@@ -104,10 +115,11 @@ class ConvBlock(layers.Layer):
         self.filters = filters
         self.pool_size = tuple(pool_size) if isinstance(pool_size, list | tuple) else (pool_size, pool_size)
         self.folded = folded
-        self.pad = layers.ZeroPadding2D(1)
-        self.conv = layers.Conv2D(filters, 3, padding="valid", name="conv")
-        self.bn = None if folded else batch_norm("bn")
-        self.pool = layers.MaxPooling2D(self.pool_size, padding="valid")
+        policy = self.dtype_policy  # Sub-layers compute as the block does (a bfloat16 inference form).
+        self.pad = layers.ZeroPadding2D(1, dtype=policy)
+        self.conv = layers.Conv2D(filters, 3, padding="valid", name="conv", dtype=policy)
+        self.bn = None if folded else batch_norm("bn", dtype=policy)
+        self.pool = layers.MaxPooling2D(self.pool_size, padding="valid", dtype=policy)
 
     def build(self, input_shape):
         padded = self.pad.compute_output_shape(input_shape)
@@ -166,11 +178,12 @@ class ResBlock(layers.Layer):
         self.filters = filters
         self.stride = stride
         self.folded = folded
-        self.pad = layers.ZeroPadding2D(1)
-        self.conv_1 = layers.Conv2D(filters, 3, strides=stride, padding="valid", name="conv_1")
-        self.bn_1 = None if folded else batch_norm("bn_1")
-        self.conv_2 = layers.Conv2D(filters, 3, padding="valid", name="conv_2")
-        self.bn_2 = None if folded else batch_norm("bn_2")
+        policy = self.dtype_policy  # Sub-layers compute as the block does (a bfloat16 inference form).
+        self.pad = layers.ZeroPadding2D(1, dtype=policy)
+        self.conv_1 = layers.Conv2D(filters, 3, strides=stride, padding="valid", name="conv_1", dtype=policy)
+        self.bn_1 = None if folded else batch_norm("bn_1", dtype=policy)
+        self.conv_2 = layers.Conv2D(filters, 3, padding="valid", name="conv_2", dtype=policy)
+        self.bn_2 = None if folded else batch_norm("bn_2", dtype=policy)
         self.conv_3 = None
         self.bn_3 = None
 
@@ -183,10 +196,13 @@ class ResBlock(layers.Layer):
             self.bn_1.build(out_shape)
             self.bn_2.build(out_shape)
         if self.stride != 1 or input_shape[-1] != self.filters:
-            self.conv_3 = layers.Conv2D(self.filters, 3, strides=self.stride, padding="valid", name="conv_3")
+            policy = self.dtype_policy
+            self.conv_3 = layers.Conv2D(
+                self.filters, 3, strides=self.stride, padding="valid", name="conv_3", dtype=policy
+            )
             self.conv_3.build(padded)
             if not self.folded:
-                self.bn_3 = batch_norm("bn_3")
+                self.bn_3 = batch_norm("bn_3", dtype=policy)
                 self.bn_3.build(out_shape)
 
     @staticmethod

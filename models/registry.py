@@ -12,8 +12,8 @@ import dataclasses
 import keras
 
 from models import musicnn, taggers
-from models.layers import LogMelFrontEnd
-from models.taggers import TAGS
+from models.layers import LogMelFrontEnd, clone_for_inference
+from models.taggers import EMBEDDING, TAGS
 from tfrecords.logmel import PRESETS, LogMelSpec
 
 MODEL_BUILDERS = {
@@ -34,6 +34,8 @@ DEFAULT_LOG_MEL = {
 }
 DEFAULT_N_MELS = {name: spec.n_mels for name, spec in DEFAULT_LOG_MEL.items()}
 
+# The arithmetic an inference form can run in (`for_inference`).
+INFERENCE_PRECISIONS = ("float32", "bfloat16")
 # Each architecture's inference form: the same function of the same weights, computed faster on a CPU.
 _INFERENCE_FORMS = {
     "crnn": taggers.fold_batch_norms,
@@ -61,23 +63,35 @@ def get_model(name: str, num_tags: int, **kwargs) -> keras.Model:
     return MODEL_BUILDERS[name](num_tags, **kwargs)
 
 
-def for_inference(model: keras.Model, name: str) -> keras.Model:
+def for_inference(model: keras.Model, name: str, precision: str = "float32") -> keras.Model:
     """A trained tagger in its inference form, for serving and embedding (not for training).
 
     Batch norms folded into the convolutions before them (CRNN, short-chunk
     models), musicnn's front end pooled before its batch norms and its
     temporal convolutions as matrix products (`musicnn.fused_for_inference`).
     Outputs equal the model's at `training=False` up to float rounding. An
-    architecture without one (`musicnn_vgg`) is returned as it is.
+    architecture without one (`musicnn_vgg`) keeps its layers.
 
     Args:
         model: The trained model (`models.artifact.load`).
         name: Its architecture, a key of `MODEL_BUILDERS`.
+        precision: `float32`, or `bfloat16`: the arithmetic in bfloat16
+            (Keras' `mixed_bfloat16`), weights, tags and embedding float32.
+            Fast only where the CPU (or accelerator) computes bfloat16
+            natively; outputs then differ in the third significant digit.
+
+    Raises:
+        ValueError: An unknown architecture or precision, naming it.
     """
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(INFERENCE_PRECISIONS)}")
     inference_form = _INFERENCE_FORMS.get(name)
-    return model if inference_form is None else inference_form(model)
+    form = model if inference_form is None else inference_form(model)
+    if precision == "float32":
+        return form
+    return clone_for_inference(form, dtype_policy="mixed_bfloat16", float32_layers=(TAGS, EMBEDDING))
 
 
 def tag_vocabulary(model: keras.Model) -> list[str] | None:

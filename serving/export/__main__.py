@@ -23,7 +23,7 @@ import sys
 from absl import flags
 
 from data_prep import catalog
-from serving.export import signatures
+from serving.export import graph_options, signatures
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "The model's folder in the serving base path.", required=True)
@@ -35,10 +35,18 @@ _NUM_CHUNKS = flags.DEFINE_integer(
 )
 _GRAPH = flags.DEFINE_enum(
     "graph",
-    signatures.GRAPH_INFERENCE,
-    signatures.GRAPHS,
+    graph_options.GRAPH_INFERENCE,
+    graph_options.GRAPHS,
     "How the graph computes the model: 'inference' (batch norms folded, musicnn's front end fused: the same outputs, "
     "about twice as fast on a CPU) or 'as_trained' (the layers as trained: the baseline).",
+)
+_PRECISION = flags.DEFINE_enum(
+    "precision",
+    graph_options.AUTO,
+    graph_options.PRECISIONS,
+    "The inference graph's arithmetic: 'float32', 'bfloat16' (fast only on CPUs with AVX-512 BF16 or AMX; outputs "
+    "differ in the third digit) or 'auto' (bfloat16 where the CPU has it natively and BENCHMARKS.md's retrieval "
+    "check holds for it, else float32).",
 )
 
 
@@ -52,7 +60,9 @@ def main(argv):
     from serving.export import saved_model
 
     try:
-        path = saved_model.export(_MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value, _GRAPH.value)
+        path = saved_model.export(
+            _MODEL_DIR.value, _EXPORT_DIR.value, _VERSION.value, _NUM_CHUNKS.value, _GRAPH.value, _PRECISION.value
+        )
     except saved_model.ExportError as error:
         sys.exit(f"error: {error}")
     except (OSError, tf.errors.OpError) as error:  # A folder it may not write in, a full disk.

@@ -20,7 +20,9 @@ under `assets.extra/`, which also holds TF Serving warm-up requests.
 The tagger runs in its inference form (`models.for_inference`: batch norms
 folded, musicnn's front end fused; the same outputs up to float rounding)
 unless the export asks for the layers as trained (`GRAPH_AS_TRAINED`, the
-baseline the benchmarks compare with). The `graph` attribute says which.
+baseline the benchmarks compare with), in float32 unless it asks for
+bfloat16 (`serving.export.graph_options`). The `graph` and `precision`
+attributes say which.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 import models
 from models import artifact
+from serving.export import graph_options
 from serving.export import signatures as sig
 from tfrecords import readers
 from tfrecords.logmel import log_mel_spectrogram
@@ -42,8 +45,8 @@ VOCABULARY_ASSET = "tags.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"
 MIN_SECONDS = 1.0
 DEFAULT_NUM_CHUNKS = sig.DEFAULT_NUM_CHUNKS
-GRAPH_INFERENCE = sig.GRAPH_INFERENCE
-GRAPH_AS_TRAINED = sig.GRAPH_AS_TRAINED
+GRAPH_INFERENCE = graph_options.GRAPH_INFERENCE
+GRAPH_AS_TRAINED = graph_options.GRAPH_AS_TRAINED
 
 
 class ExportError(ValueError):
@@ -58,14 +61,29 @@ class TaggerModule(tf.Module):
         info: Its `ModelInfo` (front end, input length, vocabulary).
         num_chunks: The most evenly spaced chunks averaged per track (`readers.chunk_count`).
         graph: `GRAPH_INFERENCE` (the tagger's inference form) or `GRAPH_AS_TRAINED`.
+        precision: `float32` or `bfloat16` (inference form only), after `graph_options.resolve_precision`.
     """
 
-    def __init__(self, tagger, info: artifact.ModelInfo, num_chunks: int, graph: str = GRAPH_INFERENCE):
+    def __init__(
+        self,
+        tagger,
+        info: artifact.ModelInfo,
+        num_chunks: int,
+        graph: str = GRAPH_INFERENCE,
+        precision: str = graph_options.FLOAT32,
+    ):
         super().__init__(name="tagger")
-        if graph not in sig.GRAPHS:
-            raise ExportError(f"unknown graph {graph!r}; choose one of {list(sig.GRAPHS)}")
-        self.tagger = models.for_inference(tagger, info.model_name) if graph == GRAPH_INFERENCE else tagger
+        if graph not in graph_options.GRAPHS:
+            raise ExportError(f"unknown graph {graph!r}; choose one of {list(graph_options.GRAPHS)}")
+        if precision not in (graph_options.FLOAT32, graph_options.BFLOAT16):
+            raise ExportError(f"unknown precision {precision!r}; choose float32 or bfloat16")
+        if graph == GRAPH_AS_TRAINED and precision != graph_options.FLOAT32:
+            raise ExportError(f"the layers as trained run in float32 only; {precision} needs the inference graph")
+        self.tagger = tagger
+        if graph == GRAPH_INFERENCE:
+            self.tagger = models.for_inference(tagger, info.model_name, precision)
         self.graph = tf.Variable(graph, trainable=False, name="graph")
+        self.precision = tf.Variable(precision, trainable=False, name="precision")
         self.spec = info.log_mel
         self.chunk_frames = info.crop_frames
         self.num_chunks = num_chunks
@@ -148,6 +166,7 @@ def export(
     version: int | None = None,
     num_chunks: int = DEFAULT_NUM_CHUNKS,
     graph: str = GRAPH_INFERENCE,
+    precision: str = graph_options.FLOAT32,
 ) -> str:
     """Exports a model artifact as `EXPORT_BASE/<version>/`.
 
@@ -160,6 +179,8 @@ def export(
         num_chunks: The most chunks averaged per track in the serving graph (fewer for short tracks).
         graph: `GRAPH_INFERENCE` (the tagger's inference form, the default) or
             `GRAPH_AS_TRAINED` (its layers as trained: the baseline).
+        precision: `float32` (the default here, the same on every machine), `bfloat16` or `auto`
+            (`graph_options.resolve_precision`: what `python -m serving.export` does by default).
 
     Returns:
         The version directory. It is written next to it first and renamed,
@@ -172,7 +193,13 @@ def export(
         tagger, info = artifact.load(model_dir)
     except artifact.ArtifactError as error:
         raise ExportError(str(error)) from error
-    module = TaggerModule(tagger, info, num_chunks, graph)
+    try:
+        if graph == GRAPH_AS_TRAINED and precision == graph_options.AUTO:
+            precision = graph_options.FLOAT32  # The baseline's arithmetic.
+        precision = graph_options.resolve_precision(precision)
+    except ValueError as error:
+        raise ExportError(str(error)) from error
+    module = TaggerModule(tagger, info, num_chunks, graph, precision)
     version = version or next_version(export_base)
     final = os.path.join(export_base, str(version))
     if tf.io.gfile.exists(final):

@@ -17,12 +17,6 @@ from __future__ import annotations
 # The most evenly spaced chunks an export averages a track over (fewer for short tracks: `readers.chunk_count`).
 DEFAULT_NUM_CHUNKS = 16
 
-# How an export's graph computes the model: its inference form (`models.for_inference`, the default) or the
-# layers as trained (the baseline the benchmarks compare with).
-GRAPH_INFERENCE = "inference"
-GRAPH_AS_TRAINED = "as_trained"
-GRAPHS = (GRAPH_INFERENCE, GRAPH_AS_TRAINED)
-
 # Signature names.
 SERVING_DEFAULT = "serving_default"
 TAGS_SIGNATURE = "tags"

@@ -129,6 +129,30 @@ def test_inference_form_folds_every_block_batch_norm_and_keeps_the_outputs(name,
     assert not model.get_layer("layer1").folded  # The trained model is left as it was.
 
 
+@pytest.mark.parametrize("name", ["musicnn", "crnn"])
+def test_bfloat16_inference_form_computes_in_bfloat16_and_answers_in_float32(name):
+    rng = np.random.default_rng(5)
+    options = {"musicnn": {"frontend_filters": 0.4, "num_frames": 187}, "crnn": {"num_frames": 256}}[name]
+    model = _with_batch_statistics(models.get_model(name, 4, **options), rng)
+    float32, bfloat16 = models.for_inference(model, name), models.for_inference(model, name, "bfloat16")
+    compute = {layer.name: layer.compute_dtype for layer in bfloat16.layers}
+    assert compute[models.TAGS] == compute[models.EMBEDDING] == "float32"
+    heavy = [layer for layer in bfloat16.layers if layer.weights and layer.name not in (models.TAGS,)]
+    assert heavy and all(layer.compute_dtype == "bfloat16" for layer in heavy if layer.name.startswith(("layer", "t")))
+    assert all(weight.dtype == "float32" for weight in bfloat16.weights)
+    x = np.abs(rng.normal(1.0, 1.0, size=(3, *model.input_shape[1:]))).astype(np.float32)
+    expected, got = float32(x, training=False), bfloat16(x, training=False)
+    assert got[models.TAGS].dtype == got[models.EMBEDDING].dtype == "float32"
+    embedding, reference = got[models.EMBEDDING].numpy(), expected[models.EMBEDDING].numpy()
+    cosine = (
+        np.sum(embedding * reference, axis=1) / np.linalg.norm(embedding, axis=1) / np.linalg.norm(reference, axis=1)
+    )
+    assert cosine.min() > 0.99 and not np.array_equal(embedding, reference)  # Close, and really bfloat16.
+    np.testing.assert_allclose(got[models.TAGS].numpy(), expected[models.TAGS].numpy(), atol=0.05)
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        models.for_inference(model, name, "float16")
+
+
 def test_inference_form_of_an_architecture_without_one_is_the_model_itself():
     model = models.get_model("musicnn_vgg", 3)
     assert models.for_inference(model, "musicnn_vgg") is model

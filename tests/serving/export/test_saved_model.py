@@ -180,3 +180,30 @@ def test_both_graphs_export_the_same_function(pretrained_exports, tmp_path):
     assert float(np.sum(got["embedding"].numpy() * expected["embedding"].numpy())) >= 0.9999
     with pytest.raises(saved_model.ExportError, match="unknown graph 'fast'"):
         saved_model.export(str(REPO_ROOT / "pretrained" / "mtat_crnn"), str(tmp_path / "other"), graph="fast")
+
+
+def test_a_bfloat16_export_answers_in_float32_close_to_float32(pretrained_exports, tmp_path):
+    """`--precision=bfloat16`: the inference form in bfloat16 arithmetic; the baseline graph refuses it."""
+    model_dir = REPO_ROOT / "pretrained" / "mtat_crnn"
+    done = run_binary(
+        "serving.export", f"--model_dir={model_dir}", f"--export_dir={tmp_path / 'bf16'}", "--precision=bfloat16"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    bfloat16 = tf.saved_model.load(str(tmp_path / "bf16" / "1"))
+    float32 = tf.saved_model.load(pretrained_exports["mtat_crnn"])
+    assert bfloat16.precision.numpy() == b"bfloat16" and float32.precision.numpy() == b"float32"
+    path = str(DEMO_DIR / "audio" / "starfighter--death.mp3")
+    waveform = tf.constant(audio.load_mono(path, path, 16000)[0][np.newaxis])
+    got, expected = (model.signatures["serving_default"](waveform=waveform) for model in (bfloat16, float32))
+    assert got["tags"].dtype == got["embedding"].dtype == tf.float32
+    assert float(np.sum(got["embedding"].numpy() * expected["embedding"].numpy())) > 0.99
+    np.testing.assert_allclose(got["tags"].numpy(), expected["tags"].numpy(), atol=0.05)
+    refused = run_binary(
+        "serving.export",
+        f"--model_dir={model_dir}",
+        f"--export_dir={tmp_path / 'refused'}",
+        "--graph=as_trained",
+        "--precision=bfloat16",
+    )
+    assert refused.returncode != 0 and "error: the layers as trained run in float32 only" in refused.stderr
+    assert not (tmp_path / "refused").exists()

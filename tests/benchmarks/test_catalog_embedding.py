@@ -1,0 +1,62 @@
+"""benchmarks.catalog_embedding: agreement with the baseline and the reduced-precision retrieval check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import catalog_embedding
+from data_prep.catalog import Catalog, CatalogEntry
+
+ALBUMS = 6
+TRACKS_PER_ALBUM = 5
+
+
+def _catalog() -> Catalog:
+    entries = tuple(
+        CatalogEntry(row=i + 1, track_id=f"t{i:02d}", path="", uri="", tags=(f"album{i // TRACKS_PER_ALBUM}",))
+        for i in range(ALBUMS * TRACKS_PER_ALBUM)
+    )
+    return Catalog("catalog.csv", "", len(entries), entries, ())
+
+
+def _row(embeddings: np.ndarray) -> catalog_embedding.Row:
+    ids = [f"t{i:02d}" for i in range(len(embeddings))]
+    tags = {i: np.full(3, 0.5) for i in ids}
+    return catalog_embedding.Row("system", len(ids), 1.0, dict(zip(ids, embeddings, strict=True)), tags)
+
+
+def _clustered(rng, noise: float) -> np.ndarray:
+    centres = rng.normal(size=(ALBUMS, 16))
+    return np.repeat(centres, TRACKS_PER_ALBUM, axis=0) + noise * rng.normal(size=(ALBUMS * TRACKS_PER_ALBUM, 16))
+
+
+def test_the_same_embeddings_agree_fully_and_pass_the_check():
+    rng = np.random.default_rng(0)
+    reference = _row(_clustered(rng, 0.3))
+    rounded = _row(np.array(list(reference.embeddings.values())) * (1 + 1e-7))
+    tag_difference, cosine, identical = catalog_embedding.agreement(rounded, reference)
+    assert tag_difference == 0.0 and cosine > 0.999999 and identical == 1.0
+    check = catalog_embedding.reduced_precision_check(rounded, reference, _catalog())
+    assert check.top10_overlap == 1.0 and check.holds
+    assert check.reference.precision == pytest.approx(0.8)  # Each finds the 4 others of its album in its top 5.
+
+
+def test_embeddings_that_lose_the_albums_fail_the_check():
+    rng = np.random.default_rng(1)
+    reference = _row(_clustered(rng, 0.3))
+    scrambled = _row(rng.normal(size=(ALBUMS * TRACKS_PER_ALBUM, 16)))
+    check = catalog_embedding.reduced_precision_check(scrambled, reference, _catalog())
+    assert check.top10_overlap < 0.95 and not check.holds
+    difference, low, high = check.difference
+    assert difference < 0 and high < 0
+    tag_difference, cosine, identical = catalog_embedding.agreement(scrambled, reference)
+    assert tag_difference == 0.0 and cosine < 0.9 and identical < 0.5
+
+
+def test_a_catalog_without_tags_cannot_be_checked():
+    rng = np.random.default_rng(2)
+    reference = _row(_clustered(rng, 0.3))
+    untagged = Catalog("c.csv", "", 1, tuple(CatalogEntry(1, e.track_id, "", "") for e in _catalog().entries), ())
+    assert catalog_embedding.reduced_precision_check(reference, reference, untagged) is None
+    assert "no tags" in catalog_embedding.bfloat16_note(None, native=False)
