@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import os
+import socket
 import uuid
 
 import apache_beam as beam
@@ -165,6 +166,30 @@ def _cluster_failures() -> tuple[type[BaseException], ...]:
     return (distributed.KilledWorker, CommClosedError, OSError, TimeoutError)
 
 
+# How long a given scheduler address may take to accept a TCP connection before the run says it cannot reach it.
+SCHEDULER_PROBE_SECONDS = 5.0
+
+
+def _probe_scheduler(address: str, timeout_s: float):
+    """Opens and closes one TCP connection to a `tcp://host:port` scheduler address (other protocols are left
+    to Dask).
+
+    Raises:
+        OSError: Refused, unreachable or silent for `timeout_s`, naming the reason.
+    """
+    protocol, _, location = address.rpartition("://")
+    if protocol not in ("", "tcp") or ":" not in location:
+        return
+    host, _, port = location.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except TimeoutError:
+        raise OSError(f"no answer within {timeout_s:g} s") from None
+
+
 @contextlib.contextmanager
 def _dask_client(options: PipelineOptions):
     """A client of the cluster the options name, or of a `LocalCluster` started (and closed) here."""
@@ -178,6 +203,8 @@ def _dask_client(options: PipelineOptions):
     try:
         if dask_options.address or dask_options.scheduler_file:
             given = {"timeout": dask_options.timeout} if isinstance(dask_options.timeout, int) else {}
+            if dask_options.address:  # Refused or unroutable: said in seconds, not after distributed's retries.
+                _probe_scheduler(dask_options.address, min(SCHEDULER_PROBE_SECONDS, given.get("timeout") or 1e9))
             client = distributed.Client(
                 address=dask_options.address, scheduler_file=dask_options.scheduler_file, **given
             )

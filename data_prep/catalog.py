@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import posixpath
+from collections.abc import Iterator
 
 from data_prep.rejections import Rejection
 from tfrecords.splits import SPLITS
@@ -37,7 +38,8 @@ class CatalogEntry:
     """One valid catalog row.
 
     Attributes:
-        row: 1-based data row number in the catalog file.
+        row: The line of the catalog file the row starts on (1-based, the
+            header is line 1, blank lines count): what an editor shows.
         track_id: Unique id of the track.
         path: The audio path as written in the catalog.
         uri: The resolved location of the audio file.
@@ -68,7 +70,7 @@ class Catalog:
     Attributes:
         source: Where the catalog was read from.
         sha256: Hash of the catalog file's bytes.
-        num_rows: Number of data rows in the file.
+        num_rows: Number of data rows in the file (blank lines are none).
         entries: The valid rows.
         rejections: The invalid rows, with reasons.
         audio_root: The directory relative audio paths were resolved against.
@@ -150,7 +152,7 @@ def parse_catalog(text: bytes, source: str, audio_root: str) -> Catalog:
         decoded = text.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise CatalogError(f"{source}: not UTF-8 text ({error})") from error
-    reader = csv.DictReader(io.StringIO(decoded, newline=""))
+    reader = csv.reader(io.StringIO(decoded, newline=""))
     try:
         return _parse_rows(reader, text, source, audio_root)
     except csv.Error as error:
@@ -160,23 +162,36 @@ def parse_catalog(text: bytes, source: str, audio_root: str) -> Catalog:
         ) from error
 
 
-def _parse_rows(reader: csv.DictReader, text: bytes, source: str, audio_root: str) -> Catalog:
-    if not reader.fieldnames:
+def _records(reader) -> Iterator[tuple[int, list[str]]]:
+    """Each non-blank record with the file line it starts on (1-based: what an editor or a spreadsheet shows)."""
+    line = reader.line_num + 1
+    for values in reader:
+        if values:  # csv gives [] for a blank line; a line of empty fields is a (malformed) row.
+            yield line, values
+        line = reader.line_num + 1
+
+
+def _parse_rows(reader, text: bytes, source: str, audio_root: str) -> Catalog:
+    records = _records(reader)
+    first = next(records, None)
+    if first is None:
         raise CatalogError(f"{source}: the catalog is empty (no header row)")
-    header = [name.strip() for name in reader.fieldnames]
+    header = [name.strip() for name in first[1]]
     missing = [column for column in REQUIRED_COLUMNS if column not in header]
     if missing:
         raise CatalogError(f"{source}: missing required column(s) {missing}; the header has {header}")
-    reader.fieldnames = header
     entries, rejections, first_row_of = [], [], {}
     num_rows = 0
-    for row_number, row in enumerate(reader, start=1):
+    for line, values in records:
         num_rows += 1
-        result = _parse_row(row, row_number, audio_root, first_row_of)
+        row = dict(zip(header, values, strict=False))
+        if len(values) > len(header):
+            row[None] = values[len(header) :]
+        result = _parse_row(row, line, audio_root, first_row_of)
         if isinstance(result, Rejection):
             rejections.append(result)
         else:
-            first_row_of[result.track_id] = row_number
+            first_row_of[result.track_id] = line
             entries.append(result)
     return Catalog(
         source=source,
@@ -205,7 +220,7 @@ def _parse_row(row: dict, row_number: int, audio_root: str, first_row_of: dict[s
     if not path:
         return reject("invalid_row", "empty path")
     if track_id in first_row_of:
-        return reject("duplicate_track_id", f"track_id {track_id!r} first appears in row {first_row_of[track_id]}")
+        return reject("duplicate_track_id", f"track_id {track_id!r} first appears on line {first_row_of[track_id]}")
     split = value("split") or None
     if split is not None and split not in SPLITS:
         return reject("invalid_row", f"split {split!r} is not one of {list(SPLITS)}")

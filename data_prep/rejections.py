@@ -52,7 +52,8 @@ class Rejection:
     """One catalog row that did not make it into the dataset.
 
     Attributes:
-        row: 1-based data row number in the catalog (the header is row 0).
+        row: The catalog line the row starts on (1-based, the header is line
+            1, blank lines count): what an editor or a spreadsheet shows.
         track_id: The row's track id (may be empty for malformed rows).
         path: The row's audio path as written in the catalog.
         reason: One of `REASONS`.

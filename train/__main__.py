@@ -54,6 +54,29 @@ _MIXED_PRECISION = flags.DEFINE_enum(
 _JIT_COMPILE = flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
 _PROFILE_STEPS = flags.DEFINE_list("profile_steps", [], "Two global steps FIRST,LAST to profile between.")
 
+# What a run cannot start without, and how to give it.
+REQUIRED_SETTINGS = {
+    "Experiment.model_name": "give a model's config first, e.g. --config=crnn.gin (packaged configs: configs/)",
+    "Experiment.dataset_dir": "give --dataset_dir=DIR (a dataset written by python -m data_prep)",
+}
+
+
+@flags.validator("profile_steps", message="--profile_steps takes two global steps FIRST,LAST with 0 <= FIRST <= LAST")
+def _two_ordered_steps(value: list[str]) -> bool:
+    if not value:
+        return True
+    if len(value) != 2 or not all(step.strip().isdigit() for step in value):
+        return False
+    first, last = (int(step) for step in value)
+    return first <= last
+
+
+@flags.multi_flags_validator(
+    ["strategy", "tpu"], message="--strategy=tpu needs --tpu (the TPU's address, or --tpu=local on a TPU VM)"
+)
+def _tpu_has_an_address(values: dict) -> bool:
+    return values["strategy"] != "tpu" or bool(values["tpu"])
+
 
 def main(argv):
     del argv
@@ -64,7 +87,13 @@ def main(argv):
 
     try:
         _train()
-    except (config_lib.ConfigMismatchError, InitializationError, ObjectiveError, FileNotFoundError) as error:
+    except (
+        config_lib.ConfigError,
+        config_lib.ConfigMismatchError,
+        InitializationError,
+        ObjectiveError,
+        FileNotFoundError,
+    ) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
 
 
@@ -77,11 +106,12 @@ def _train():
     if _DATASET_DIR.value:
         bindings.append(f"Experiment.dataset_dir = {_DATASET_DIR.value!r}")
     config_text = config_lib.parse(_CONFIG.value + _GIN_FILE.value, bindings)
+    config_lib.require(REQUIRED_SETTINGS)
     strategy = strategies.make_strategy(_STRATEGY.value, _TPU.value)
     is_chief = strategies.is_chief(strategy)
     config_lib.check_or_save(_MODEL_DIR.value, config_text, is_chief)
     experiment = Experiment()
-    profile = tuple(int(s) for s in _PROFILE_STEPS.value) if _PROFILE_STEPS.value else None
+    profile = tuple(int(step) for step in _PROFILE_STEPS.value) if _PROFILE_STEPS.value else None
     trainer = Trainer(
         experiment,
         _MODEL_DIR.value,

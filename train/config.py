@@ -21,6 +21,10 @@ class ConfigMismatchError(ValueError):
     """A model directory that was trained with a different configuration."""
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot be parsed or lacks a required setting; the message names the file or binding."""
+
+
 def resolve_config(name: str) -> str:
     """A config path: an existing file, or a name in the packaged `configs/`."""
     if tf.io.gfile.exists(name):
@@ -37,13 +41,51 @@ def parse(config_files: list[str], bindings: list[str]) -> str:
 
     Returns:
         The resulting config as gin text (`gin.config_str()`).
+
+    Raises:
+        FileNotFoundError: A config that is neither a file nor packaged.
+        ConfigError: A config file or binding gin cannot parse, or one that
+            names an unknown configurable or parameter (the message names it).
     """
     gin.clear_config()
     _add_packaged_search_path()
     files = [resolve_config(c) for c in config_files]
     with _search_path_misses_dropped():
-        gin.parse_config_files_and_bindings(files, bindings)
+        try:
+            gin.parse_config_files_and_bindings(files, None, finalize_config=False)
+        except (SyntaxError, ValueError) as error:
+            raise ConfigError(f"config {', '.join(config_files)}: {_first_line(error)}") from error
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except (SyntaxError, ValueError) as error:
+                raise ConfigError(f"--gin_param={binding!r}: {_first_line(error)}") from error
+    gin.finalize()
     return gin.config_str()
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def require(parameters: dict[str, str]):
+    """Checks that the parsed config binds each parameter.
+
+    Args:
+        parameters: Each required gin parameter (`Experiment.model_name`) and
+            how to give it.
+
+    Raises:
+        ConfigError: Naming the first unbound one and how to give it.
+    """
+    for parameter, how in parameters.items():
+        try:
+            value = gin.query_parameter(parameter)
+        except ValueError:
+            value = gin.REQUIRED
+        if value is gin.REQUIRED or value is None:
+            raise ConfigError(f"the configuration sets no {parameter}: {how}")
 
 
 @functools.cache

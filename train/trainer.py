@@ -21,6 +21,7 @@ from absl import logging
 import models
 from models import artifact
 from tfrecords import dataset_info, readers
+from train import config as config_lib
 from train import metrics as metrics_lib
 from train import objectives, summaries
 from train.evaluation import predict_tracks
@@ -141,8 +142,9 @@ class Trainer:
         self.best_mode = BEST_METRICS[experiment.best_metric]
         n_mels, expected = self.info.log_mel.n_mels, models.DEFAULT_N_MELS[experiment.model_name]
         if experiment.model_name in ("crnn", "musicnn", "musicnn_vgg") and n_mels != expected:
-            raise ValueError(
-                f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {expected}-band dataset"
+            raise config_lib.ConfigError(
+                f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {expected}-band "
+                "dataset (`python -m data_prep --help`: --n_mels, --log_mel_preset)"
             )
         self.objective = experiment.objective
         self.vocabulary = self.objective.model_vocabulary(self.info, _init_vocabulary(experiment.init_from))

@@ -84,12 +84,20 @@ def test_a_pipeline_for_dask_must_have_one_end():
         beam_jobs.run_pipeline(pipeline, 3)
 
 
-def test_an_unreachable_dask_scheduler_is_named():
-    args = ["--runner=dask", "--dask_client_address=tcp://127.0.0.1:9", "--dask_connection_timeout=2"]
+@pytest.mark.parametrize("timeout", [["--dask_connection_timeout=2"], []])
+def test_an_unreachable_dask_scheduler_is_named_with_the_reason(timeout):
+    """Refused: the probe's own connection says so (Dask's client would retry for its timeout, about 40 s by
+    default, and then report only that it timed out)."""
+    args = ["--runner=dask", "--dask_client_address=tcp://127.0.0.1:9", *timeout]
     pipeline = beam.Pipeline(options=beam_jobs.default_pipeline_options(args))
     _ = pipeline | beam.Create(range(3)) | beam.Map(abs)
-    with pytest.raises(beam_jobs.RunnerUnavailableError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+    with pytest.raises(
+        beam_jobs.RunnerUnavailableError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9: "
+    ):
         beam_jobs.run_pipeline(pipeline, 3)
+    with pytest.raises(ConnectionRefusedError):
+        beam_jobs._probe_scheduler("tcp://127.0.0.1:9", 2.0)
+    beam_jobs._probe_scheduler("inproc://a/b", 2.0)  # Not TCP: left to Dask.
 
 
 def test_the_shipped_dask_configuration_is_what_the_jobs_local_cluster_uses():

@@ -80,15 +80,22 @@ def test_bad_rows_become_rejections_with_reasons():
     a, h = parsed.entries
     assert a.tags == ("rock", "pop") and a.uri == "/music/a.mp3" and a.duration_s == 30.0
     assert h.uri == "gs://bucket/h.mp3" and h.split == "test" and h.tags == ()
-    reasons = {(r.row, r.reason): r.detail for r in parsed.rejections}
-    assert reasons[(2, "invalid_row")] == "empty track_id"
-    assert reasons[(3, "invalid_row")] == "empty path"
-    assert "first appears in row 1" in reasons[(4, "duplicate_track_id")]
-    assert "'holdout'" in reasons[(5, "invalid_row")]
-    assert "'long' is not a number" in reasons[(6, "invalid_row")]
-    assert "not positive" in reasons[(7, "invalid_row")]
-    assert "more field" in reasons[(9, "invalid_row")]
+    reasons = {(r.row, r.reason): r.detail for r in parsed.rejections}  # Rows are the file's lines.
+    assert reasons[(3, "invalid_row")] == "empty track_id"
+    assert reasons[(4, "invalid_row")] == "empty path"
+    assert "first appears on line 2" in reasons[(5, "duplicate_track_id")]
+    assert "'holdout'" in reasons[(6, "invalid_row")]
+    assert "'long' is not a number" in reasons[(7, "invalid_row")]
+    assert "not positive" in reasons[(8, "invalid_row")]
+    assert "more field" in reasons[(10, "invalid_row")]
     assert len(parsed.entries) + len(parsed.rejections) == parsed.num_rows
+
+
+def test_rejections_name_the_file_line_with_blank_lines_and_quoted_line_breaks():
+    parsed = _parse('track_id,path,tags\n\na,a.mp3,rock\n\n\n,b.mp3,"rock\nwith a line break"\nc,,rock\n\n')
+    assert parsed.num_rows == 3 and [e.track_id for e in parsed.entries] == ["a"]
+    assert parsed.entries[0].row == 3
+    assert [(r.row, r.detail) for r in parsed.rejections] == [(6, "empty track_id"), (8, "empty path")]
 
 
 def test_vocabulary_order_min_count_max_tags_and_given():

@@ -121,6 +121,10 @@ USAGE_ERRORS = [
     ("train", ["--help"], "--gin_param"),
     ("train", ["--config=crnn.gin"], "--model_dir must have a value"),
     ("train", ["--model_dir=m", "--strategy=bogus"], "--strategy"),
+    ("train", ["--model_dir=m", "--profile_steps=5"], "--profile_steps takes two global steps FIRST,LAST"),
+    ("train", ["--model_dir=m", "--profile_steps=9,3"], "--profile_steps takes two global steps FIRST,LAST"),
+    ("train", ["--model_dir=m", "--strategy=tpu"], "--strategy=tpu needs --tpu"),
+    ("serving.export", ["--model_dir=m", "--export_dir=e", "--precision=half"], "flag --precision=half: value should"),
     ("train.evaluate", ["--help"], "--robustness"),
     ("train.evaluate", ["--split=test"], "--model_dir must have a value"),
     (

@@ -216,8 +216,36 @@ def test_model_dir_of_another_config_is_refused(datasets, tmp_path):
 
 
 def test_crnn_needs_a_96_band_dataset(datasets, tmp_path):
-    with pytest.raises(ValueError, match="96-band"):
+    with pytest.raises(config_lib.ConfigError, match="96-band"):
         _trainer(["crnn.gin", "smoke.gin"], [f"Experiment.dataset_dir = '{datasets[128]}'"], tmp_path)
+    done = run_binary("train", "--config=crnn.gin", f"--dataset_dir={datasets[128]}", f"--model_dir={tmp_path / 'b'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"error: {datasets[128]} has 128 mel bands; the crnn needs a 96-band dataset" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--gin_param=Experiment.epochs = "], "error: --gin_param='Experiment.epochs = ': "),
+        (["--gin_param=Experiment.no_such_setting = 3"], "error: --gin_param='Experiment.no_such_setting = 3': "),
+        (["--gin_param=NoSuchThing.epochs = 3"], "error: --gin_param='NoSuchThing.epochs = 3': No configurable"),
+        ([], "error: the configuration sets no Experiment.model_name: give a model's config first"),
+    ],
+)
+def test_configuration_mistakes_are_error_lines_naming_them(arguments, message, datasets, tmp_path):
+    """A malformed or unknown binding, or a config without a model: the mistake named, no traceback, nothing written."""
+    configs = ["--config=smoke.gin"] if not arguments else ["--config=short_chunk_res.gin", "--config=smoke.gin"]
+    done = run_binary("train", *configs, *arguments, f"--dataset_dir={datasets[128]}", f"--model_dir={tmp_path / 'm'}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert message in done.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_run_without_a_dataset_is_told_how_to_give_one(tmp_path):
+    done = run_binary("train", "--config=short_chunk_res.gin", f"--model_dir={tmp_path / 'm'}")
+    assert done.returncode == 1 and "error: the configuration sets no Experiment.dataset_dir: give --dataset_dir" in (
+        done.stderr
+    )
 
 
 # Killed at step KILL_AT or later (mid-epoch or at a boundary, whichever the timing gives), resumed to the end.
