@@ -275,7 +275,8 @@ class ProcessTrack(beam.DoFn):
     def _process(self, task: TrackTask) -> tuple[bytes, float]:
         config, entry = self._config, task.entry
         spec = config.log_mel
-        waveform, decoded = load_checked_waveform(entry, spec.sample_rate, config.audio_checks)
+        source = audio.open_source(entry.uri)
+        waveform, decoded = load_checked_waveform(entry, spec.sample_rate, config.audio_checks, source)
         if decoded.decoder != "soundfile":
             self._fallback.inc()
         seconds = waveform.size / spec.sample_rate
@@ -293,6 +294,7 @@ class ProcessTrack(beam.DoFn):
             album=entry.album,
             title=entry.title,
             log_mel_dtype=config.log_mel_dtype,
+            audio_sha256=audio.content_sha256(source),
         )
         return example, seconds
 

@@ -15,6 +15,9 @@ Each track is one `tf.train.Example`:
 | log_mel_shape   | int64 list  | `[frames, n_mels]`                                  |
 | duration_s      | float       | duration of the 16 kHz mono waveform in seconds     |
 | num_samples     | int64       | samples of the 16 kHz mono waveform                 |
+| audio_sha256    | bytes       | SHA-256 (hex) of the audio file's bytes: the track's |
+|                 |             | identity for duplicate detection ('' in datasets    |
+|                 |             | written before it was recorded)                      |
 
 A distillation dataset (`python -m train.compute_teacher_targets`) adds a
 teacher model's outputs at `P` positions of the track (`dataset_info.json`'s
@@ -42,6 +45,7 @@ LOG_MEL = "log_mel"
 LOG_MEL_SHAPE = "log_mel_shape"
 DURATION_S = "duration_s"
 NUM_SAMPLES = "num_samples"
+AUDIO_SHA256 = "audio_sha256"
 TEACHER_STARTS = "teacher/starts"
 TEACHER_TAGS = "teacher/tags"
 TEACHER_EMBEDDING = "teacher/embedding"
@@ -74,6 +78,7 @@ def encode_example(
     album: str = "",
     title: str = "",
     log_mel_dtype: str = "float16",
+    audio_sha256: str = "",
 ) -> bytes:
     """Serializes one track.
 
@@ -88,6 +93,7 @@ def encode_example(
         album: Album name.
         title: Title.
         log_mel_dtype: Storage dtype of the log-mel, `float16` or `float32`.
+        audio_sha256: SHA-256 of the audio file's bytes (`data_prep.audio.content_sha256`).
 
     Returns:
         The serialized `tf.train.Example`.
@@ -106,6 +112,7 @@ def encode_example(
         LOG_MEL_SHAPE: _int64_feature(log_mel.shape),
         DURATION_S: _float_feature([num_samples / sample_rate]),
         NUM_SAMPLES: _int64_feature([num_samples]),
+        AUDIO_SHA256: _bytes_feature([audio_sha256.encode("ascii")]),
     }
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString(deterministic=True)
 
@@ -149,6 +156,7 @@ def feature_spec(num_tags: int, teacher: bool = False) -> dict:
         LOG_MEL_SHAPE: tf.io.FixedLenFeature([2], tf.int64),
         DURATION_S: tf.io.FixedLenFeature([], tf.float32),
         NUM_SAMPLES: tf.io.FixedLenFeature([], tf.int64),
+        AUDIO_SHA256: tf.io.FixedLenFeature([], tf.string, default_value=""),
     }
     if teacher:
         spec[TEACHER_STARTS] = tf.io.VarLenFeature(tf.int64)
@@ -222,4 +230,5 @@ def decode_example(serialized: bytes, log_mel_dtype: str = "float16") -> dict:
         LOG_MEL_SHAPE: shape,
         DURATION_S: feature[DURATION_S].float_list.value[0],
         NUM_SAMPLES: feature[NUM_SAMPLES].int64_list.value[0],
+        AUDIO_SHA256: text(AUDIO_SHA256) if feature[AUDIO_SHA256].bytes_list.value else "",
     }

@@ -70,8 +70,9 @@ class TrackRecord:
         path: The audio location as the catalog gives it ('' when built from
             TFRecords).
         duration_s: Duration of the audio in seconds.
-        content_sha256: SHA-256 of the audio file's bytes (or of the stored
-            log-mel when built from TFRecords): equal hashes are exact
+        content_sha256: SHA-256 of the audio file's bytes, from the catalog's
+            file or, when built from TFRecords, as `data_prep` recorded it
+            ('' for datasets written before it did): equal hashes are exact
             duplicates.
     """
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -373,7 +372,7 @@ class EmbedLogMel(_EmbedDoFn):
             title=example[schema.TITLE],
             album=example[schema.ALBUM],
             duration_s=round(float(example[schema.DURATION_S]), 3),
-            content_sha256=hashlib.sha256(example[schema.LOG_MEL].tobytes()).hexdigest(),
+            content_sha256=example[schema.AUDIO_SHA256],  # The audio file's, as from a catalog ('' if unrecorded).
         )
         return _Input(log_mel, track)
 

@@ -171,6 +171,7 @@ def test_every_field_round_trips(messy_run):
         np.testing.assert_array_equal(example[schema.LABELS], [int(t in vocabulary_tags) for t in info.vocabulary])
         waveform, _ = audio.load_mono(entry.uri, entry.uri, 16000)
         assert example[schema.NUM_SAMPLES] == waveform.size
+        assert example[schema.AUDIO_SHA256] == audio.content_sha256(entry.uri)  # The file's bytes, as the index's.
         assert example[schema.DURATION_S] == pytest.approx(waveform.size / 16000, rel=1e-6)
         log_mel = example[schema.LOG_MEL]
         assert log_mel.shape == (1 + waveform.size // 256, 128)

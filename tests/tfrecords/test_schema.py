@@ -24,6 +24,7 @@ def _example(log_mel_dtype="float16"):
         album="Album",
         title="Title",
         log_mel_dtype=log_mel_dtype,
+        audio_sha256="ab" * 32,
     )
     return log_mel, serialized
 
@@ -44,9 +45,20 @@ def test_round_trip_numpy_and_graph(log_mel_dtype, tolerance):
     assert decoded[schema.ALBUM] == "Album"
     assert decoded[schema.TITLE] == "Title"
     assert decoded[schema.TAGS] == ["rock", "jazz"]
+    assert decoded[schema.AUDIO_SHA256] == parsed[schema.AUDIO_SHA256].numpy().decode() == "ab" * 32
     assert parsed[schema.TRACK_ID].numpy().decode() == "t-1 é"
     assert [t.decode() for t in parsed[schema.TAGS].numpy()] == ["rock", "jazz"]
     assert parsed[schema.LOG_MEL].dtype == tf.float32
+
+
+def test_a_record_written_before_the_audio_hash_reads_as_unknown():
+    _, serialized = _example("float16")
+    example = tf.train.Example.FromString(serialized)
+    del example.features.feature[schema.AUDIO_SHA256]
+    older = example.SerializeToString()
+    assert schema.decode_example(older)[schema.AUDIO_SHA256] == ""
+    parsed = schema.parse_example(tf.constant(older), num_tags=3, n_mels=128)
+    assert parsed[schema.AUDIO_SHA256].numpy() == b""
 
 
 def test_float16_error_bound_over_the_db_range():

@@ -18,6 +18,7 @@ from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import LoadedModel
 from serving.retrieval import embedding_job
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
+from serving.retrieval.recommender import Query, Recommender
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT, tone
 
@@ -106,6 +107,14 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
     for track in from_records.tracks:
         reference = from_audio.track(track.track_id)
         assert (track.artist, track.title, track.album) == (reference.artist, reference.title, reference.album)
+        # One meaning of the hash: the audio file's bytes, so an upload of this very file is a duplicate.
+        assert track.content_sha256 == reference.content_sha256 and len(track.content_sha256) == 64
+        upload = Query(
+            embedding=from_records.embeddings[from_records.row(track.track_id)],
+            content_sha256=track.content_sha256,
+        )
+        answers = Recommender(from_records).recommend(upload, k=len(from_records.tracks)).recommendations
+        assert answers and track.track_id not in [answer.track.track_id for answer in answers]
         # Stored float32 log-mel vs the serving graph's own log-mel from the waveform.
         np.testing.assert_allclose(
             from_records.model_embeddings[from_records.row(track.track_id)],
