@@ -28,7 +28,8 @@ class AudioError(Exception):
 
     Attributes:
         reason: A short machine-readable reason (`missing_file`,
-            `decode_error`, `empty`, `truncated`, `non_finite`, `too_long`).
+            `decode_error`, `empty`, `truncated`, `non_finite`, `too_long`,
+            `too_large`).
         path: The file the error is about.
     """
 
@@ -94,16 +95,65 @@ class _TooLongError(Exception):
     """More audio than the caller's maximum: decoding stopped there."""
 
 
+class _TooLargeError(Exception):
+    """More decoded samples than a duration limit allows (channels x rate), or too many per byte of the file."""
+
+
+# With a duration limit (an untrusted upload), the decoded size is bounded too, from the header before
+# decoding and while decoding: at most this many samples (all channels) per second of the limit, what
+# stereo at 48 kHz needs, and at most this many bytes of 16-bit samples per byte of the file (lossy codecs
+# at their lowest bitrates stay under about 130; a constant signal in FLAC reaches thousands).
+MAX_SAMPLES_PER_SECOND_OF_LIMIT = 2 * 48_000
+MAX_EXPANSION = 400
+
+
+@dataclasses.dataclass(frozen=True)
+class _SizeBound:
+    """The most samples (all channels) an upload may decode to: `max_seconds` and the file's size set it."""
+
+    max_seconds: float
+    file_bytes: int
+
+    @property
+    def samples(self) -> int:
+        by_duration = int(self.max_seconds * MAX_SAMPLES_PER_SECOND_OF_LIMIT)
+        return min(by_duration, MAX_EXPANSION * self.file_bytes // 2)
+
+    def check(self, samples: int, channels: int, sample_rate: int):
+        """Raises `_TooLargeError` when `samples` (declared or decoded so far) exceed the bound, saying why."""
+        if samples <= self.samples:
+            return
+        if self.samples < int(self.max_seconds * MAX_SAMPLES_PER_SECOND_OF_LIMIT):
+            raise _TooLargeError(
+                f"{channels} channel(s) at {sample_rate} Hz decode to {samples:,} samples or more from "
+                f"{self.file_bytes:,} bytes, over {MAX_EXPANSION} times the file's size"
+            )
+        raise _TooLargeError(
+            f"{channels} channel(s) at {sample_rate} Hz decode to {samples:,} samples or more, over the "
+            f"{self.samples:,} a {self.max_seconds:g} s upload may decode to ({MAX_SAMPLES_PER_SECOND_OF_LIMIT:,} "
+            "per second: stereo at 48 kHz)"
+        )
+
+
 def _frame_limit(max_seconds: float | None, sample_rate: int) -> int | None:
     return None if max_seconds is None else int(max_seconds * sample_rate)
 
 
-def _decode_with_soundfile(source: str | bytes, max_seconds: float | None = None) -> DecodedAudio:
+def _decode_with_soundfile(
+    source: str | bytes, max_seconds: float | None = None, bound: _SizeBound | None = None
+) -> DecodedAudio:
     with soundfile.SoundFile(_open_source(source)) as audio_file:
         limit = _frame_limit(max_seconds, audio_file.samplerate)
+        channels, rate = audio_file.channels, audio_file.samplerate
+        if bound is not None:
+            if 0 < audio_file.frames < 2**62:  # The header's length, when it gives one.
+                bound.check(audio_file.frames * channels, channels, rate)
+            limit = min(limit, bound.samples // channels)
         # One frame past the limit tells "too long" from "exactly the limit" without reading on.
         samples = audio_file.read(frames=-1 if limit is None else limit + 1, dtype="float32", always_2d=True)
         if limit is not None and samples.shape[0] > limit:
+            if bound is not None:
+                bound.check(samples.shape[0] * channels, channels, rate)
             raise _TooLongError()
         if audio_file.format == "WAV":
             minimum = _wav_declared_frames(_header_bytes(source))
@@ -166,13 +216,18 @@ def _mp3_declared_frames(data: bytes) -> int | None:
     return None
 
 
-def _decode_with_pyav(source: str | bytes, max_seconds: float | None = None) -> DecodedAudio:
+def _decode_with_pyav(
+    source: str | bytes, max_seconds: float | None = None, bound: _SizeBound | None = None
+) -> DecodedAudio:
     import av  # Imported lazily: only needed for files libsndfile rejects.
 
     with av.open(_open_source(source), mode="r") as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]
+        if bound is not None and container.duration:  # Microseconds, as the container declares it.
+            declared = int(container.duration / 1e6 * stream.rate) * stream.channels
+            bound.check(declared, stream.channels, stream.rate)
         resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
         limit = _frame_limit(max_seconds, stream.rate)
         chunks, num_frames = [], 0
@@ -180,6 +235,8 @@ def _decode_with_pyav(source: str | bytes, max_seconds: float | None = None) -> 
             for converted in resampler.resample(frame):
                 chunks.append(converted.to_ndarray())
                 num_frames += chunks[-1].shape[1]
+            if bound is not None:
+                bound.check(num_frames * stream.channels, stream.channels, stream.rate)
             if limit is not None and num_frames > limit:
                 raise _TooLongError()
         for converted in resampler.resample(None):
@@ -204,7 +261,10 @@ def decode_audio(source: str | bytes, path: str, max_seconds: float | None = Non
         path: The file's name or URI, used in error messages.
         max_seconds: Stop decoding past this much audio and raise `too_long`
             (bounds the memory a file can make a service spend, whatever its
-            header says); None decodes everything.
+            header says); also bounds the decoded size (`too_large`: at most
+            `MAX_SAMPLES_PER_SECOND_OF_LIMIT` samples per second of it and
+            `MAX_EXPANSION` times the file's size), from the header before
+            decoding and while decoding. None decodes everything.
 
     Returns:
         The decoded audio with all its channels at its own sample rate.
@@ -213,17 +273,20 @@ def decode_audio(source: str | bytes, path: str, max_seconds: float | None = Non
         AudioError: `empty` for a zero-byte file, `decode_error` when neither
             decoder can read it, `truncated` when the decoded length falls
             short of what the container header announces, `too_long` past
-            `max_seconds`.
+            `max_seconds`, `too_large` past the decoded-size bound.
     """
     size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
     if size == 0:
         raise AudioError("empty", path, "the file has 0 bytes")
     errors = []
+    bound = None if max_seconds is None else _SizeBound(max_seconds, size)
     for decode in (_decode_with_soundfile, _decode_with_pyav):
         try:
-            decoded = decode(source, max_seconds)
+            decoded = decode(source, max_seconds, bound)
         except _TooLongError:
             raise AudioError("too_long", path, f"the audio lasts more than the maximum of {max_seconds:g} s") from None
+        except _TooLargeError as error:
+            raise AudioError("too_large", path, str(error)) from None
         except Exception as error:  # noqa: BLE001 - each decoder raises its own types.
             message = _BYTESIO_REPR.sub("the file", str(error))
             errors.append(f"{decode.__name__.removeprefix('_decode_with_')}: {message}")

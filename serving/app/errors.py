@@ -25,8 +25,8 @@ _LOGGER = logging.getLogger(__name__)
 _HTTP_REASONS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
 
 # data_prep.audio.AudioError reasons: 415 for what is not (decodable) audio at all, 413 for audio past the
-# maximum duration (decoding stops there), 422 for audio that is unusable.
-AUDIO_ERROR_STATUS = {"decode_error": 415, "too_long": 413}
+# maximum duration or the decoded-size bound (decoding stops there), 422 for audio that is unusable.
+AUDIO_ERROR_STATUS = {"decode_error": 415, "too_long": 413, "too_large": 413}
 
 
 class ApiError(Exception):

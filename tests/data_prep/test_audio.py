@@ -159,3 +159,41 @@ def test_decoding_stops_past_the_maximum_duration(tmp_path, container):
     waveform, decoded = audio.load_mono(str(path), str(path), 16000, max_seconds=3.5)
     assert decoded.decoder == ("soundfile" if container == "wav" else "pyav")
     assert abs(waveform.size / 16000 - 3.0) < 0.1
+
+
+def _constant(seconds: float, channels: int, sample_rate: int, container: str) -> bytes:
+    buffer = io.BytesIO()
+    samples = np.full((int(seconds * sample_rate), channels), 0.3, np.float32)
+    soundfile.write(buffer, samples, sample_rate, format=container, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(tmp_path):
+    """8 channels at 96 kHz of a constant level: a few KB of FLAC that decode to 7.7 M samples."""
+    path = tmp_path / "bomb.flac"
+    path.write_bytes(_constant(10.0, 8, 96_000, "FLAC"))
+    assert path.stat().st_size * audio.MAX_EXPANSION // 2 < 10 * 8 * 96_000
+    with pytest.raises(audio.AudioError, match="over 400 times the file's size") as raised:
+        audio.load_mono(str(path), str(path), 16000, max_seconds=600.0)
+    assert raised.value.reason == "too_large" and raised.value.path == str(path)
+    waveform, _ = audio.load_mono(str(path), str(path), 16000)  # Without a limit (a catalog): decoded.
+    assert waveform.size == 10 * 16000
+
+
+@pytest.mark.parametrize("container", ["WAV", "m4a"])
+def test_channels_times_rate_count_against_a_duration_limit(tmp_path, container):
+    """Within a 10 s limit in seconds, not in samples (10 s of stereo 48 kHz): 2 s of 8 channels at 96 kHz (WAV,
+    libsndfile), 6 s of stereo at 96 kHz (AAC, FFmpeg)."""
+    if container == "WAV":
+        data = _constant(2.0, 8, 96_000, "WAV")
+    else:
+        data = _encode_m4a(tone(6.0, 96_000, channels=2), 96_000)
+    path = tmp_path / f"wide.{container.lower()}"
+    path.write_bytes(data)
+    with pytest.raises(audio.AudioError, match="a 10 s upload may decode to") as raised:
+        audio.load_mono(str(path), str(path), 16000, max_seconds=10.0)
+    assert raised.value.reason == "too_large"
+    stereo = tmp_path / "stereo.wav"
+    stereo.write_bytes(_constant(9.0, 2, 48_000, "WAV"))
+    waveform, _ = audio.load_mono(str(stereo), str(stereo), 16000, max_seconds=10.0)
+    assert waveform.size == 9 * 16000

@@ -27,6 +27,15 @@ def _wav(seconds: float, sample_rate: int = 8000, level: float = 0.3) -> bytes:
     return buffer.getvalue()
 
 
+def _constant_flac(seconds: float, channels: int = 8, sample_rate: int = 96_000) -> bytes:
+    """A decompression bomb in miniature: a constant level compresses to almost nothing."""
+    buffer = io.BytesIO()
+    soundfile.write(
+        buffer, np.full((int(seconds * sample_rate), channels), 0.3, np.float32), sample_rate, format="FLAC"
+    )
+    return buffer.getvalue()
+
+
 def test_an_uploaded_catalog_file_gets_what_its_catalog_track_gets(client, server, catalog, demo_audio_files):
     """The upload path (decode, embed in the server, search) reproduces the index's own embedding of the file."""
     mp3 = demo_audio_files[5]
@@ -65,6 +74,7 @@ def test_an_uploaded_catalog_file_gets_what_its_catalog_track_gets(client, serve
         ("blip.wav", lambda mp3: _wav(0.5), 422, "too_short"),
         ("silence.wav", lambda mp3: _wav(3.0, level=0.0), 422, "silent"),  # data_prep rejects it as well.
         ("long.wav", lambda mp3: _wav(MAX_DURATION_S + 5.0), 413, "too_long"),
+        ("bomb.flac", lambda mp3: _constant_flac(10.0), 413, "too_large"),  # 8 ch x 96 kHz in a few KB.
     ],
 )
 def test_bad_audio_is_refused_with_a_reason(client, server, demo_audio_files, name, make, status, reason):
