@@ -63,6 +63,19 @@ _UPLOAD_DEADLINE_S = flags.DEFINE_float(
 _TAG_FILTER = flag_groups.define_tag_filter()  # The tag sets' defaults; requests may override them.
 _RANKING = flag_groups.define_ranking()  # Query expansion by default; requests may override it.
 _ACCESS_LOG = flags.DEFINE_bool("access_log", True, "Log every request.")
+_HEADER_TIMEOUT_S = flags.DEFINE_float(
+    "header_timeout_s",
+    10.0,
+    "A connection that sends no complete request head within this long (of connecting, or of its last "
+    "response) is closed.",
+    lower_bound=0.01,
+)
+_MAX_CONNECTIONS = flags.DEFINE_integer(
+    "max_connections",
+    512,
+    "Open connections at most; one more is closed at once (keep it under the process's file limit, ulimit -n).",
+    lower_bound=1,
+)
 
 
 def _url(sock) -> str:
@@ -79,6 +92,7 @@ def main(argv):
     load_tensorflow()
     import uvicorn  # After absl parsed the flags: uvicorn configures logging on import of its config.
 
+    from serving.app.connections import bounded_protocol, limit_repeated_logs
     from serving.app.routes import create_app, listen
     from serving.app.service import AppConfig
     from serving.app.uploads import UploadDeadlines
@@ -108,8 +122,15 @@ def main(argv):
         sys.exit(f"error: {error}")
     print(f"serving {_url(sock)} (index {config.index_dir}, {len(web_app.state.service.catalog)} tracks)", flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(web_app, access_log=_ACCESS_LOG.value, timeout_graceful_shutdown=5, log_level="info")
+        uvicorn.Config(
+            web_app,
+            http=bounded_protocol(_HEADER_TIMEOUT_S.value, _MAX_CONNECTIONS.value),
+            access_log=_ACCESS_LOG.value,
+            timeout_graceful_shutdown=5,
+            log_level="info",
+        )
     )
+    limit_repeated_logs()  # After uvicorn configured its loggers.
     server.run(sockets=[sock])
 
 

@@ -118,6 +118,7 @@ USAGE_ERRORS = [
     ("serving.app", ["--help"], "--max_upload_mb"),
     ("serving.app", ["--port=0"], "--index_dir must have a value"),
     ("serving.app", ["--index_dir=/nonexistent/i"], "no catalog_index.json"),
+    ("serving.app", ["--index_dir=i", "--max_connections=0"], "flag --max_connections=0: 0 is not"),
     ("train", ["--help"], "--gin_param"),
     ("train", ["--config=crnn.gin"], "--model_dir must have a value"),
     ("train", ["--model_dir=m", "--strategy=bogus"], "--strategy"),
