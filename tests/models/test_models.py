@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import models
 from data_prep import audio, catalog, pipeline
+from tests.models.batch_norm_statistics import with_batch_statistics
 from tfrecords import dataset_info, schema
 from tfrecords.logmel import LogMelSpec
 
@@ -93,24 +94,12 @@ def test_keras_save_load_round_trip(name, tmp_path):
     assert models.tag_vocabulary(loaded) == ["a", "b", "c", "d"]
 
 
-def _with_batch_statistics(model, rng):
-    """Random running statistics and gammas of both signs in every batch norm, nested ones included."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            size = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size))
-            layer.beta.assign(rng.normal(0, 0.5, size))
-            layer.moving_mean.assign(rng.normal(0, 0.5, size))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
-    return model
-
-
 @pytest.mark.parametrize("name", ["crnn", "short_chunk_res", "short_chunk_cnn"])
 def test_inference_form_folds_every_block_batch_norm_and_keeps_the_outputs(name, tmp_path):
     rng = np.random.default_rng(3)
     frames = 256 if name == "crnn" else 128
     model = models.get_model(name, 5, num_frames=frames, **_NARROW.get(name, {}))
-    model = _with_batch_statistics(model, rng)
+    model = with_batch_statistics(model, rng)
     folded = models.for_inference(model, name)
     blocks = [layer for layer in folded.layers if isinstance(layer, models.layers.ConvBlock | models.layers.ResBlock)]
     assert blocks and all(block.folded for block in blocks)
@@ -133,7 +122,7 @@ def test_inference_form_folds_every_block_batch_norm_and_keeps_the_outputs(name,
 def test_bfloat16_inference_form_computes_in_bfloat16_and_answers_in_float32(name):
     rng = np.random.default_rng(5)
     options = {"musicnn": {"frontend_filters": 0.4, "num_frames": 187}, "crnn": {"num_frames": 256}}[name]
-    model = _with_batch_statistics(models.get_model(name, 4, **options), rng)
+    model = with_batch_statistics(models.get_model(name, 4, **options), rng)
     float32, bfloat16 = models.for_inference(model, name), models.for_inference(model, name, "bfloat16")
     compute = {layer.name: layer.compute_dtype for layer in bfloat16.layers}
     assert compute[models.TAGS] == compute[models.EMBEDDING] == "float32"

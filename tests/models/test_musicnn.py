@@ -23,6 +23,7 @@ import models
 from data_prep import audio
 from models import artifact, musicnn, musicnn_conversion, pretrained
 from tests.conftest import DEMO_DIR, REPO_ROOT
+from tests.models.batch_norm_statistics import with_batch_statistics
 from tfrecords.logmel import PRESETS, log_mel_spectrogram
 
 FIXTURE = REPO_ROOT / "tests" / "models" / "fixtures" / "musicnn_reference.npz"
@@ -91,22 +92,10 @@ def test_architectures_have_the_checkpoints_parameter_counts(wheel, tmp_path):
     assert trainable == 605_748  # musicnn_vgg; musicnn's 787,159 is checked by the first pass.
 
 
-def _with_batch_statistics(model, rng):
-    """Random running statistics and gammas of both signs in every batch norm (fresh ones are the identity)."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            size = layer.gamma.shape[0]
-            layer.gamma.assign(rng.uniform(0.5, 1.5, size) * rng.choice([-1.0, 1.0], size))
-            layer.beta.assign(rng.normal(0, 0.5, size))
-            layer.moving_mean.assign(rng.normal(0, 0.5, size))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, size))
-    return model
-
-
 @pytest.mark.parametrize("frames", [187, 100, 250])
 def test_fused_front_end_equals_the_branches_for_both_gamma_signs_and_any_length(frames, tmp_path):
     rng = np.random.default_rng(frames)
-    model = _with_batch_statistics(models.get_model("musicnn", 6, num_frames=None, frontend_filters=0.4), rng)
+    model = with_batch_statistics(models.get_model("musicnn", 6, num_frames=None, frontend_filters=0.4), rng)
     fused = musicnn.fused_for_inference(model)
     kinds = [type(layer) for layer in fused.layers]
     assert kinds.count(musicnn.FrequencyPooledConv) == 5 and keras.layers.Conv2D not in kinds
