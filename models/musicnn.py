@@ -33,7 +33,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from models.layers import PACKAGE, TagHead, clone_for_inference
+from models.layers import PACKAGE, TagHead, batch_norm_affine, clone_for_inference
 from models.taggers import EMBEDDING, TAGS
 
 PATCH_FRAMES = 187  # 3 s at 16 kHz, hop 256: the training patch length.
@@ -174,11 +174,7 @@ class FrequencyPooledConv(layers.Layer):
         """The fused layer holding a trained branch's weights (`conv` with ReLU, then `batch_norm`)."""
         kernel = np.asarray(keras.ops.convert_to_numpy(conv.kernel), np.float64)
         frames, bands, _, filters = kernel.shape
-        gamma, beta, mean, variance = (
-            np.asarray(keras.ops.convert_to_numpy(weight), np.float64)
-            for weight in (batch_norm.gamma, batch_norm.beta, batch_norm.moving_mean, batch_norm.moving_variance)
-        )
-        scale = gamma / np.sqrt(variance + batch_norm.epsilon)
+        scale, shift = batch_norm_affine(batch_norm)
         sign = np.where(scale < 0, -1.0, 1.0)
         layer = cls(filters, (frames, bands), name=kwargs.pop("name", conv.name), **kwargs)
         layer.build((None, None, None, 1))
@@ -190,7 +186,7 @@ class FrequencyPooledConv(layers.Layer):
             (layer.sign, sign),
             (layer.bias, keras.ops.convert_to_numpy(conv.bias)),
             (layer.scale, scale),
-            (layer.shift, beta - mean * scale),
+            (layer.shift, shift),
         ):
             weight.assign(np.asarray(value, np.float32))
         return layer
