@@ -20,6 +20,7 @@ _DEFINED_IN = {
     "DEFAULT_N_MELS": "models.registry",
     "MODEL_BUILDERS": "models.registry",
     "for_inference": "models.registry",
+    "required_n_mels": "models.registry",
     "get_model": "models.registry",
     "tag_vocabulary": "models.registry",
     "with_waveform_front_end": "models.registry",

@@ -33,6 +33,9 @@ DEFAULT_LOG_MEL = {
     "musicnn_vgg": PRESETS["musicnn"],
 }
 DEFAULT_N_MELS = {name: spec.n_mels for name, spec in DEFAULT_LOG_MEL.items()}
+# Architectures built for their default mel bands only (their pooling or filter heights are fractions of them);
+# the short-chunk models take any.
+_FIXED_N_MELS = ("crnn", "musicnn", "musicnn_vgg")
 
 # The arithmetic an inference form can run in (`for_inference`).
 INFERENCE_PRECISIONS = ("float32", "bfloat16")
@@ -61,6 +64,13 @@ def get_model(name: str, num_tags: int, **kwargs) -> keras.Model:
     if name not in MODEL_BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
     return MODEL_BUILDERS[name](num_tags, **kwargs)
+
+
+def required_n_mels(name: str) -> int | None:
+    """The mel bands an architecture needs (None: any number works)."""
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_BUILDERS)}")
+    return DEFAULT_N_MELS[name] if name in _FIXED_N_MELS else None
 
 
 def for_inference(model: keras.Model, name: str, precision: str = "float32") -> keras.Model:

@@ -30,7 +30,6 @@ from tfrecords import dataset_info, readers
 from tfrecords.logmel import log_mel_spectrogram
 from train import config as config_lib
 from train import metrics as metrics_lib
-from train import objectives
 from train.evaluation import predict_tracks
 from train.experiment import Experiment
 from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME
@@ -73,7 +72,7 @@ def load_run(model_dir: str, dataset_dir: str | None = None) -> LoadedRun:
     if dataset_dir:
         gin.bind_parameter("Experiment.dataset_dir", dataset_dir)
     experiment = Experiment()
-    if experiment.objective.name != objectives.TAGGING:
+    if not experiment.objective.scores_tags:
         raise NotATaggingRunError(
             f"{model_dir} was trained with the {experiment.objective.name} objective: there are no tag labels to "
             "score it against; score its embedding by retrieval (export it, then `python -m serving.build_index` "

@@ -122,14 +122,14 @@ class Experiment:
     log_every_steps: int = 10
     num_spectrogram_images: int = 3
     init_from: str | None = None
-    objective: objectives.Tagging | objectives.Contrastive | objectives.Distillation = objectives.Tagging()
+    objective: objectives.Objective = objectives.Tagging()
 
     def __post_init__(self):
         if self.model_name not in models.MODEL_BUILDERS:
             raise ValueError(f"unknown model {self.model_name!r}; choose one of {sorted(models.MODEL_BUILDERS)}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {sorted(BEST_METRICS)}, got {self.best_metric!r}")
-        objectives.check_best_metric(self.objective, self.best_metric)
+        self.objective.check_best_metric(self.best_metric)
         phases = tuple(self.phases)
         if not phases or phases[0].start_epoch != 0:
             raise ValueError("the first phase must start at epoch 0")

@@ -23,6 +23,7 @@ the input pipeline and validation.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 
@@ -32,6 +33,8 @@ import tensorflow as tf
 
 import models
 from tfrecords import augmentation, readers, schema
+from train import metrics as metrics_lib
+from train.evaluation import TrackPredictions, predict_tracks
 
 TAGGING, CONTRASTIVE, DISTILLATION = "tagging", "contrastive", "distillation"
 LOG_MEL = schema.LOG_MEL
@@ -92,8 +95,9 @@ def nt_xent(
             views, `(2B - 2) exp(-1 / temperature)`.
 
     Returns:
-        Per-view losses `[2 * local batch]` (average with the global batch
-        of views, `2 * global batch`), and per-replica statistics of the
+        Per-view losses `[2 * local batch]` in track order (track 0's two
+        views, then track 1's, ...; average with the global batch of views,
+        `2 * global batch`), and per-replica statistics of the
         normalised projections: `alignment` (mean squared distance of
         positive pairs, Wang & Isola 2020), `uniformity` (log mean
         `exp(-2 d²)` over the global batch's distinct first views),
@@ -103,12 +107,12 @@ def nt_xent(
     local = tf.shape(z)[0]
     everyone = cross_replica_concat(z)
     total = tf.shape(everyone)[0]
-    anchors = tf.concat([z[:, 0], z[:, 1]], axis=0)  # [2b, d]: first views, then second views.
-    candidates = tf.concat([everyone[:, 0], everyone[:, 1]], axis=0)  # [2B, d], same order.
+    anchors = _flatten_views(z)  # [2b, d]: track-major (track 0's two views, then track 1's, ...).
+    candidates = _flatten_views(everyone)  # [2B, d], the same order over the global batch.
     similarity = tf.matmul(anchors, candidates, transpose_b=True)  # [2b, 2B]
-    own = tf.range(local) + _replica_offset(local)
-    self_column = tf.concat([own, own + total], axis=0)
-    positive_column = tf.concat([own + total, own], axis=0)
+    first_views = 2 * (tf.range(local) + _replica_offset(local))  # Each track's first view among the candidates.
+    self_column = _flatten_views(tf.stack([first_views, first_views + 1], axis=1))
+    positive_column = _flatten_views(tf.stack([first_views + 1, first_views], axis=1))
     is_self = tf.one_hot(self_column, 2 * total) > 0
     logits = tf.where(is_self, _MASK, similarity / temperature)
     is_positive = tf.one_hot(positive_column, 2 * total) > 0
@@ -191,13 +195,94 @@ def _tag_head_variable_paths(model: keras.Model) -> set[str]:
 # Objectives -------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Validation:
+    """One validation pass.
+
+    Attributes:
+        results: Loss and metrics under `val_` names (`val_loss` always).
+        tag_metrics: Per-tag AUCs, for an objective scored against the
+            dataset's tag labels (None otherwise).
+        predictions: The track predictions they were computed from (for the
+            embedding projector; None when not scored against tags).
+    """
+
+    results: dict[str, float]
+    tag_metrics: metrics_lib.TagMetrics | None = None
+    predictions: TrackPredictions | None = None
+
+
+class Objective(abc.ABC):
+    """What every objective provides; the trainer calls only these (TF Model Garden's `base_task.Task`).
+
+    Attributes:
+        name: How `TrainingRecord.objective` names it.
+        scores_tags: Validated against the dataset's tag labels (tag AUCs;
+            `train.evaluate` can score the run).
+    """
+
+    name: str
+    scores_tags = False
+
+    @abc.abstractmethod
+    def model_vocabulary(self, info, init_vocabulary) -> list[str]:
+        """The tags the trained model outputs (`init_vocabulary`: the starting artifact's, None from scratch)."""
+
+    def heads(self, model, info) -> dict:
+        """Layers trained with the model but not exported (a projection head), by name."""
+        del model, info
+        return {}
+
+    def trainable_variables(self, model, heads) -> list:
+        """What a step updates."""
+        return list(model.trainable_variables) + [v for head in heads.values() for v in head.trainable_variables]
+
+    @abc.abstractmethod
+    def train_dataset(self, experiment, info, input_context=None, seed=None, repeat=True) -> tf.data.Dataset:
+        """One input pipeline's per-replica batches."""
+
+    @abc.abstractmethod
+    def steps_per_epoch(self, experiment, info) -> int:
+        """Steps of one epoch when `Experiment.steps_per_epoch` does not set them."""
+
+    @abc.abstractmethod
+    def examples_per_batch(self, experiment) -> int:
+        """How many per-example losses a global batch has: what `loss`'s values are averaged over."""
+
+    @abc.abstractmethod
+    def loss(self, model, heads, batch, training: bool) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+        """Per-example losses of one replica's batch and the statistics logged with them."""
+
+    @abc.abstractmethod
+    def validate(self, model, heads, experiment, info, split: str = "valid") -> Validation:
+        """Scores the model on `split`."""
+
+    @abc.abstractmethod
+    def sample_inputs(self, experiment, info, count: int) -> tf.Tensor:
+        """Log-mel inputs `[n, frames, mels]` of the first `count` training examples (every view of each)."""
+
+    def check_best_metric(self, best_metric: str):
+        """Refuses a tag metric for an objective without tag labels."""
+        if not self.scores_tags and best_metric != "val_loss":
+            raise ObjectiveError(
+                f"Experiment.best_metric is {best_metric!r}; the {self.name} objective has no tag labels to score, "
+                "choose val_loss"
+            )
+
+    def describe(self, info) -> dict:
+        """The objective as `TrainingRecord.objective` records it."""
+        del info
+        settings = {field.name: repr(getattr(self, field.name)) for field in dataclasses.fields(self)}
+        return {"name": self.name, **settings}
+
+
 @gin.configurable(module="train")
 @dataclasses.dataclass(frozen=True)
-class Tagging:
-    """Binary cross-entropy against the dataset's tags (supervised)."""
+class Tagging(Objective):
+    """Binary cross-entropy against the dataset's tags (supervised): random crops, `crops_per_track` per track."""
 
     name = TAGGING
-    uses_views = False
+    scores_tags = True
 
     def model_vocabulary(self, info, init_vocabulary):
         del init_vocabulary
@@ -208,18 +293,142 @@ class Tagging:
             )
         return list(info.vocabulary)
 
-    def heads(self, model, info) -> dict:
-        del model, info
-        return {}
+    def train_dataset(self, experiment, info, input_context=None, seed=None, repeat=True):
+        return readers.train_dataset(
+            experiment.dataset_dir,
+            crop_frames=experiment.crop_frames,
+            crops_per_track=experiment.crops_per_track,
+            global_batch_size=experiment.batch_size,
+            shuffle_buffer=experiment.shuffle_buffer,
+            seed=seed,
+            spec_augment=experiment.spec_augment,
+            input_context=input_context,
+            repeat=repeat,
+            cache=experiment.cache_dataset,
+            info=info,
+        )
 
-    def trainable_variables(self, model, heads) -> list:
+    def steps_per_epoch(self, experiment, info) -> int:
+        """Every training crop once."""
+        return max(1, info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size)
+
+    def examples_per_batch(self, experiment) -> int:
+        return experiment.batch_size  # Crops.
+
+    def loss(self, model, heads, batch, training: bool):
         del heads
-        return list(model.trainable_variables)
+        log_mel, labels = batch
+        probabilities = model(log_mel, training=training)[models.TAGS]
+        return keras.losses.binary_crossentropy(labels, probabilities), {}
+
+    def validate(self, model, heads, experiment, info, split: str = "valid") -> Validation:
+        """Track-level macro AUCs over evenly spaced chunks (Won et al.'s evaluation) and the chunks' loss."""
+        del heads
+        predictions = predict_tracks(
+            model, experiment.dataset_dir, split, experiment.crop_frames, experiment.eval_num_chunks, info=info
+        )
+        tag_metrics = metrics_lib.tag_metrics(predictions.labels, predictions.scores, list(info.vocabulary))
+        results = {
+            "val_loss": predictions.chunk_loss,
+            "val_roc_auc": tag_metrics.macro_roc_auc,
+            "val_pr_auc": tag_metrics.macro_pr_auc,
+        }
+        return Validation(results, tag_metrics, predictions)
+
+    def sample_inputs(self, experiment, info, count: int) -> tf.Tensor:
+        """Random crops (a fixed seed)."""
+        dataset = readers.train_dataset(
+            experiment.dataset_dir,
+            crop_frames=experiment.crop_frames,
+            global_batch_size=count,
+            seed=0,
+            shuffle_buffer=16,
+            info=info,
+        )
+        log_mel, _ = next(iter(dataset))
+        return log_mel
+
+    def check_best_metric(self, best_metric: str):
+        del best_metric  # Every metric is defined.
+
+
+class _TwoViews(Objective):
+    """An objective that reads batches of distinct tracks, two views each (`view_fn`), validated by its loss."""
+
+    reads_teacher_targets = False  # The records carry a teacher's outputs (`train.compute_teacher_targets`).
+    min_validation_tracks = 1  # A validation batch with fewer tracks has no loss (a contrastive term needs two).
+
+    @abc.abstractmethod
+    def view_fn(self, crop_frames: int, info):
+        """`(parsed example, seed) -> features` of one random view for training."""
+
+    @abc.abstractmethod
+    def validation_views(self, parsed, crop_frames: int, info) -> dict:
+        """Two deterministic views of one parsed example (no augmentation), stacked on axis 0."""
+
+    def train_dataset(self, experiment, info, input_context=None, seed=None, repeat=True):
+        return readers.views_dataset(
+            experiment.dataset_dir,
+            view_fn=self.view_fn(experiment.crop_frames, info),
+            views_per_track=2,
+            global_batch_size=experiment.batch_size,
+            shuffle_buffer=experiment.shuffle_buffer,
+            seed=seed,
+            input_context=input_context,
+            repeat=repeat,
+            cache=experiment.cache_dataset,
+            info=info,
+            teacher=self.reads_teacher_targets,
+        )
+
+    def steps_per_epoch(self, experiment, info) -> int:
+        """Every training track once; refuses a split smaller than a batch (a batch holds distinct tracks)."""
+        tracks = info.splits["train"].examples
+        if tracks < experiment.batch_size:
+            raise ObjectiveError(
+                f"Experiment.batch_size is {experiment.batch_size} tracks but the training split has {tracks}: a "
+                "batch holds distinct tracks (each other's negatives); lower the batch size"
+            )
+        return max(1, tracks // experiment.batch_size)
+
+    def examples_per_batch(self, experiment) -> int:
+        return 2 * experiment.batch_size  # Views.
+
+    def validate(self, model, heads, experiment, info, split: str = "valid") -> Validation:
+        """The mean loss and statistics over two deterministic views of every `split` track."""
+        totals, count = {}, 0
+        step = tf.function(lambda batch: self.loss(model, heads, batch, training=False))
+        for batch in self._validation_dataset(experiment, info, split):
+            tracks = int(batch[LOG_MEL].shape[0])
+            if tracks < self.min_validation_tracks:
+                continue
+            losses, statistics = step(batch)
+            values = {"loss": float(tf.reduce_mean(losses)), **{k: float(v) for k, v in statistics.items()}}
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value * tracks
+            count += tracks
+        if not count:
+            return Validation({"val_loss": math.nan})
+        return Validation({f"val_{name}": value / count for name, value in totals.items()})
+
+    def _validation_dataset(self, experiment, info, split: str) -> tf.data.Dataset:
+        """`validation_views` of every `split` track, in batches of the training batch size (the last may be smaller)."""
+        files = readers.shard_files(experiment.dataset_dir, info, split)
+        records = tf.data.TFRecordDataset(files, compression_type=info.compression)
+        parsed = records.map(readers.example_parser(info, teacher=self.reads_teacher_targets))
+        return parsed.map(lambda example: self.validation_views(example, experiment.crop_frames, info)).batch(
+            experiment.batch_size
+        )
+
+    def sample_inputs(self, experiment, info, count: int) -> tf.Tensor:
+        """Both views of the first `count` tracks of the seeded training input."""
+        views = next(iter(self.train_dataset(experiment, info, seed=0, repeat=False)))[LOG_MEL]
+        return _flatten_views(views)[: 2 * count]
 
 
 @gin.configurable(module="train")
 @dataclasses.dataclass(frozen=True)
-class Contrastive:
+class Contrastive(_TwoViews):
     """NT-Xent on two random views of each track (see the module docstring).
 
     Attributes:
@@ -246,7 +455,7 @@ class Contrastive:
     false_negative_prior: float = 0.0
 
     name = CONTRASTIVE
-    uses_views = True
+    min_validation_tracks = 2  # One track has no negative.
 
     def __post_init__(self):
         if (
@@ -288,20 +497,25 @@ class Contrastive:
 
         return view
 
+    def validation_views(self, parsed, crop_frames: int, info) -> dict:
+        """The first and the middle of 16 evenly spaced chunks."""
+        chunks = readers.evenly_spaced_chunks(parsed[LOG_MEL], crop_frames, 16)
+        pair = tf.stack([chunks[0], chunks[tf.shape(chunks)[0] // 2]])
+        return {LOG_MEL: tf.ensure_shape(pair, [2, crop_frames, info.log_mel.n_mels])}
+
     def loss(self, model, heads, batch, training: bool):
-        """Per-view losses `[2b]` and statistics of one replica's batch."""
+        """Per-view losses `[b * 2]` (track-major) and statistics of one replica's batch."""
         outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
         return self.pair_losses(heads["projection"](outputs[models.EMBEDDING], training=training))
 
     def pair_losses(self, projections: tf.Tensor):
-        """This objective's NT-Xent on track-major projections `[b * 2, dim]`: per-view losses in the order
-        of `nt_xent` (first views, then second views) and its statistics."""
+        """This objective's NT-Xent on track-major projections `[b * 2, dim]`: per-view losses, track-major."""
         return nt_xent(_unflatten_views(projections, 2), self.temperature, self.false_negative_prior)
 
 
 @gin.configurable(module="train")
 @dataclasses.dataclass(frozen=True)
-class Distillation:
+class Distillation(_TwoViews):
     """The student learns its teacher's outputs at the same positions (see the module docstring).
 
     Attributes:
@@ -323,7 +537,7 @@ class Distillation:
     augment: augmentation.ViewAugment | None = None
 
     name = DISTILLATION
-    uses_views = True
+    reads_teacher_targets = True
 
     def __post_init__(self):
         weights = (self.tag_weight, self.embedding_weight, self.contrastive_weight)
@@ -333,6 +547,10 @@ class Distillation:
             raise ObjectiveError(
                 "Distillation.augment: max_stretch must be 0 (the teacher's targets are for the crop as it was)"
             )
+
+    @property
+    def min_validation_tracks(self) -> int:
+        return self.contrastive.min_validation_tracks if self.contrastive_weight else 1
 
     def model_vocabulary(self, info, init_vocabulary):
         del init_vocabulary
@@ -352,9 +570,6 @@ class Distillation:
         if self.contrastive_weight:
             heads.update(self.contrastive.heads(model, info))
         return heads
-
-    def trainable_variables(self, model, heads) -> list:
-        return list(model.trainable_variables) + [v for head in heads.values() for v in head.trainable_variables]
 
     def view_fn(self, crop_frames: int, info):
         spec, teacher = info.log_mel, info.teacher
@@ -381,8 +596,20 @@ class Distillation:
 
         return view
 
+    def validation_views(self, parsed, crop_frames: int, info) -> dict:
+        """The first and the middle teacher position, with the teacher's outputs there."""
+        starts = parsed[schema.TEACHER_STARTS]
+        chosen = tf.stack([0, tf.shape(starts)[0] // 2])
+        log_mel = readers.repeat_to_frames(parsed[LOG_MEL], crop_frames)
+        crops = tf.stack([log_mel[starts[i] : starts[i] + crop_frames] for i in (chosen[0], chosen[1])])
+        return {
+            LOG_MEL: tf.ensure_shape(crops, [2, crop_frames, info.log_mel.n_mels]),
+            TEACHER_TAGS: tf.gather(parsed[TEACHER_TAGS], chosen),
+            TEACHER_EMBEDDING: tf.gather(parsed[TEACHER_EMBEDDING], chosen),
+        }
+
     def loss(self, model, heads, batch, training: bool):
-        """Per-view losses `[b * views]` and statistics of one replica's batch."""
+        """Per-view losses `[b * views]` (track-major) and statistics of one replica's batch."""
         outputs = model(_flatten_views(batch[LOG_MEL]), training=training)
         teacher_tags = _flatten_views(batch[TEACHER_TAGS])
         teacher_embedding = _flatten_views(batch[TEACHER_EMBEDDING])
@@ -392,109 +619,14 @@ class Distillation:
         losses = self.tag_weight * tag_loss + self.embedding_weight * embedding_loss
         statistics = {"tag_loss": tf.reduce_mean(tag_loss), "embedding_cosine": 1.0 - tf.reduce_mean(embedding_loss)}
         if self.contrastive_weight:
-            projections = heads["projection"](embedding, training=training)
-            contrastive, contrastive_statistics = self.contrastive.pair_losses(projections)
-            per_track = tf.reshape(contrastive, [2, -1])  # [views first, views second]
-            per_view = tf.reshape(tf.transpose(per_track), [-1])  # track-major, like `losses`.
-            losses += self.contrastive_weight * per_view
+            contrastive, contrastive_statistics = self.contrastive.pair_losses(
+                heads["projection"](embedding, training=training)
+            )
+            losses += self.contrastive_weight * contrastive
             statistics.update({f"contrastive_{k}": v for k, v in contrastive_statistics.items()})
             statistics["contrastive_loss"] = tf.reduce_mean(contrastive)
         return losses, statistics
 
-
-def views_train_dataset(objective, experiment, info, input_context=None, seed=None, split="train", repeat=True):
-    """The per-replica batches of views an objective trains on."""
-    return readers.views_dataset(
-        experiment.dataset_dir,
-        view_fn=objective.view_fn(experiment.crop_frames, info),
-        split=split,
-        views_per_track=2,
-        global_batch_size=experiment.batch_size,
-        shuffle_buffer=experiment.shuffle_buffer,
-        seed=seed,
-        input_context=input_context,
-        repeat=repeat,
-        cache=experiment.cache_dataset,
-        info=info,
-        teacher=objective.name == DISTILLATION,
-    )
-
-
-def views_steps_per_epoch(experiment, info, num_input_pipelines: int = 1) -> int:
-    """Steps of one epoch when a batch holds distinct tracks; refuses a split smaller than a batch."""
-    tracks = info.splits["train"].examples
-    per_pipeline = tracks // max(num_input_pipelines, 1)
-    if per_pipeline < experiment.batch_size // max(num_input_pipelines, 1):
-        raise ObjectiveError(
-            f"Experiment.batch_size is {experiment.batch_size} tracks but the training split has {tracks}: a batch "
-            "holds distinct tracks (each other's negatives); lower the batch size"
-        )
-    return max(1, tracks // experiment.batch_size)
-
-
-def validation_views(objective, experiment, info, split: str = "valid") -> tf.data.Dataset:
-    """Deterministic views of every `split` track for validation, in batches of the training batch size.
-
-    Two evenly spaced chunks per track (the first and the middle one), or
-    for distillation, the teacher positions with the same rule; no
-    augmentation. The last batch may be smaller.
-    """
-    spec = info.log_mel
-    crop_frames = experiment.crop_frames
-    teacher = objective.name == DISTILLATION
-
-    def view(parsed, seed):
-        del seed
-        if teacher:
-            starts = parsed[schema.TEACHER_STARTS]
-            chosen = tf.stack([0, tf.shape(starts)[0] // 2])
-            log_mel = readers.repeat_to_frames(parsed[LOG_MEL], crop_frames)
-            crops = tf.stack([log_mel[starts[i] : starts[i] + crop_frames] for i in (chosen[0], chosen[1])])
-            return {
-                LOG_MEL: tf.ensure_shape(crops, [2, crop_frames, spec.n_mels]),
-                TEACHER_TAGS: tf.gather(parsed[TEACHER_TAGS], chosen),
-                TEACHER_EMBEDDING: tf.gather(parsed[TEACHER_EMBEDDING], chosen),
-            }
-        chunks = readers.evenly_spaced_chunks(parsed[LOG_MEL], crop_frames, 16)
-        pair = tf.stack([chunks[0], chunks[tf.shape(chunks)[0] // 2]])
-        return {LOG_MEL: tf.ensure_shape(pair, [2, crop_frames, spec.n_mels])}
-
-    files = readers.shard_files(experiment.dataset_dir, info, split)
-    records = tf.data.TFRecordDataset(files, compression_type=info.compression)
-    parsed = records.map(readers.example_parser(info, teacher=teacher))
-    return parsed.map(lambda example: view(example, None)).batch(experiment.batch_size)
-
-
-def validate_views(objective, model, heads, experiment, info, split: str = "valid") -> dict[str, float]:
-    """The objective's mean loss and statistics over deterministic views of `split` (`val_` names)."""
-    totals, count = {}, 0
-    step = tf.function(lambda batch: objective.loss(model, heads, batch, training=False))
-    for batch in validation_views(objective, experiment, info, split):
-        tracks = int(batch[LOG_MEL].shape[0])
-        if objective.name == CONTRASTIVE and tracks < 2:
-            continue  # One track has no negative.
-        losses, statistics = step(batch)
-        values = {"loss": float(tf.reduce_mean(losses)), **{k: float(v) for k, v in statistics.items()}}
-        for name, value in values.items():
-            totals[name] = totals.get(name, 0.0) + value * tracks
-        count += tracks
-    if not count:
-        return {"val_loss": math.nan}
-    return {f"val_{name}": value / count for name, value in totals.items()}
-
-
-def check_best_metric(objective, best_metric: str):
-    """Refuses a tag metric for an objective without tag labels."""
-    if objective.name != TAGGING and best_metric != "val_loss":
-        raise ObjectiveError(
-            f"Experiment.best_metric is {best_metric!r}; the {objective.name} objective has no tag labels to score, "
-            "choose val_loss"
-        )
-
-
-def describe(objective, info) -> dict:
-    """The objective as `TrainingRecord.objective` records it (a distillation with its teacher)."""
-    settings = {field.name: repr(getattr(objective, field.name)) for field in dataclasses.fields(objective)}
-    if objective.name == DISTILLATION:
-        settings["teacher"] = {"model": info.teacher.model, **info.teacher.provenance}
-    return {"name": objective.name, **settings}
+    def describe(self, info) -> dict:
+        """With the teacher that made the targets."""
+        return {**super().describe(info), "teacher": {"model": info.teacher.model, **info.teacher.provenance}}

@@ -9,8 +9,6 @@ import tensorflow as tf
 from tensorboard.plugins import projector as projector_plugin
 from tensorboard.plugins.pr_curve import summary as pr_curve_summary
 
-from tfrecords import readers, schema
-
 PROJECTOR_DIRNAME = "projector"
 
 
@@ -54,36 +52,24 @@ class Writers:
             for name, value in values.items():
                 tf.summary.scalar(name.removeprefix(strip_prefix), value)
 
-    def spectrograms(self, experiment, info, seed: int = 0, views_dataset=None):
-        """A few training inputs as images (frequency upwards, time rightwards).
-
-        Tagging shows random crops; a views objective (`views_dataset`: its
-        seeded training input) shows both views of the first tracks.
-        """
-        if not self.enabled or experiment.num_spectrogram_images <= 0:
+    def spectrograms(self, log_mel, info):
+        """Training inputs `[n, frames, mels]` as images (frequency upwards, time rightwards)."""
+        if not self.enabled:
             return
-        if views_dataset is not None:
-            views = next(iter(views_dataset))[schema.LOG_MEL]
-            log_mel = tf.reshape(views, [-1, *views.shape[2:]])[: 2 * experiment.num_spectrogram_images]
-        else:
-            dataset = readers.train_dataset(
-                experiment.dataset_dir,
-                crop_frames=experiment.crop_frames,
-                global_batch_size=experiment.num_spectrogram_images,
-                seed=seed,
-                shuffle_buffer=16,
-                info=info,
-            )
-            log_mel, _ = next(iter(dataset))
         low, high = info.log_mel.silence_value, float(tf.reduce_max(log_mel))
         images = (tf.transpose(log_mel, [0, 2, 1])[:, ::-1, :, tf.newaxis] - low) / max(high - low, 1e-6)
         with self.train.as_default(step=0):
             tf.summary.image("input_log_mel", images, max_outputs=int(images.shape[0]))
 
-    def validation(self, step: int, results: dict, tag_metrics, predictions, vocabulary: list[str]):
-        """Scalars, per-tag AUCs and PR curves of a validation pass."""
+    def validation(self, step: int, validation, vocabulary: list[str]):
+        """A validation pass (`train.objectives.Validation`): its scalars; per-tag AUCs and PR curves when scored
+        against tags."""
         if not self.enabled:
             return
+        if validation.tag_metrics is None:
+            self.scalars("valid", step, validation.results, strip_prefix="val_")
+            return
+        results, tag_metrics, predictions = validation.results, validation.tag_metrics, validation.predictions
         with self.valid.as_default(step=step):
             tf.summary.scalar("loss", results["val_loss"])
             tf.summary.scalar("roc_auc_macro", results["val_roc_auc"])

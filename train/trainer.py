@@ -20,11 +20,9 @@ from absl import logging
 
 import models
 from models import artifact
-from tfrecords import dataset_info, readers
+from tfrecords import dataset_info
 from train import config as config_lib
-from train import metrics as metrics_lib
-from train import objectives, summaries
-from train.evaluation import predict_tracks
+from train import summaries
 from train.experiment import BEST_METRICS, Experiment, Phase
 from train.initialization import InitializationError, initialize_from
 
@@ -140,10 +138,10 @@ class Trainer:
         self.profile_steps = profile_steps
         self.info = dataset_info.load(experiment.dataset_dir)
         self.best_mode = BEST_METRICS[experiment.best_metric]
-        n_mels, expected = self.info.log_mel.n_mels, models.DEFAULT_N_MELS[experiment.model_name]
-        if experiment.model_name in ("crnn", "musicnn", "musicnn_vgg") and n_mels != expected:
+        n_mels, required = self.info.log_mel.n_mels, models.required_n_mels(experiment.model_name)
+        if required is not None and n_mels != required:
             raise config_lib.ConfigError(
-                f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {expected}-band "
+                f"{experiment.dataset_dir} has {n_mels} mel bands; the {experiment.model_name} needs a {required}-band "
                 "dataset (`python -m data_prep --help`: --n_mels, --log_mel_preset)"
             )
         self.objective = experiment.objective
@@ -154,12 +152,7 @@ class Trainer:
             self.model = experiment.build_model(self.info, self.vocabulary)
             self.heads = self.objective.heads(self.model, self.info)
             self.state = RunState.create(self.best_mode)
-        if self.objective.uses_views:
-            self.steps_per_epoch = experiment.steps_per_epoch or objectives.views_steps_per_epoch(experiment, self.info)
-        else:
-            self.steps_per_epoch = experiment.steps_per_epoch or max(
-                1, self.info.splits["train"].examples * experiment.crops_per_track // experiment.batch_size
-            )
+        self.steps_per_epoch = experiment.steps_per_epoch or self.objective.steps_per_epoch(experiment, self.info)
         self._optimizer = None
         self._checkpoint = None
         self._manager = None
@@ -247,7 +240,7 @@ class Trainer:
                 best_epoch=best_epoch,
                 global_step=int(self.state.global_step.numpy()),
                 init_from=self.experiment.init_from,
-                objective=objectives.describe(self.objective, self.info),
+                objective=self.objective.describe(self.info),
             ),
         )
         directory = artifact.save(model, info, os.path.join(self.model_dir, BEST_DIRNAME))
@@ -294,46 +287,24 @@ class Trainer:
     # Steps ---------------------------------------------------------------
 
     def _dataset(self):
-        experiment = self.experiment
-        if self.objective.uses_views:
-            return self.strategy.distribute_datasets_from_function(
-                lambda input_context: objectives.views_train_dataset(
-                    self.objective, experiment, self.info, input_context, _input_seed(experiment, input_context)
-                )
+        experiment, objective = self.experiment, self.objective
+        return self.strategy.distribute_datasets_from_function(
+            lambda input_context: objective.train_dataset(
+                experiment, self.info, input_context, _input_seed(experiment, input_context)
             )
-
-        def dataset_fn(input_context):
-            return readers.train_dataset(
-                experiment.dataset_dir,
-                crop_frames=experiment.crop_frames,
-                crops_per_track=experiment.crops_per_track,
-                global_batch_size=experiment.batch_size,
-                shuffle_buffer=experiment.shuffle_buffer,
-                seed=_input_seed(experiment, input_context),
-                spec_augment=experiment.spec_augment,
-                input_context=input_context,
-                cache=experiment.cache_dataset,
-                info=self.info,
-            )
-
-        return self.strategy.distribute_datasets_from_function(dataset_fn)
+        )
 
     def _make_train_step(self, phase: Phase):
         model, optimizer, objective, heads = self.model, self._optimizer, self.objective, self.heads
-        # Per-example losses are averaged over the global batch: crops for
-        # tagging, views (two per track) for the other objectives.
-        global_batch = self.experiment.batch_size * (2 if objective.uses_views else 1)
+        # Per-example losses are averaged over the global batch's examples
+        # (crops for tagging, two views per track for the other objectives).
+        global_batch = objective.examples_per_batch(self.experiment)
         weight_decay = phase.weight_decay
         variables = self._trainable_variables()
 
         def replica_step(batch):
             with tf.GradientTape() as tape:
-                if objective.uses_views:
-                    per_example, statistics = objective.loss(model, heads, batch, training=True)
-                else:
-                    log_mel, labels = batch
-                    probabilities = model(log_mel, training=True)[models.TAGS]
-                    per_example, statistics = keras.losses.binary_crossentropy(labels, probabilities), {}
+                per_example, statistics = objective.loss(model, heads, batch, training=True)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
                 total = loss
                 if weight_decay:
@@ -363,31 +334,12 @@ class Trainer:
     # Validation ----------------------------------------------------------
 
     def validate(self, split: str = "valid") -> dict[str, float]:
-        """Validation loss and track-level macro AUCs (tagging) or the objective's statistics; logs them."""
-        step = int(self.state.global_step.numpy())
-        if self.objective.uses_views:
-            results = objectives.validate_views(
-                self.objective, self.model, self.heads, self.experiment, self.info, split
-            )
-            self.writers.scalars("valid", step, results, strip_prefix="val_")
-            return results
-        predictions = predict_tracks(
-            self.model,
-            self.experiment.dataset_dir,
-            split,
-            self.experiment.crop_frames,
-            self.experiment.eval_num_chunks,
-            info=self.info,
-        )
-        tag_metrics = metrics_lib.tag_metrics(predictions.labels, predictions.scores, list(self.info.vocabulary))
-        results = {
-            "val_loss": predictions.chunk_loss,
-            "val_roc_auc": tag_metrics.macro_roc_auc,
-            "val_pr_auc": tag_metrics.macro_pr_auc,
-        }
-        self.writers.validation(step, results, tag_metrics, predictions, list(self.info.vocabulary))
-        self.last_predictions = predictions
-        return results
+        """Scores the model as its objective validates (loss, and tag AUCs for tagging); logs the results."""
+        validation = self.objective.validate(self.model, self.heads, self.experiment, self.info, split)
+        self.writers.validation(int(self.state.global_step.numpy()), validation, list(self.info.vocabulary))
+        if validation.predictions is not None:
+            self.last_predictions = validation.predictions
+        return validation.results
 
     def _update_best(self, results: dict[str, float], epoch: int) -> bool:
         value = results[self.experiment.best_metric]
@@ -407,11 +359,9 @@ class Trainer:
     def train(self) -> TrainResult:
         """Trains until the last epoch or early stopping; resumes if possible."""
         experiment = self.experiment
-        if not self.restore_or_start():
-            views = None
-            if self.objective.uses_views:
-                views = objectives.views_train_dataset(self.objective, experiment, self.info, seed=0, repeat=False)
-            self.writers.spectrograms(experiment, self.info, views_dataset=views)
+        if not self.restore_or_start() and self.writers.enabled and experiment.num_spectrogram_images > 0:
+            inputs = self.objective.sample_inputs(experiment, self.info, experiment.num_spectrogram_images)
+            self.writers.spectrograms(inputs, self.info)
         iterator = iter(self._dataset())
         stopped_early = False
         while int(self.state.epoch.numpy()) < experiment.epochs:

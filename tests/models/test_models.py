@@ -61,6 +61,20 @@ def test_bad_arguments():
         models.get_model("crnn", 10, n_mels=128)
     with pytest.raises(ValueError, match="vocabulary has 2 tags"):
         models.get_model("crnn", 3, vocabulary=["a", "b"])
+    with pytest.raises(ValueError, match="unknown model"):
+        models.required_n_mels("samplecnn")
+
+
+def test_which_architectures_need_their_own_mel_bands():
+    """The trainer refuses a dataset by this answer: the CRNN and musicnn need theirs, the short-chunk models
+    take any (tested built at 96 and 128 bands above)."""
+    assert {name: models.required_n_mels(name) for name in models.MODEL_BUILDERS} == {
+        "crnn": 96,
+        "musicnn": 96,
+        "musicnn_vgg": 96,
+        "short_chunk_cnn": None,
+        "short_chunk_res": None,
+    }
 
 
 # The short-chunk models' layers with 16 channels where 128 are not what a check is about: the same graph
