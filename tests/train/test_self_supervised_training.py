@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing import event_accumulator
 import models
 from models import artifact
 from tests.conftest import REPO_ROOT
+from tests.train.run_checkpoints import checkpoint_state
 from train import config as config_lib
 from train import evaluation_report, objectives
 from train.experiment import Experiment
@@ -50,11 +51,14 @@ def test_the_fine_tuned_artifact_keeps_the_published_tags_and_drops_the_projecti
 def test_distillation_lowers_the_loss_on_real_audio(distilled_run):
     assert distilled_run["global_step"] == 6
     assert distilled_run["after"] < 0.9 * distilled_run["before"], distilled_run
-    _, info = artifact.load(distilled_run["model_dir"])
+    student, info = artifact.load(distilled_run["model_dir"])
     _, teacher = artifact.load(str(REPO_ROOT / "pretrained" / "msd_musicnn"))
     assert info.model_name == "short_chunk_res" and info.vocabulary == teacher.vocabulary  # The teacher's tags.
     assert info.training.objective["name"] == objectives.DISTILLATION
     assert info.training.objective["teacher"]["model"].endswith("msd_musicnn")
+    # Both training-only heads are checkpointed (a resumed run continues them), neither is exported.
+    assert checkpoint_state(distilled_run["model_dir"])["heads"] == ["embedding_map", "projection"]
+    assert not {"embedding_map", "projection"} & {layer.name for layer in student.layers}
 
 
 def _trainer(tmp_path, configs, bindings):
