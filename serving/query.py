@@ -80,15 +80,16 @@ def main(argv):
     load_tensorflow()
     from serving.embedding.tf_serving_client import ServingError
     from serving.retrieval import rendering
-    from serving.retrieval.sharded_index import load_index, recommender_for
+    from serving.retrieval.recommender import Recommender
+    from serving.retrieval.sharded_index import load_index
 
     try:
-        catalog = load_index(_INDEX_DIR.value)  # One index, or the shards of one (merged per query).
+        catalog = load_index(_INDEX_DIR.value)  # One index, or the shards of one (read as one).
         if _TAG_FILTER.value and catalog.tag_model is None:
             raise ValueError(f"{_INDEX_DIR.value} has no tag model: --tag_filter cannot work")
         tag_sets = _TAG_FILTER_SETTINGS.tag_filter()
         tag_filter = tag_sets if _TAG_FILTER.value else None
-        recommender = recommender_for(catalog, tag_filter, _RANKING.expansion(), tag_sets)
+        recommender = Recommender(catalog, tag_filter, expansion=_RANKING.expansion(), tag_sets=tag_sets)
         query, label = _query(catalog, recommender)
         result = recommender.recommend(
             query,

@@ -24,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from serving.app import catalog_audio, errors, schemas, uploads
 from serving.app.metrics import Metrics, MetricsMiddleware
 from serving.app.service import AppConfig, RecommendationService, make_embedder
-from serving.retrieval.catalog_index import CatalogIndex
+from serving.retrieval.sharded_index import load_index
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 CONTENT_SECURITY_POLICY = (
@@ -181,7 +181,7 @@ def create_app(config: AppConfig) -> FastAPI:
         serving.export.exported_model.ModelMismatchError: The models found are not
             those the index was built with.
     """
-    catalog = CatalogIndex.load(config.index_dir)
+    catalog = load_index(config.index_dir)  # One index, or the shards of one (read as one).
     metrics = Metrics(catalog)
     service = RecommendationService(catalog, make_embedder(catalog, config), config, metrics)
     if config.warmup:

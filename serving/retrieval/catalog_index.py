@@ -172,6 +172,11 @@ class CatalogIndex:
         return track_id in self._rows
 
     @property
+    def num_shards(self) -> int:
+        """1: one index (a `sharded_index.ShardedIndex` reads as one index of several)."""
+        return 1
+
+    @property
     def vocabulary(self) -> tuple[str, ...]:
         """The tag model's tag names ('()' without a tag model)."""
         return self.tag_model.vocabulary if self.tag_model else ()

@@ -744,16 +744,11 @@ def _build_or_update(
         num_indexed=len(tracks),
         num_tracks=len(index),
         rejections=run.rejections,
-        searcher_kind=_searcher_kind(index),
+        searcher_kind=index.searcher.info.kind,
         embedding_models=models.embedding_models.key,
         tag_model=models.tag_model.key if models.tag_model else "",
-        num_shards=len(index.shards) if isinstance(index, ShardedIndex) else 1,
+        num_shards=index.num_shards,
     )
-
-
-def _searcher_kind(index) -> str:
-    shards = index.shards if isinstance(index, ShardedIndex) else [index]
-    return ",".join(sorted({shard.searcher.info.kind for shard in shards}))
 
 
 def _check_layout(index_dir: str, num_shards: int):

@@ -70,7 +70,7 @@ class QueryExpansion:
 
         Args:
             index: Anything with `search(vectors, k)` and `ranking_vector_of(track_id)`
-                (one index, or all shards of a sharded one).
+                (one index, or a sharded one).
             vector: The query's ranking vector.
             is_the_query: True for a track id that is the query or a copy of its audio.
         """

@@ -190,7 +190,8 @@ class Recommender:
     """Recommends catalog tracks for a query.
 
     Args:
-        catalog: The catalog index.
+        catalog: The catalog index: a `CatalogIndex`, or a
+            `sharded_index.ShardedIndex`, which reads as one.
         tag_filter: Stage 1 by default with these settings (None, the
             default: stage 1 off unless a call asks for it).
         duplicate_cosine: Embedding cosine from which a track counts as an
@@ -198,9 +199,6 @@ class Recommender:
         expansion: Query expansion by default (None: off).
         tag_sets: The tag sets that explain answers when stage 1 is off
             (when on, its own settings make them).
-        neighbours: Where query expansion finds the query's nearest tracks
-            (default: `catalog`; a shard's recommender is given the whole
-            sharded index, so every shard expands the query alike).
 
     A recommender reads the catalog as it was when created: make a new one
     after `CatalogIndex.upsert` or `delete`. `recommend` may be called from
@@ -214,15 +212,14 @@ class Recommender:
         duplicate_cosine: float = DEFAULT_DUPLICATE_COSINE,
         expansion: QueryExpansion | None = DEFAULT_EXPANSION,
         tag_sets: TagFilter = TagFilter(),
-        neighbours=None,
     ):
         self.catalog = catalog
         self.tag_filter = tag_filter if catalog.tag_model else None
         self.duplicate_cosine = duplicate_cosine
         self.expansion = expansion
         self.tag_sets = tag_sets
-        self._neighbours = catalog if neighbours is None else neighbours
         self._tag_sets = {}
+        self._id_ranks = _id_ranks(catalog.tracks)
         self._rows_by_hash: dict[str, list[int]] = {}
         for row, track in enumerate(catalog.tracks):
             if track.content_sha256:
@@ -259,7 +256,6 @@ class Recommender:
         tag_filter: TagFilter | None | _RecommenderDefault = RECOMMENDER_DEFAULT,
         rank_by_embedding: bool = True,
         max_per_artist: int | None = None,
-        rank_all_when_no_track_shares_tags: bool = True,
         expansion: QueryExpansion | None | _RecommenderDefault = RECOMMENDER_DEFAULT,
     ) -> RecommendationResult:
         """The `k` best catalog tracks for `query`.
@@ -275,10 +271,6 @@ class Recommender:
                 recommender's own, None for none.
             max_per_artist: At most this many results per artist (None: no
                 limit; tracks with no artist are not limited).
-            rank_all_when_no_track_shares_tags: When no catalog track shares
-                the query's tag set, skip stage 1 and say so (True), or find
-                nothing (False: one shard of a sharded index, whose others may
-                hold such tracks).
 
         Raises:
             ValueError: Settings that cannot work together, or a query that
@@ -291,7 +283,7 @@ class Recommender:
         if query.embedded_by is not None:
             self.catalog.embedding_models.check_same(query.embedded_by)
         query_vector = self._ranking_vector(query)
-        candidates = self._candidates(query, tag_filter, rank_all_when_no_track_shares_tags)
+        candidates = self._candidates(query, tag_filter)
         selection = _Selection(self.catalog.embeddings, self.duplicate_cosine, max_per_artist, k)
         if rank_by_embedding:
             ranking_vector = self._expanded(query, query_vector, expansion)
@@ -330,11 +322,9 @@ class Recommender:
         def is_the_query(track_id: str) -> bool:
             if track_id == query.track_id:
                 return True
-            return (
-                bool(query.content_sha256) and self._neighbours.track(track_id).content_sha256 == query.content_sha256
-            )
+            return bool(query.content_sha256) and self.catalog.track(track_id).content_sha256 == query.content_sha256
 
-        return expansion.expand(self._neighbours, query_vector, is_the_query)
+        return expansion.expand(self.catalog, query_vector, is_the_query)
 
     def _check_settings(self, k: int, tag_filter: TagFilter | None, rank_by_embedding: bool, max_per_artist):
         if k < 1:
@@ -346,7 +336,7 @@ class Recommender:
         if not rank_by_embedding and self.catalog.tag_model is None:
             raise ValueError("this index has no tag model: rank by embedding")
 
-    def _candidates(self, query: Query, tag_filter: TagFilter | None, rank_all_when_none_shares: bool) -> _Candidates:
+    def _candidates(self, query: Query, tag_filter: TagFilter | None) -> _Candidates:
         """Stage 1: the tracks that may be returned, and the query's tag set (that chose them, when stage 1 is on)."""
         allowed = self._excluded_mask(query)
         if query.tag_probabilities is not None and not np.all(np.isfinite(query.tag_probabilities)):
@@ -365,7 +355,7 @@ class Recommender:
             )
             return _Candidates(allowed, notes=(note,))
         sharing = allowed & (catalog_members & query_members).any(axis=1)
-        if not sharing.any() and rank_all_when_none_shares:  # An empty answer helps no one: rank all, say why.
+        if not sharing.any():  # An empty answer helps no one: rank all, say why.
             shown = ", ".join(f"{tag} {p:.2f}" for tag, p in query_tags)
             note = f"stage 1 skipped: no catalog track shares the query's tag set ({shown})"
             return _Candidates(allowed, query_tags, query_members, catalog_members, notes=(note,))
@@ -409,20 +399,17 @@ class Recommender:
             return self._score_exactly(np.flatnonzero(allowed), ranking_vector, query_vector, selection)
         fetch = min(limit, OVERFETCH * (selection.k + 1))
         while True:
-            for track_id, _ in self.catalog.searcher.search(ranking_vector, fetch)[0]:
-                row = self.catalog.row(track_id)
-                if seen[row]:
-                    continue
-                seen[row] = True
-                if allowed[row]:
-                    score = float(self.catalog.embeddings[row] @ ranking_vector)
-                    query_cosine = float(self.catalog.embeddings[row] @ query_vector)
-                    selection.offer(row, score, query_cosine, self.catalog.tracks[row])
-                    if selection.full:
-                        return _best_first(selection.taken)
-            if fetch >= limit:
+            results = self.catalog.search(ranking_vector, fetch)[0]
+            found = np.array([self.catalog.row(track_id) for track_id, _ in results], np.int64)
+            new = found[~seen[found]]
+            seen[new] = True
+            # The search's new results offered best first by their exact score.
+            self._score_exactly(new[allowed[new]], ranking_vector, query_vector, selection)
+            if selection.full or fetch >= limit:
                 break
             fetch = min(limit, fetch * OVERFETCH)
+        if selection.full:
+            return self._best_first(selection.taken)
         # Candidates the search did not reach (or that an approximate searcher
         # never returns): scored exactly from their stored embeddings.
         return self._score_exactly(np.flatnonzero(allowed & ~seen), ranking_vector, query_vector, selection)
@@ -432,25 +419,33 @@ class Recommender:
         if rows.size:
             scores = self.catalog.embeddings[rows] @ ranking_vector
             query_cosines = self.catalog.embeddings[rows] @ query_vector
-            for i in np.argsort(-scores, kind="stable"):
+            for i in self._best_first_order(rows, scores):
                 row = int(rows[i])
                 selection.offer(row, float(scores[i]), float(query_cosines[i]), self.catalog.tracks[row])
                 if selection.full:
                     break
-        return _best_first(selection.taken)
+        return self._best_first(selection.taken)
 
     def _rank_by_tags(self, query_probabilities, query_embedding, allowed, selection: _Selection):
         rows = np.flatnonzero(allowed)
         probabilities = self.catalog.tag_probabilities[rows]
         norms = np.linalg.norm(probabilities, axis=1) * np.linalg.norm(query_probabilities)
         scores = (probabilities @ query_probabilities) / np.maximum(norms, 1e-12)
-        for i in np.argsort(-scores, kind="stable"):
+        for i in self._best_first_order(rows, scores):
             row = int(rows[i])
             query_cosine = float(self.catalog.embeddings[row] @ query_embedding)
             selection.offer(row, float(scores[i]), query_cosine, self.catalog.tracks[row])
             if selection.full:
                 break
         return selection.taken
+
+    def _best_first_order(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The order of `rows` by score, ties by track id (not by row: the same order in every index layout)."""
+        return np.lexsort((self._id_ranks[rows], -scores))
+
+    def _best_first(self, taken: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        """Orders by exact score (the approximate search's order can differ slightly), ties by track id."""
+        return sorted(taken, key=lambda item: (-item[1], self._id_ranks[item[0]]))
 
     def _shared_tags(self, query: Query, candidates: _Candidates, row: int) -> tuple[SharedTag, ...]:
         if candidates.query_members is None:
@@ -528,22 +523,8 @@ class _Selection:
         return bool(np.max(self._embeddings[taken_rows] @ self._embeddings[row]) >= self._duplicate_cosine)
 
 
-def select_best(offers, embeddings: np.ndarray, duplicate_cosine: float, max_per_artist: int | None, k: int) -> list:
-    """The first `k` of `offers` (`(row, score, track)`, best first) that the recommender's exclusions let through.
-
-    For results that already passed a recommender's own exclusions of the
-    query (e.g. each shard's of a sharded index): what is applied here is
-    what spans them: content-hash and embedding duplicates of results already
-    taken (`embeddings[row]`), and `max_per_artist`. Returns the rows taken.
-    """
-    selection = _Selection(embeddings, duplicate_cosine, max_per_artist, k)
-    for row, score, track in offers:
-        if selection.full:
-            break
-        selection.offer(row, score, -np.inf, track)
-    return [row for row, _ in selection.taken]
-
-
-def _best_first(taken: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """Orders by exact score (the approximate search's order can differ slightly), ties by row."""
-    return sorted(taken, key=lambda item: (-item[1], item[0]))
+def _id_ranks(tracks: list[TrackRecord]) -> np.ndarray:
+    """Each row's place in track-id order: what breaks ties between equal scores."""
+    ranks = np.empty(len(tracks), np.int64)
+    ranks[sorted(range(len(tracks)), key=lambda row: tracks[row].track_id)] = np.arange(len(tracks))
+    return ranks

@@ -1,4 +1,4 @@
-"""A catalog index split into shards by track-id hash, and recommendations merged across them.
+"""A catalog index split into shards by track-id hash, read as one index.
 
 A catalog past what one machine holds comfortably (README, "Index sizing")
 is split into N shards: track `t` lives in shard `stable_hash(t) mod N`, the
@@ -7,20 +7,16 @@ folder (`shard-00000-of-00004/`, ...), so any tool that reads an index reads
 one shard, and a serving replica can hold one shard; `shards.json` lists them
 and is written last.
 
-A query goes to every shard; each runs both stages over its own tracks and
-returns its best `k`, and the merge takes the best `k` across shards,
-re-applying the exclusions that span shards (content-hash and embedding
-duplicates of results already taken, `max_per_artist`). Each shard's best
-`k` suffice: a result is only ever excluded because of a better one, which
-the merge sees too. As a safeguard (embedding near-duplicates are not
-transitive) a shard whose results all made it into the merged top `k` is
-asked again for twice as many. With exact (brute-force) shards the merged
-top `k` is the one index's top `k` (tested).
+Loaded, a sharded index is one index to everything that reads it: its
+tracks, arrays and rows run across the shards in shard order (each shard's
+arrays are views of them, so nothing is held twice), and its searcher asks
+every shard for the `k` best and merges them by score. The recommender, the
+query binary and the web app read it exactly as they read one index; with
+exact (brute-force) shards every answer is the one index's (tested).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -30,19 +26,7 @@ from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelRef
 from serving.retrieval.catalog_index import SHARDS_FILENAME, CatalogIndex, IndexMismatchError, TrackRecord
-from serving.retrieval.recommender import (
-    DEFAULT_DUPLICATE_COSINE,
-    DEFAULT_EXPANSION,
-    RECOMMENDER_DEFAULT,
-    Query,
-    QueryExpansion,
-    Recommendation,
-    RecommendationResult,
-    Recommender,
-    TagFilter,
-    select_best,
-)
-from serving.retrieval.searcher import normalise
+from serving.retrieval.searcher import SearcherConfig, normalise
 
 FORMAT = "sharded-catalog-index-1"
 
@@ -89,10 +73,44 @@ def shard_names(directory: str) -> list[str]:
     return names
 
 
+class ShardedSearcher:
+    """The shards' searchers as one: each is asked for the `k` best, the merge keeps the `k` best by score.
+
+    With exact (brute-force) shards the merged `k` are the one index's (ties
+    broken by track id).
+    """
+
+    def __init__(self, searchers: list):
+        self.searchers = searchers
+
+    @property
+    def info(self) -> SearcherConfig:
+        """The shards' kinds (`brute_force`, or `ah,tree_ah` for shards of different sizes) and embedding size."""
+        kinds = sorted({searcher.info.kind for searcher in self.searchers})
+        return SearcherConfig(embedding_dim=self.searchers[0].info.embedding_dim, kind=",".join(kinds))
+
+    def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
+        """Each query's `k` best tracks across the shards, as (id, cosine), best first."""
+        per_shard = [searcher.search(queries, k) for searcher in self.searchers]
+        merged = []
+        for number in range(len(per_shard[0])):
+            found = [item for results in per_shard for item in results[number]]
+            merged.append(sorted(found, key=lambda item: (-item[1], item[0]))[:k])
+        return merged
+
+
 class ShardedIndex:
-    """The shards of a catalog index, in shard order.
+    """The shards of a catalog index, read as one index (`CatalogIndex`'s reading interface).
 
     Build with `ShardedIndex.build`, load with `ShardedIndex.load`.
+
+    Attributes:
+        shards: The shards, in shard order.
+        tracks: Every shard's tracks, in shard order: a track's row is its
+            place here.
+        model_embeddings, embeddings, tag_probabilities: As `CatalogIndex`'s,
+            by these rows.
+        searcher: Searches every shard (`ShardedSearcher`).
     """
 
     def __init__(self, shards: list[CatalogIndex]):
@@ -102,6 +120,24 @@ class ShardedIndex:
             if (shard.tag_model and shard.tag_model.identity) != (first.tag_model and first.tag_model.identity):
                 raise IndexMismatchError(f"shard {number} was tagged by another model than shard 0")
         self.shards = shards
+        self._assemble()
+
+    def _assemble(self):
+        """The shards' tracks and arrays as one index's rows; each shard's arrays become views of these."""
+        self.tracks = [track for shard in self.shards for track in shard.tracks]
+        self._rows = {track.track_id: row for row, track in enumerate(self.tracks)}
+        self.model_embeddings = self._joined("model_embeddings")
+        self.embeddings = self._joined("embeddings")
+        self.tag_probabilities = None if self.shards[0].tag_probabilities is None else self._joined("tag_probabilities")
+        self.searcher = ShardedSearcher([shard.searcher for shard in self.shards])
+
+    def _joined(self, name: str) -> np.ndarray:
+        joined = np.concatenate([getattr(shard, name) for shard in self.shards])
+        start = 0
+        for shard in self.shards:
+            setattr(shard, name, joined[start : start + len(shard)])
+            start += len(shard)
+        return joined
 
     @classmethod
     def build(
@@ -138,19 +174,27 @@ class ShardedIndex:
         )
 
     def __len__(self) -> int:
-        return sum(len(shard) for shard in self.shards)
+        return len(self.tracks)
 
     def __contains__(self, track_id: str) -> bool:
-        return track_id in self.shard_for(track_id)
+        return track_id in self._rows
 
-    def shard_for(self, track_id: str) -> CatalogIndex:
-        return self.shards[shard_of(track_id, len(self.shards))]
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def row(self, track_id: str) -> int:
+        """The row of a track across the shards; an unknown id is a `KeyError` naming it."""
+        try:
+            return self._rows[track_id]
+        except KeyError:
+            raise KeyError(f"unknown track id {track_id!r}") from None
 
     def track(self, track_id: str) -> TrackRecord:
-        return self.shard_for(track_id).track(track_id)
+        return self.tracks[self.row(track_id)]
 
     def ranking_vector_of(self, track_id: str) -> np.ndarray:
-        return self.shard_for(track_id).ranking_vector_of(track_id)
+        return self.embeddings[self.row(track_id)]
 
     @property
     def embedding_models(self) -> EmbeddingModels:
@@ -186,14 +230,9 @@ class ShardedIndex:
         for shard in self.shards:
             shard.recentre(catalog_mean)
 
-    def search(self, queries: np.ndarray, k: int = 10) -> list[list[tuple[str, float]]]:
-        """Each query's `k` best tracks across the shards (each shard searched for `k`), as (id, cosine)."""
-        per_shard = [shard.searcher.search(queries, k) for shard in self.shards]
-        merged = []
-        for number in range(len(per_shard[0])):
-            found = [item for results in per_shard for item in results[number]]
-            merged.append(sorted(found, key=lambda item: (-item[1], item[0]))[:k])
-        return merged
+    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Each ranking vector's `k` nearest tracks across the shards, as (id, cosine)."""
+        return self.searcher.search(vectors, k)
 
     def upsert(self, tracks, embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
         """Adds or replaces tracks, each in its shard, and centres every shard on the new catalog mean."""
@@ -206,6 +245,7 @@ class ShardedIndex:
                     recentre=False,
                 )
         self._recentre()
+        self._assemble()
 
     def delete(self, track_ids: list[str]):
         """Removes tracks from their shards; unknown ids are an error naming them (and nothing is removed)."""
@@ -215,8 +255,9 @@ class ShardedIndex:
         for number, shard_rows in enumerate(split_rows(track_ids, len(self.shards))):
             if shard_rows:
                 self.shards[number].delete([track_ids[row] for row in shard_rows], recentre=False)
-        if len(self):
+        if any(len(shard) for shard in self.shards):
             self._recentre()
+        self._assemble()
 
     def save(self, directory: str):
         """Writes every shard into its folder, then `shards.json`."""
@@ -250,105 +291,3 @@ class ShardedIndex:
 def load_index(directory: str, *expected) -> CatalogIndex | ShardedIndex:
     """The index in `directory`, sharded or not."""
     return ShardedIndex.load(directory, *expected) if is_sharded(directory) else CatalogIndex.load(directory, *expected)
-
-
-def recommender_for(
-    index: CatalogIndex | ShardedIndex,
-    tag_filter: TagFilter | None = None,
-    expansion: QueryExpansion | None = DEFAULT_EXPANSION,
-    tag_sets: TagFilter = TagFilter(),
-) -> Recommender | ShardedRecommender:
-    """The recommender of an index, sharded or not (arguments as for `Recommender`)."""
-    if isinstance(index, ShardedIndex):
-        return ShardedRecommender(index, tag_filter, expansion=expansion, tag_sets=tag_sets)
-    return Recommender(index, tag_filter, expansion=expansion, tag_sets=tag_sets)
-
-
-class ShardedRecommender:
-    """`Recommender.recommend` over a `ShardedIndex`: every shard recommends, the results are merged.
-
-    Args:
-        index: The shards.
-        tag_filter: Stage 1's default settings (None: off).
-        duplicate_cosine: As for `Recommender`.
-        expansion: As for `Recommender`: every shard expands the query with
-            the nearest tracks of the whole catalog, so all rank by one vector.
-    """
-
-    def __init__(
-        self,
-        index: ShardedIndex,
-        tag_filter: TagFilter | None = None,
-        duplicate_cosine: float = DEFAULT_DUPLICATE_COSINE,
-        expansion: QueryExpansion | None = DEFAULT_EXPANSION,
-        tag_sets: TagFilter = TagFilter(),
-    ):
-        self.catalog = index
-        self.duplicate_cosine = duplicate_cosine
-        self._shards = [
-            Recommender(shard, tag_filter, duplicate_cosine, expansion, tag_sets, neighbours=index)
-            for shard in index.shards
-        ]
-
-    def query_for_track(self, track_id: str) -> Query:
-        return self._shards[shard_of(track_id, len(self._shards))].query_for_track(track_id)
-
-    def recommend(
-        self,
-        query: Query,
-        k: int = 10,
-        tag_filter=RECOMMENDER_DEFAULT,
-        rank_by_embedding: bool = True,
-        max_per_artist: int | None = None,
-        expansion=RECOMMENDER_DEFAULT,
-    ) -> RecommendationResult:
-        """As `Recommender.recommend`, over every shard."""
-        # Stage 1 is skipped only when no track of any shard shares the query's tag set, as for one index.
-        rank_all = False
-        fetch = [k] * len(self._shards)
-        results: list[RecommendationResult | None] = [None] * len(self._shards)
-        while True:
-            for number, recommender in enumerate(self._shards):
-                if results[number] is None:
-                    results[number] = recommender.recommend(
-                        query, fetch[number], tag_filter, rank_by_embedding, max_per_artist, rank_all, expansion
-                    )
-            if not rank_all and results[0].query_tags and not any(r.num_candidates for r in results):
-                rank_all, results = True, [None] * len(self._shards)
-                continue
-            merged = self._merge(results, k, max_per_artist)
-            short = len(merged) < k
-            again = [
-                number
-                for number, result in enumerate(results)
-                if len(result.recommendations) == fetch[number]
-                and (short or result.recommendations[-1].score >= merged[-1].score)
-            ]
-            if not again:
-                break
-            for number in again:
-                fetch[number] *= 2
-                results[number] = None
-        first = results[0]
-        notes = [note for note in first.notes if not note.startswith("found ")]
-        count = sum(result.num_candidates for result in results)
-        if len(merged) < k:
-            notes.append(f"found {len(merged)} of the {k} results asked for ({count} candidates)")
-        return dataclasses.replace(first, recommendations=tuple(merged), k=k, num_candidates=count, notes=tuple(notes))
-
-    def _embedding(self, track_id: str) -> np.ndarray:
-        shard = self.catalog.shard_for(track_id)
-        return shard.embeddings[shard.row(track_id)]
-
-    def _merge(self, results, k: int, max_per_artist: int | None) -> list[Recommendation]:
-        offered = [item for result in results for item in result.recommendations]
-        embeddings = np.stack([self._embedding(item.track.track_id) for item in offered]) if offered else None
-        order = sorted(range(len(offered)), key=lambda i: (-offered[i].score, offered[i].track.track_id))
-        taken = select_best(
-            [(i, offered[i].score, offered[i].track) for i in order],
-            embeddings,
-            self.duplicate_cosine,
-            max_per_artist,
-            k,
-        )
-        return [dataclasses.replace(offered[i], rank=rank) for rank, i in enumerate(taken, start=1)]

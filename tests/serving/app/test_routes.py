@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import httpx
 import hypothesis
 import numpy as np
 import pytest
@@ -18,8 +19,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from benchmarks import app_load
 from serving.app.routes import listen
 from serving.retrieval.recommender import QueryExpansion, Recommender, TagFilter
+from serving.retrieval.sharded_index import ShardedIndex
 from tests.serving.app.conftest import MAX_UPLOAD_MB, _error
 
 
@@ -188,3 +191,48 @@ def test_fuzzing_the_api_finds_no_server_error(api_schema, method, path):
         case.call_and_validate(checks=FUZZ_CHECKS, timeout=60)
 
     call()
+
+
+def test_a_sharded_index_is_served_like_the_whole_one(client, catalog, demo_catalog, tmp_path):
+    """The app reads the shards of an index as one: the same health, similar tracks and upload answers."""
+    sharded_dir = tmp_path / "sharded"
+    ShardedIndex.build(
+        catalog.tracks,
+        catalog.model_embeddings,
+        catalog.tag_probabilities,
+        catalog.embedding_models,
+        catalog.tag_model,
+        num_shards=3,
+    ).save(str(sharded_dir))
+    track_id = catalog.tracks[9].track_id
+    audio = (demo_catalog.parent / catalog.track(track_id).path).read_bytes()
+    requests = [
+        ("GET", f"/tracks/{track_id}/similar", {"k": 6, "max_per_artist": 1}),
+        ("GET", f"/tracks/{track_id}/similar", {"k": 4, "tag_filter": "true", "tag_threshold": 0.2}),
+    ]
+
+    def answers(http) -> list[dict]:
+        bodies = [
+            http.request(method, path, params=params).raise_for_status().json() for method, path, params in requests
+        ]
+        # An upload of a catalog track: its copy in whichever shard is left out of the answer.
+        uploaded = http.post("/recommend", params={"k": 5}, files={"audio": ("song.mp3", audio, "audio/mpeg")})
+        return [
+            {key: body[key] for key in ("recommendations", "query_tags", "num_candidates", "notes")}
+            for body in [*bodies, uploaded.raise_for_status().json()]
+        ]
+
+    with app_load.app_process(str(sharded_dir), None, str(tmp_path / "app.log"), ["--noaccess_log"]) as url:
+        with httpx.Client(base_url=url, timeout=120.0) as sharded_client:
+            assert sharded_client.get("/healthz").raise_for_status().json()["tracks"] == len(catalog)
+            served = answers(sharded_client)
+    whole = answers(client)
+    for got, expected in zip(served, whole, strict=True):
+        assert [r["track_id"] for r in got["recommendations"]] == [r["track_id"] for r in expected["recommendations"]]
+        np.testing.assert_allclose(
+            [r["score"] for r in got["recommendations"]], [r["score"] for r in expected["recommendations"]], atol=1e-6
+        )
+        assert {k: got[k] for k in ("query_tags", "num_candidates", "notes")} == {
+            k: expected[k] for k in ("query_tags", "num_candidates", "notes")
+        }
+    assert track_id not in [r["track_id"] for r in served[-1]["recommendations"]]

@@ -11,7 +11,7 @@ import pytest
 from serving.retrieval import embedding_job, sharded_index
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError, TrackRecord
 from serving.retrieval.recommender import Query, Recommender, TagFilter
-from serving.retrieval.sharded_index import ShardedIndex, ShardedRecommender
+from serving.retrieval.sharded_index import ShardedIndex
 from tests.binaries import run_binary
 from tests.serving.retrieval.test_recommender import VOCABULARY, _ref, _unit
 
@@ -89,7 +89,7 @@ def test_shards_searched_for_k_and_merged_give_the_one_index_top_k(one_and_shard
 def test_the_sharded_recommender_returns_the_one_index_recommendations(one_and_sharded, settings):
     """Both stages, exclusions that span shards (duplicated audio under other ids, the per-artist cap)."""
     one, sharded = one_and_sharded
-    single, merged = Recommender(one), ShardedRecommender(sharded)
+    single, merged = Recommender(one), Recommender(sharded)
     for track_id in ("t0003", "t0101", "t0385", "t0250"):
         for k in (5, 30):
             expected = single.recommend(single.query_for_track(track_id), k, **settings)
@@ -142,7 +142,7 @@ def test_one_catalog_mean_for_every_shard_through_updates_and_deletes():
     np.testing.assert_allclose(one.catalog_mean, expected_mean, atol=1e-6)
     for shard in sharded.shards:
         np.testing.assert_allclose(shard.catalog_mean, one.catalog_mean, atol=1e-9)
-    single, merged = Recommender(one, None), ShardedRecommender(sharded, None)
+    single, merged = Recommender(one, None), Recommender(sharded, None)
     for track_id in ("t0003", "new2", "t0250"):
         expected = single.recommend(single.query_for_track(track_id), 10)
         got = merged.recommend(merged.query_for_track(track_id), 10)
@@ -210,7 +210,7 @@ def test_audio_indexed_twice_in_different_shards_is_returned_once(one_and_sharde
     embedding = one.model_embeddings[[one.row(f"t{i:04d}") for i in range(10)]].sum(axis=0)
     query = Query(embedding=embedding, tag_probabilities=np.full(len(VOCABULARY), 0.99, np.float32))
     expected = Recommender(one).recommend(query, 10)
-    got = ShardedRecommender(sharded).recommend(query, 10)
+    got = Recommender(sharded).recommend(query, 10)
     assert len({r.track.content_sha256 for r in expected.recommendations}) == 10
     assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
 
@@ -234,7 +234,7 @@ def test_stage_1_is_skipped_only_when_no_track_of_any_shard_shares_the_query_tag
     for threshold, found in ((0.95, 3), (0.995, 5)):
         tag_filter = TagFilter(threshold=threshold, top_n=1)
         expected = Recommender(one, tag_filter).recommend(query, 5)
-        got = ShardedRecommender(sharded, tag_filter).recommend(query, 5)
+        got = Recommender(sharded, tag_filter).recommend(query, 5)
         assert len(expected.recommendations) == found
         assert [r.track.track_id for r in got.recommendations] == [r.track.track_id for r in expected.recommendations]
         assert got.notes == expected.notes and got.num_candidates == expected.num_candidates
