@@ -7,7 +7,7 @@ Usage (after `make install`; `make demo` first adds the demo-trained models):
 The catalog (default: the public set `../shared/data/music/`, 199 real 30 s
 game-soundtrack excerpts of 15 albums, where it exists; the bundled demo
 catalog otherwise) is embedded once by the real Beam job
-(`serving.retrieval.embedding_job.build_index`, DirectRunner on all cores)
+(`serving.retrieval.index_builder.build_index`, DirectRunner on all cores)
 with every pretrained model (`msd_musicnn`, `mtt_musicnn`,
 `msd_musicnn_vgg`, `mtt_musicnn_vgg`, `mtat_crnn`, exported as `make demo`
 exports them) as the members of one ensemble and the MagnaTagATune CRNN as
@@ -55,7 +55,7 @@ from benchmarks.album_split import UNSEEN_ALBUMS
 from data_prep import catalog as catalog_lib
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job, evaluation, mfcc_baseline
+from serving.retrieval import embedding_job, evaluation, index_builder, mfcc_baseline
 from serving.retrieval.catalog_index import CatalogIndex
 from serving.retrieval.recommender import DEFAULT_EXPANSION, QueryExpansion, Recommender, TagFilter
 
@@ -117,7 +117,7 @@ def _embed_all(work: str, catalog, sources: dict[str, str], tag_name: str, tags_
     }
     members = EmbeddingModels(tuple(refs[name] for name in sources))
     directory = os.path.join(work, f"all_{tag_name}")
-    summary = embedding_job.build_index(directory, embedding_job.JobModels(members, refs[tag_name]), catalog=catalog)
+    summary = index_builder.build_index(directory, embedding_job.JobModels(members, refs[tag_name]), catalog=catalog)
     print(summary.render(), flush=True)
     index = CatalogIndex.load(directory)
     parts = dict(zip(sources, members.unit_parts(index.model_embeddings), strict=True))

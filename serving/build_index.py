@@ -137,13 +137,13 @@ def main(argv):
 
 
 def _run(catalog, dataset_dirs, pipeline_args: list[str]):
-    from serving.retrieval import embedding_job
+    from serving.retrieval import index_builder
 
     if _DELETE.value:
-        left = embedding_job.delete_tracks(_INDEX_DIR.value, _DELETE.value)
+        left = index_builder.delete_tracks(_INDEX_DIR.value, _DELETE.value)
         print(f"deleted {len(_DELETE.value)} tracks from {_INDEX_DIR.value}; {left} left")
         return
-    summary = embedding_job.build_index(
+    summary = index_builder.build_index(
         _INDEX_DIR.value,
         _models(),
         catalog=catalog,

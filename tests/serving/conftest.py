@@ -13,7 +13,7 @@ import tensorflow as tf
 from data_prep import catalog, pipeline
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job
+from serving.retrieval import embedding_job, index_builder
 from tests.conftest import REPO_ROOT
 from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
@@ -90,7 +90,7 @@ def demo_index(built_once, demo_catalog, job_models):
     """The whole demo catalog embedded by the real Beam job into a saved index."""
 
     def build(root):
-        summary = embedding_job.build_index(
+        summary = index_builder.build_index(
             str(root / "demo"),
             job_models,
             catalog=catalog.read_catalog(str(demo_catalog)),
@@ -123,7 +123,7 @@ def pretrained_index(built_once, demo_catalog, pretrained_exports):
             EmbeddingModels((exported_model.resolve(pretrained_exports["msd_musicnn"]),)),
             exported_model.resolve(pretrained_exports["mtat_crnn"]),
         )
-        embedding_job.build_index(
+        index_builder.build_index(
             str(root / "index"),
             models,
             catalog=catalog.read_catalog(str(demo_catalog)),

@@ -1,4 +1,4 @@
-"""The catalog embedding job (real Beam runner, real exported models, real audio) and the index it builds."""
+"""The catalog embedding job (real Beam runner, real exported models, real audio), through the index it feeds."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from data_prep import audio, catalog
 from data_prep.rejections import rejections_from_csv
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import LoadedModel
-from serving.retrieval import embedding_job
-from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
+from serving.retrieval import embedding_job, index_builder
+from serving.retrieval.catalog_index import CatalogIndex
 from serving.retrieval.recommender import Query, Recommender
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT, tone
@@ -49,7 +49,7 @@ def test_every_catalog_track_is_indexed_with_its_metadata_and_model_outputs(demo
         )
         np.testing.assert_allclose(index.tag_probabilities[row], tag_model.from_waveform(waveform)["tags"], atol=1e-5)
     assert index.vocabulary == model_refs["tag"].vocabulary
-    assert (index_dir / embedding_job.REJECTED_FILENAME).read_text().splitlines() == ["row,track_id,path,reason,detail"]
+    assert (index_dir / index_builder.REJECTED_FILENAME).read_text().splitlines() == ["row,track_id,path,reason,detail"]
 
 
 def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_catalog, job_models):
@@ -73,14 +73,14 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(tmp_path, demo_
         writer.writeheader()
         writer.writerows(rows)
     index_dir = tmp_path / "index"
-    summary = embedding_job.build_index(
+    summary = index_builder.build_index(
         str(index_dir), job_models, catalog=catalog.read_catalog(str(tmp_path / "catalog.csv")), pipeline_args=IN_MEMORY
     )
     assert summary.num_input == 6 and summary.num_indexed == 2
     reasons = {r.track_id: r.reason for r in summary.rejections if r.track_id != good[0].track_id}
     assert reasons == {"missing": "missing_file", "not-audio": "decode_error", "blip": "too_short"}
     assert [r.reason for r in summary.rejections if r.track_id == good[0].track_id] == ["duplicate_track_id"]
-    written = rejections_from_csv((index_dir / embedding_job.REJECTED_FILENAME).read_text())
+    written = rejections_from_csv((index_dir / index_builder.REJECTED_FILENAME).read_text())
     assert sorted(written, key=lambda r: r.row) == sorted(summary.rejections, key=lambda r: r.row)
     assert all(r.path and r.detail for r in written)
     assert "rejected: 4" in summary.render() and "too_short: 1" in summary.render()
@@ -128,59 +128,9 @@ def test_tfrecord_datasets_via_the_binary_match_the_audio_path(tmp_path, trained
         )
 
 
-def test_a_catalog_without_rows_is_named(tmp_path, trained, trained_crnn):
-    header_only = tmp_path / "catalog.csv"
-    header_only.write_text("track_id,path\n")
-    done = run_binary(
-        "serving.build_index",
-        f"--export_base={trained[0] / 'export'}",
-        "--embedding_models=short_chunk_res",
-        "--tag_model=crnn",
-        f"--data={header_only}",
-        f"--index_dir={tmp_path / 'index'}",
-        *IN_MEMORY,
-    )
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == (
-        "error: nothing to index: the input holds no track (a catalog with a header and no rows?)"
-    )
-    assert not (tmp_path / "index").exists()
-
-
 def test_a_dataset_with_other_log_mel_parameters_is_refused(tmp_path, trained_crnn, job_models):
     with pytest.raises(ValueError, match=r"no dataset has the log-mel parameters of the embedding model"):
-        embedding_job.build_index(str(tmp_path / "index"), job_models, dataset_dirs=[str(trained_crnn[0])])
-
-
-def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
-    tmp_path, demo_index, demo_catalog, model_refs, job_models
-):
-    full_dir = demo_index[0]
-    index_dir = tmp_path / "index"
-    shutil.copytree(full_dir, index_dir)
-    parsed = catalog.read_catalog(str(demo_catalog))
-    removed = [e.track_id for e in parsed.entries[-3:]]
-    assert embedding_job.delete_tracks(str(index_dir), removed) == 13
-    assert all(t not in CatalogIndex.load(str(index_dir)) for t in removed)
-    subset = catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[-3:], (), parsed.audio_root)
-    summary = embedding_job.build_index(
-        str(index_dir), job_models, catalog=subset, update=True, pipeline_args=IN_MEMORY
-    )
-    assert summary.num_indexed == 3 and summary.num_tracks == 16
-    updated, full = CatalogIndex.load(str(index_dir)), CatalogIndex.load(str(full_dir))
-    assert sorted(t.track_id for t in updated.tracks) == sorted(t.track_id for t in full.tracks)
-    for track_id in removed:
-        np.testing.assert_allclose(
-            updated.model_embeddings[updated.row(track_id)], full.model_embeddings[full.row(track_id)], atol=1e-6
-        )
-    np.testing.assert_allclose(updated.catalog_mean, full.catalog_mean, atol=1e-6)  # The same tracks again.
-    queries = full.embeddings[:4]
-    assert [[i for i, _ in row] for row in updated.searcher.search(queries, 5)] == [
-        [i for i, _ in row] for row in full.searcher.search(queries, 5)
-    ]
-    swapped = embedding_job.JobModels(EmbeddingModels((model_refs["tag"],)), model_refs["tag"])
-    with pytest.raises(IndexMismatchError, match="ranking given uses crnn/1@.*built with short_chunk_res/1@"):
-        embedding_job.build_index(str(index_dir), swapped, catalog=subset, update=True)
+        index_builder.build_index(str(tmp_path / "index"), job_models, dataset_dirs=[str(trained_crnn[0])])
 
 
 def test_datasets_must_map_one_to_one_onto_the_models(tmp_path, trained, trained_crnn, model_refs):
@@ -280,59 +230,19 @@ def test_on_a_dask_cluster_both_inputs_build_the_direct_runners_index(
     }
     for name, data in inputs.items():
         direct_dir, dask_dir = tmp_path / f"{name}_direct", tmp_path / f"{name}_dask"
-        embedding_job.build_index(str(direct_dir), job_models, pipeline_args=IN_MEMORY, **data)
+        index_builder.build_index(str(direct_dir), job_models, pipeline_args=IN_MEMORY, **data)
         # Workers stage under --temp_location (on a cluster: storage every worker reaches), removed afterwards.
         temp = tmp_path / f"{name}_temp"
         temp.mkdir()
         args = ["--runner=dask", f"--dask_client_address={dask_scheduler}", f"--temp_location={temp}"]
-        summary = embedding_job.build_index(str(dask_dir), job_models, pipeline_args=args, **data)
+        summary = index_builder.build_index(str(dask_dir), job_models, pipeline_args=args, **data)
         assert list(temp.iterdir()) == []
         direct, dask = CatalogIndex.load(str(direct_dir)), CatalogIndex.load(str(dask_dir))
         assert summary.num_indexed == len(dask) == len(direct) == 3, name
         assert dask.tracks == direct.tracks, name  # Same ids in the same order, same metadata and content hashes.
         np.testing.assert_allclose(dask.embeddings, direct.embeddings, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(dask.tag_probabilities, direct.tag_probabilities, atol=1e-6, err_msg=name)
-        rejected = (dask_dir / embedding_job.REJECTED_FILENAME).read_text()
-        assert rejected == (direct_dir / embedding_job.REJECTED_FILENAME).read_text(), name
-    rejected = rejections_from_csv((tmp_path / "catalog_dask" / embedding_job.REJECTED_FILENAME).read_text())
+        rejected = (dask_dir / index_builder.REJECTED_FILENAME).read_text()
+        assert rejected == (direct_dir / index_builder.REJECTED_FILENAME).read_text(), name
+    rejected = rejections_from_csv((tmp_path / "catalog_dask" / index_builder.REJECTED_FILENAME).read_text())
     assert [(r.track_id, r.reason) for r in rejected] == [("gone", "missing_file")]
-
-
-def test_two_updates_at_once_both_land(tmp_path, trained, demo_index, demo_catalog):
-    index_dir = tmp_path / "index"
-    shutil.copytree(demo_index[0], index_dir)
-    parsed = catalog.read_catalog(str(demo_catalog))
-    commands, added = [], []
-    for name, entries in (("a", parsed.entries[:2]), ("b", parsed.entries[2:4])):
-        catalog_path = tmp_path / f"{name}.csv"
-        with open(catalog_path, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["track_id", "path"])
-            for entry in entries:
-                writer.writerow([f"{name}-{entry.track_id}", entry.uri])
-                added.append(f"{name}-{entry.track_id}")
-        commands.append(
-            [
-                sys.executable,
-                "-m",
-                "serving.build_index",
-                f"--export_base={trained[0] / 'export'}",
-                "--embedding_models=short_chunk_res",
-                "--tag_model=crnn",
-                f"--data={catalog_path}",
-                f"--index_dir={index_dir}",
-                "--update",
-                *IN_MEMORY,
-            ]
-        )
-    runs = [
-        subprocess.Popen(c, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands
-    ]
-    outputs = [run.communicate(timeout=600) for run in runs]
-    for run, (_, stderr) in zip(runs, outputs, strict=True):
-        assert run.returncode == 0, stderr[-3000:]
-    assert sum("waiting for the other writer" in stderr for _, stderr in outputs) == 1
-    updated = CatalogIndex.load(str(index_dir))
-    assert len(updated) == len(parsed.entries) + 4
-    assert all(track_id in updated for track_id in added)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "index", "index.lock"]  # No work folders.

@@ -13,7 +13,7 @@ from data_prep import catalog as catalog_lib
 from models import artifact
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job
+from serving.retrieval import embedding_job, index_builder
 from serving.retrieval.catalog_index import CatalogIndex
 
 
@@ -29,7 +29,7 @@ def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged
     assert ref.vocabulary == info.vocabulary
     whole = catalog_lib.read_catalog(untagged_demo["catalog"])
     catalog = dataclasses.replace(whole, entries=whole.entries[::4], num_rows=4)  # One track of each soundtrack.
-    embedding_job.build_index(
+    index_builder.build_index(
         str(tmp_path / "index"),
         embedding_job.JobModels(EmbeddingModels((ref,)), None),
         catalog=catalog,

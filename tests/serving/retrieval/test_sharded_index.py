@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from serving.retrieval import embedding_job, sharded_index
+from serving.retrieval import index_builder, sharded_index
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError, TrackRecord
 from serving.retrieval.recommender import Query, Recommender, TagFilter
 from serving.retrieval.sharded_index import ShardedIndex
@@ -201,7 +201,7 @@ def test_a_new_index_is_not_written_over_one_of_another_layout(demo_index, tmp_p
     copy = tmp_path / "index"
     shutil.copytree(demo_index[0], copy)
     with pytest.raises(ValueError, match="holds an index of 1 shard\\(s\\); building 2 there would mix layouts"):
-        embedding_job.build_index(str(copy), job_models, dataset_dirs=[], num_shards=2)
+        index_builder.build_index(str(copy), job_models, dataset_dirs=[], num_shards=2)
 
 
 def test_audio_indexed_twice_in_different_shards_is_returned_once(one_and_sharded):
