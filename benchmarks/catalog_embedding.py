@@ -43,10 +43,10 @@ from data_prep import audio
 from data_prep import catalog as catalog_lib
 from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, graph_options, saved_model
 from serving.export.exported_model import LoadedModel
 from serving.retrieval import embedding_job, evaluation
-from serving.retrieval.catalog_index import TrackRecord
 
 SECTION = "catalog_embedding"
 TARGET_RATIO = 2.5
@@ -80,19 +80,19 @@ class Row:
         return self.tracks / self.wall_s
 
 
-def export_defaults(work_dir: str, graph: str, precision: str = graph_options.FLOAT32) -> embedding_job.JobModels:
+def export_defaults(work_dir: str, graph: str, precision: str = graph_options.FLOAT32) -> IndexModels:
     """The shipped default models, exported as `make demo` does, in one of `serving.export`'s graphs."""
     refs = {}
     for name in (*RANKING_MODELS, TAG_MODEL):
         export_base = os.path.join(work_dir, f"{graph}_{precision}", name)
         path = saved_model.export(str(PRETRAINED / name), export_base, 1, graph=graph, precision=precision)
         refs[name] = exported_model.resolve(path)
-    return embedding_job.JobModels(EmbeddingModels(tuple(refs[n] for n in RANKING_MODELS)), refs[TAG_MODEL])
+    return IndexModels(EmbeddingModels(tuple(refs[n] for n in RANKING_MODELS)), refs[TAG_MODEL])
 
 
-def plain_loop(system: str, catalog: catalog_lib.Catalog, models: embedding_job.JobModels) -> Row:
+def plain_loop(system: str, catalog: catalog_lib.Catalog, models: IndexModels) -> Row:
     """One track at a time through every model, in one thread."""
-    loaded = {role: LoadedModel(ref) for role, ref in models.by_role.items()}
+    loaded = {position: LoadedModel(ref) for position, ref in enumerate(models.distinct)}
     embeddings, tags = {}, {}
     start = time.perf_counter()
     for entry in catalog.entries:
@@ -102,9 +102,8 @@ def plain_loop(system: str, catalog: catalog_lib.Catalog, models: embedding_job.
         except audio.AudioError:
             continue
         audio.content_sha256(source)
-        outputs = {role: model.from_waveform(waveform) for role, model in loaded.items()}
-        features = models.features(TrackRecord(entry.track_id), outputs)
-        embeddings[entry.track_id], tags[entry.track_id] = features.embedding, features.tag_probabilities
+        outputs = {position: model.from_waveform(waveform) for position, model in loaded.items()}
+        embeddings[entry.track_id], tags[entry.track_id] = models.combine(outputs)
     return Row(system, len(embeddings), time.perf_counter() - start, embeddings, tags)
 
 

@@ -54,8 +54,9 @@ from benchmarks import report
 from benchmarks.album_split import UNSEEN_ALBUMS
 from data_prep import catalog as catalog_lib
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job, evaluation, index_builder, mfcc_baseline
+from serving.retrieval import evaluation, index_builder, mfcc_baseline
 from serving.retrieval.catalog_index import CatalogIndex
 from serving.retrieval.recommender import DEFAULT_EXPANSION, QueryExpansion, Recommender, TagFilter
 
@@ -117,7 +118,7 @@ def _embed_all(work: str, catalog, sources: dict[str, str], tag_name: str, tags_
     }
     members = EmbeddingModels(tuple(refs[name] for name in sources))
     directory = os.path.join(work, f"all_{tag_name}")
-    summary = index_builder.build_index(directory, embedding_job.JobModels(members, refs[tag_name]), catalog=catalog)
+    summary = index_builder.build_index(directory, IndexModels(members, refs[tag_name]), catalog=catalog)
     print(summary.render(), flush=True)
     index = CatalogIndex.load(directory)
     parts = dict(zip(sources, members.unit_parts(index.model_embeddings), strict=True))

@@ -66,7 +66,10 @@ _KIND = flags.DEFINE_enum(
     "kind", "auto", ["auto", *index_layout.SEARCHER_KINDS], "ScaNN configuration; auto chooses by size."
 )
 _NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards", 1, "Split a new index into this many shards by track-id hash (README: Index sizing).", lower_bound=1
+    "num_shards",
+    1,
+    "Split a new index into this many shards by track-id hash (docs/recommending.md: Index sizing).",
+    lower_bound=1,
 )
 _LEAVES = flags.DEFINE_float("leaves_searched_fraction", 0.05, "Share of tree leaves searched (tree_ah only).")
 _TRACKS_PER_BATCH = flags.DEFINE_integer(
@@ -79,8 +82,8 @@ _TRACKS_PER_BATCH = flags.DEFINE_integer(
 
 def _models():
     from serving.embedding.ensemble import EmbeddingModels
+    from serving.embedding.index_models import IndexModels
     from serving.export import exported_model
-    from serving.retrieval import embedding_job
 
     refs = [exported_model.resolve_named(_EXPORT_BASE.value, spec) for spec in _EMBEDDING_MODELS.value]
     try:
@@ -88,7 +91,7 @@ def _models():
     except ValueError:
         raise ValueError(f"--embedding_weights={','.join(_EMBEDDING_WEIGHTS.value)}: not numbers") from None
     tag_model = exported_model.resolve_named(_EXPORT_BASE.value, _TAG_MODEL.value) if _TAG_MODEL.value else None
-    return embedding_job.JobModels(EmbeddingModels(tuple(refs), weights), tag_model)
+    return IndexModels(EmbeddingModels(tuple(refs), weights), tag_model)
 
 
 def _checked_input():

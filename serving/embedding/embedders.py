@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.embedding.tf_serving_client import TaggerClient
 from serving.export import signatures as sig
 from serving.export.exported_model import LoadedModel, ModelRef, resolve
@@ -47,33 +48,19 @@ def locate(ref: ModelRef, export_base: str | None) -> ModelRef:
 
 
 class _Embedder:
-    """Runs each distinct model once per query, concurrently, and combines the ranking parts."""
+    """Runs each distinct model of an index once per query, concurrently, and combines the ranking parts."""
 
     def __init__(self, embedding_models: EmbeddingModels, tag_model: ModelRef | None, connect):
+        self.models = IndexModels(embedding_models, tag_model)
         self.embedding_models = embedding_models
-        self.sample_rate = embedding_models.sample_rate
-        refs = list(embedding_models.models)
-        identities = [ref.identity for ref in refs]
-        self._tag_index = None
-        if tag_model is not None:
-            if tag_model.identity not in identities:
-                refs.append(tag_model)
-                identities.append(tag_model.identity)
-            self._tag_index = identities.index(tag_model.identity)
-        self._models = [connect(ref) for ref in refs]
-        self._signatures = [self._signature(i) for i in range(len(refs))]
+        self.sample_rate = self.models.sample_rate
+        self._connections = [connect(ref) for ref in self.models.distinct]
+        self._signatures = [self.models.signature(position) for position in range(len(self._connections))]
         self._pool = (
-            concurrent.futures.ThreadPoolExecutor(len(self._models), thread_name_prefix="embedder")
-            if len(self._models) > 1
+            concurrent.futures.ThreadPoolExecutor(len(self._connections), thread_name_prefix="embedder")
+            if len(self._connections) > 1
             else None
         )
-
-    def _signature(self, i: int) -> str:
-        """The signature giving what model `i` is needed for: its embedding, its tags, or both."""
-        ranks, tags = i < len(self.embedding_models.models), i == self._tag_index
-        if ranks and tags:
-            return sig.SERVING_DEFAULT
-        return sig.EMBED_SIGNATURE if ranks else sig.TAGS_SIGNATURE
 
     def _outputs(self, model, signature: str, waveform: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -81,14 +68,11 @@ class _Embedder:
     def features(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The combined embedding `[dim]` and tag probabilities `[num_tags]` (or None) of a mono waveform."""
         if self._pool is None:
-            outputs = [self._outputs(self._models[0], self._signatures[0], waveform)]
+            outputs = [self._outputs(self._connections[0], self._signatures[0], waveform)]
         else:
-            outputs = list(
-                self._pool.map(self._outputs, self._models, self._signatures, [waveform] * len(self._models))
-            )
-        parts = [outputs[i][sig.EMBEDDING_OUTPUT] for i in range(len(self.embedding_models.models))]
-        tags = outputs[self._tag_index][sig.TAGS_OUTPUT] if self._tag_index is not None else None
-        return self.embedding_models.combine(parts), tags
+            count = len(self._connections)
+            outputs = list(self._pool.map(self._outputs, self._connections, self._signatures, [waveform] * count))
+        return self.models.combine(dict(enumerate(outputs)))
 
     def close(self) -> None:
         if self._pool is not None:

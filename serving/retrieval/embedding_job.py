@@ -43,8 +43,7 @@ from data_prep.audio_checks import AudioChecks, load_checked_waveform
 from data_prep.catalog import Catalog, CatalogEntry
 from data_prep.rejections import Rejection, register_reasons
 from data_prep.splits import stable_hash
-from serving.embedding.ensemble import EmbeddingModels
-from serving.export import signatures as sig
+from serving.embedding.index_models import IndexModels
 from serving.export.exported_model import LoadedModel, ModelRef
 from serving.retrieval import index_layout
 from serving.retrieval.catalog_index import TrackRecord
@@ -52,8 +51,6 @@ from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
 STAGING_DIRNAME = "_embedding_staging"
-EMBEDDING_ROLE = "embedding"
-TAG_ROLE = "tag"
 DEFAULT_TRACKS_PER_BATCH = index_layout.TRACKS_PER_BATCH
 # Pending waveforms (or log-mel values) a worker holds while it waits for a batch of one length to fill: 256 MB.
 MAX_PENDING_VALUES = 64 * 1024 * 1024
@@ -127,35 +124,6 @@ def decode_features(serialized: bytes) -> TrackFeatures:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class JobModels:
-    """The models the job runs: the ranking model(s) and, optionally, the tag model.
-
-    Each model has a role: `embedding:<name>` for every ranking model, `tag`
-    for the tag model (a model may have both roles; it then runs once per role).
-    """
-
-    embedding_models: EmbeddingModels
-    tag_model: ModelRef | None = None
-
-    @property
-    def by_role(self) -> dict[str, ModelRef]:
-        roles = {_embedding_role(ref): ref for ref in self.embedding_models.models}
-        if self.tag_model is not None:
-            roles[TAG_ROLE] = self.tag_model
-        return roles
-
-    @property
-    def sample_rate(self) -> int:
-        return self.embedding_models.sample_rate
-
-    def features(self, track: TrackRecord, outputs: dict[str, dict[str, np.ndarray]]) -> TrackFeatures:
-        """A track's indexed features: the combined embedding and the tag probabilities."""
-        parts = [outputs[_embedding_role(ref)][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
-        tags = outputs[TAG_ROLE][sig.TAGS_OUTPUT] if TAG_ROLE in outputs else None
-        return TrackFeatures(track, self.embedding_models.combine(parts), tags)
-
-
 def _count_and_stage(staging_dir: str, rejection: Rejection):
     """Counts a rejection by reason and stages it for the driver (`beam_jobs.stage_rejection`)."""
     Metrics.counter(METRICS_NAMESPACE, f"rejected_{rejection.reason}").inc()
@@ -163,10 +131,10 @@ def _count_and_stage(staging_dir: str, rejection: Rejection):
 
 
 class _Models:
-    """The models one worker loads once and shares between its threads (`beam.utils.shared`)."""
+    """The models one worker loads once and shares between its threads (`beam.utils.shared`), by position."""
 
-    def __init__(self, refs: dict[str, ModelRef]):
-        self.by_role = {role: LoadedModel(ref) for role, ref in refs.items()}
+    def __init__(self, refs: dict[int, ModelRef]):
+        self.by_position = {position: LoadedModel(ref) for position, ref in refs.items()}
 
 
 class BatchesByShape:
@@ -225,20 +193,27 @@ class _EmbedDoFn(beam.DoFn):
     `process` returns (runners such as Dask drop what `finish_bundle` emits).
     Subclasses turn a track into an `_Input` (`_prepare`) and say what to do
     with each track's outputs (`_emit`) and with its rejection (`_rejected`).
-    Outputs are checked track by track (`unusable_outputs`).
+    Outputs are checked track by track (`IndexModels.unusable`).
     """
 
     def __init__(
-        self, refs: dict[str, ModelRef], shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int
+        self,
+        models: IndexModels,
+        positions: list[int],
+        shared_handle: shared.Shared,
+        staging_dir: str,
+        tracks_per_batch: int,
     ):
-        self._refs = refs
+        self._index_models = models
+        self._refs = {position: models.distinct[position] for position in positions}
         self._shared = shared_handle
         self._staging_dir = staging_dir
         self._tracks_per_batch = tracks_per_batch
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
     def setup(self):
-        self._models = self._shared.acquire(lambda: _Models(self._refs), tag=json.dumps(sorted(self._refs)))
+        tag = json.dumps([ref.key for _, ref in sorted(self._refs.items())])
+        self._models = self._shared.acquire(lambda: _Models(self._refs), tag=tag)
 
     def _embed(self, tracks):
         batches = BatchesByShape(self._tracks_per_batch)
@@ -259,16 +234,18 @@ class _EmbedDoFn(beam.DoFn):
                 yield from self._rejected(item, "model_error", str(error).splitlines()[0])
             return
         for item, track_outputs in zip(batch, outputs, strict=True):
-            problem = unusable_outputs(track_outputs)
+            problem = self._index_models.unusable(track_outputs)
             if problem:
                 yield from self._rejected(item, "model_error", problem)
             else:
                 yield from self._emit(item, track_outputs)
 
-    def _outputs(self, values: np.ndarray) -> list[dict[str, dict[str, np.ndarray]]]:
-        """Every role's outputs for each track of the batch."""
-        by_role = {role: self._model_outputs(model, values) for role, model in self._models.by_role.items()}
-        return [{role: outputs[index] for role, outputs in by_role.items()} for index in range(len(values))]
+    def _outputs(self, values: np.ndarray) -> list[dict[int, dict[str, np.ndarray]]]:
+        """Each track's outputs of every model this DoFn runs (each once), by the model's position."""
+        by_model = {
+            position: self._model_outputs(model, values) for position, model in self._models.by_position.items()
+        }
+        return [{position: outputs[index] for position, outputs in by_model.items()} for index in range(len(values))]
 
     def _reject(self, rejection: Rejection):
         _count_and_stage(self._staging_dir, rejection)
@@ -277,15 +254,14 @@ class _EmbedDoFn(beam.DoFn):
 class EmbedAudio(_EmbedDoFn):
     """Decodes a chunk of catalog rows and runs every model on their waveforms; stages features and rejections."""
 
-    def __init__(self, models: JobModels, shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int):
-        super().__init__(models.by_role, shared_handle, staging_dir, tracks_per_batch)
-        self._job_models = models
+    def __init__(self, models: IndexModels, shared_handle: shared.Shared, staging_dir: str, tracks_per_batch: int):
+        super().__init__(models, list(range(len(models.distinct))), shared_handle, staging_dir, tracks_per_batch)
 
     def process(self, entries: tuple[CatalogEntry, ...]):
         yield from self._embed(entries)
 
     def _prepare(self, entry: CatalogEntry) -> _Input | None:
-        sample_rate = self._job_models.sample_rate
+        sample_rate = self._index_models.sample_rate
         try:
             source = audio.open_source(entry.uri)
             waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
@@ -310,7 +286,7 @@ class EmbedAudio(_EmbedDoFn):
 
     def _emit(self, item: _Input, outputs):
         self._embedded.inc()
-        stage_features(self._staging_dir, self._job_models.features(item.track, outputs))
+        stage_features(self._staging_dir, TrackFeatures(item.track, *self._index_models.combine(outputs)))
         return ()
 
     def _rejected(self, item: _Input, reason: str, detail: str):
@@ -318,36 +294,22 @@ class EmbedAudio(_EmbedDoFn):
         return ()
 
 
-def _embedding_role(ref: ModelRef) -> str:
-    return f"{EMBEDDING_ROLE}:{ref.name}"
-
-
-def _kind(role: str) -> str:
-    """`embedding` or `tag`: what a role's model is for (its name is in the key or path shown next to it)."""
-    return role.partition(":")[0]
-
-
-def unusable_outputs(outputs: dict[str, dict[str, np.ndarray]]) -> str | None:
-    """Why a track's model outputs cannot be indexed (non-finite values, a zero embedding), or None."""
-    for role, values in sorted(outputs.items()):
-        for name, value in sorted(values.items()):
-            if not np.all(np.isfinite(value)):
-                return f"the {role} model's {name} output is not finite"
-    for role, values in sorted(outputs.items()):
-        embedding = values.get(sig.EMBEDDING_OUTPUT)
-        if role.startswith(EMBEDDING_ROLE) and embedding is not None and not np.any(embedding):
-            return f"the {role} model's embedding is all zeros"
-    return None
-
-
 class EmbedLogMel(_EmbedDoFn):
     """Runs the models that share one dataset's log-mel on the examples of a shard, in batches of one length.
 
-    Emits `(track_id, (dataset_dir, role -> outputs, TrackRecord, Rejection or None))` for the join.
+    Emits `(track_id, (dataset_dir, model position -> outputs, TrackRecord, Rejection or None))` for the join.
     """
 
-    def __init__(self, refs, shared_handle, staging_dir: str, tracks_per_batch: int, dataset_dir: str):
-        super().__init__(refs, shared_handle, staging_dir, tracks_per_batch)
+    def __init__(
+        self,
+        models: IndexModels,
+        positions: list[int],
+        shared_handle: shared.Shared,
+        staging_dir: str,
+        tracks_per_batch: int,
+        dataset_dir: str,
+    ):
+        super().__init__(models, positions, shared_handle, staging_dir, tracks_per_batch)
         info = dataset_info.load(dataset_dir)
         self._log_mel_dtype = info.log_mel_dtype
         self._compression = info.compression
@@ -381,14 +343,13 @@ class EmbedLogMel(_EmbedDoFn):
         yield item.track.track_id, (self._dataset_dir, {}, None, rejection)
 
 
-class JoinRoles(beam.DoFn):
-    """Merges one track's outputs from several datasets and stages its features; an error or a missing
-    role is a rejection."""
+class JoinModels(beam.DoFn):
+    """Merges one track's outputs from several datasets (each model reads its own) and stages its features; an
+    error or a missing model is a rejection."""
 
-    def __init__(self, models: JobModels, dataset_of_role: dict[str, str], staging_dir: str):
-        self._job_models = models
-        self._roles = sorted(models.by_role)
-        self._dataset_of_role = dataset_of_role
+    def __init__(self, models: IndexModels, dataset_of_model: dict[int, str], staging_dir: str):
+        self._index_models = models
+        self._dataset_of_model = dataset_of_model
         self._staging_dir = staging_dir
         self._embedded = Metrics.counter(METRICS_NAMESPACE, "embedded")
 
@@ -398,8 +359,7 @@ class JoinRoles(beam.DoFn):
     def process(self, keyed):
         track_id, parts = keyed
         outputs, track, errors, copies = {}, None, [], collections.Counter()
-        # The record (its content hash is of the stored log-mel) comes from the first dataset by name,
-        # whatever order the runner delivers the parts in.
+        # The record comes from the first dataset by name, whatever order the runner delivers the parts in.
         for _, part_outputs, part_track, error in sorted(parts, key=lambda part: part[0]):
             outputs.update(part_outputs)
             copies.update(part_outputs.keys())
@@ -408,21 +368,23 @@ class JoinRoles(beam.DoFn):
         if errors:
             self._reject(errors[0])
             return
-        repeated = [role for role, count in copies.items() if count > 1]
+        repeated = [position for position, count in sorted(copies.items()) if count > 1]
         if repeated:
-            detail = "; ".join(f"{copies[r]} examples in {self._dataset_of_role[r]}" for r in repeated)
+            detail = "; ".join(f"{copies[p]} examples in {self._dataset_of_model[p]}" for p in repeated)
             self._reject(Rejection(0, track_id, "", "duplicate_track_id", detail))
             return
-        missing = [role for role in self._roles if role not in outputs]
+        missing = [position for position in sorted(self._dataset_of_model) if position not in outputs]
         if missing:
-            detail = "; ".join(f"not in {self._dataset_of_role[r]} (the {r} model's dataset)" for r in missing)
+            detail = "; ".join(
+                f"not in {self._dataset_of_model[p]} ({self._index_models.describe(p)}'s dataset)" for p in missing
+            )
             self._reject(Rejection(0, track_id, "", "incomplete_features", detail))
             return
         self._embedded.inc()
-        stage_features(self._staging_dir, self._job_models.features(track, outputs))
+        stage_features(self._staging_dir, TrackFeatures(track, *self._index_models.combine(outputs)))
 
 
-def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir: str, tracks_per_batch: int) -> int:
+def _catalog_pipeline(pipeline, catalog: Catalog, models: IndexModels, staging_dir: str, tracks_per_batch: int) -> int:
     """Adds the catalog path's transforms; returns its number of input elements (chunks of rows)."""
     entries = list(catalog.entries)
     chunks = [tuple(entries[start : start + tracks_per_batch]) for start in range(0, len(entries), tracks_per_batch)]
@@ -434,8 +396,9 @@ def _catalog_pipeline(pipeline, catalog: Catalog, models: JobModels, staging_dir
     return len(chunks)
 
 
-def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[str, str]:
-    """The dataset each model reads: the one whose log-mel fingerprint is the model's.
+def match_datasets(dataset_dirs: list[str], models: IndexModels) -> dict[int, str]:
+    """The dataset each model reads (by its position in `models.distinct`): the one whose log-mel fingerprint is
+    the model's.
 
     Raises:
         ValueError: A model with no matching dataset or with several (which
@@ -446,16 +409,16 @@ def match_datasets(dataset_dirs: list[str], refs: dict[str, ModelRef]) -> dict[s
     fingerprints = {d: dataset_info.load(d).log_mel.fingerprint() for d in dataset_dirs}
     found = ", ".join(f"{d}: {f}" for d, f in fingerprints.items())
     chosen = {}
-    for role, ref in refs.items():
+    for position, ref in enumerate(models.distinct):
         matching = [d for d, f in fingerprints.items() if f == ref.log_mel_fingerprint]
         if len(matching) != 1:
             problem = "no dataset has" if not matching else f"{len(matching)} datasets ({', '.join(matching)}) have"
             raise ValueError(
-                f"{problem} the log-mel parameters of the {_kind(role)} model {ref.key} (fingerprint "
+                f"{problem} the log-mel parameters of {models.describe(position)} ({ref.key}, fingerprint "
                 f"{ref.log_mel_fingerprint}); datasets: {found}. Give one dataset per model (preprocess with "
                 "the model's parameters), or index from the catalog CSV"
             )
-        chosen[role] = matching[0]
+        chosen[position] = matching[0]
     unused = sorted(set(dataset_dirs) - set(chosen.values()))
     if unused:
         raise ValueError(f"no model reads {', '.join(unused)} (its log-mel parameters match none); datasets: {found}")
@@ -469,27 +432,22 @@ def _read_shard(path: str, compression: str):
 
 
 def _tfrecord_pipeline(
-    pipeline, dataset_of_role: dict[str, str], models: JobModels, staging_dir: str, tracks_per_batch: int
+    pipeline, dataset_of_model: dict[int, str], models: IndexModels, staging_dir: str, tracks_per_batch: int
 ) -> int:
     """Adds the TFRecord path's transforms; returns its largest number of input elements (one dataset's shards)."""
-    refs = models.by_role
     parts, most_shards = [], 0
-    for number, dataset_dir in enumerate(sorted(set(dataset_of_role.values()))):
+    for number, dataset_dir in enumerate(sorted(set(dataset_of_model.values()))):
         info = dataset_info.load(dataset_dir)
-        roles = {role: refs[role] for role, d in dataset_of_role.items() if d == dataset_dir}
+        positions = sorted(p for p, d in dataset_of_model.items() if d == dataset_dir)
         paths = [p for split in info.splits for p in dataset_info.shard_paths(dataset_dir, info, split)]
         most_shards = max(most_shards, len(paths))
-        parts.append(
-            pipeline
-            | f"Shards{number}" >> beam.Create(paths)
-            | f"Embed{number}"
-            >> beam.ParDo(EmbedLogMel(roles, shared.Shared(), staging_dir, tracks_per_batch, dataset_dir))
-        )
+        embed_dataset = EmbedLogMel(models, positions, shared.Shared(), staging_dir, tracks_per_batch, dataset_dir)
+        parts.append(pipeline | f"Shards{number}" >> beam.Create(paths) | f"Embed{number}" >> beam.ParDo(embed_dataset))
     _ = (
         parts
         | "FlattenParts" >> beam.Flatten()
         | "ByTrack" >> beam.GroupByKey()
-        | "Join" >> beam.ParDo(JoinRoles(models, dataset_of_role, staging_dir))
+        | "Join" >> beam.ParDo(JoinModels(models, dataset_of_model, staging_dir))
     )
     return most_shards
 
@@ -534,7 +492,7 @@ def _tfrecord_track_ids(dataset_dirs: list[str]) -> set[str]:
 
 
 def embed(
-    models: JobModels,
+    models: IndexModels,
     work_dir: str,
     catalog: Catalog | None = None,
     dataset_dirs: list[str] | None = None,
@@ -556,9 +514,6 @@ def embed(
     """
     if (catalog is None) == (dataset_dirs is None):
         raise ValueError("give either a catalog or TFRecord datasets")
-    rates = {ref.sample_rate for ref in models.by_role.values()}
-    if len(rates) != 1:
-        raise ValueError(f"the models expect different sample rates: {sorted(rates)}")
     if tracks_per_batch < 1:
         raise ValueError(f"tracks per batch must be at least 1, got {tracks_per_batch}")
     options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
@@ -572,9 +527,9 @@ def embed(
         num_input = catalog.num_rows
         early = list(catalog.rejections)
     else:
-        dataset_of_role = match_datasets(dataset_dirs, models.by_role)
-        num_elements = _tfrecord_pipeline(pipeline, dataset_of_role, models, staging_dir, tracks_per_batch)
-        num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_role.values()))))
+        dataset_of_model = match_datasets(dataset_dirs, models)
+        num_elements = _tfrecord_pipeline(pipeline, dataset_of_model, models, staging_dir, tracks_per_batch)
+        num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_model.values()))))
         early = []
     try:
         result = beam_jobs.run_pipeline(pipeline, num_elements)

@@ -21,9 +21,10 @@ import numpy as np
 
 from data_prep.catalog import Catalog
 from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
+from serving.embedding.index_models import IndexModels
 from serving.retrieval import index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex
-from serving.retrieval.embedding_job import DEFAULT_TRACKS_PER_BATCH, JobModels, TrackFeatures, embed
+from serving.retrieval.embedding_job import DEFAULT_TRACKS_PER_BATCH, TrackFeatures, embed
 from serving.retrieval.searcher import choose_kind
 from serving.retrieval.sharded_index import ShardedIndex, is_sharded, load_index, shard_names
 
@@ -74,7 +75,7 @@ def _stack(features: list[TrackFeatures], with_tags: bool):
 
 def build_index(
     index_dir: str,
-    models: JobModels,
+    models: IndexModels,
     catalog: Catalog | None = None,
     dataset_dirs: list[str] | None = None,
     update: bool = False,
@@ -122,7 +123,7 @@ def build_index(
 
 def _build_or_update(
     index_dir: str,
-    models: JobModels,
+    models: IndexModels,
     catalog: Catalog | None,
     dataset_dirs: list[str] | None,
     update: bool,

@@ -12,8 +12,9 @@ import tensorflow as tf
 
 from data_prep import catalog, pipeline
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job, index_builder
+from serving.retrieval import index_builder
 from tests.conftest import REPO_ROOT
 from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
@@ -81,8 +82,8 @@ def model_refs(trained, trained_crnn) -> dict[str, exported_model.ModelRef]:
 
 
 @pytest.fixture(scope="session")
-def job_models(model_refs) -> embedding_job.JobModels:
-    return embedding_job.JobModels(EmbeddingModels((model_refs["embedding"],)), model_refs["tag"])
+def job_models(model_refs) -> IndexModels:
+    return IndexModels(EmbeddingModels((model_refs["embedding"],)), model_refs["tag"])
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +120,7 @@ def pretrained_index(built_once, demo_catalog, pretrained_exports):
     """The demo catalog indexed by the pretrained models: CRNN tags for stage 1, musicnn embeddings for stage 2."""
 
     def build(root):
-        models = embedding_job.JobModels(
+        models = IndexModels(
             EmbeddingModels((exported_model.resolve(pretrained_exports["msd_musicnn"]),)),
             exported_model.resolve(pretrained_exports["mtat_crnn"]),
         )

@@ -14,9 +14,10 @@ from data_prep import audio, catalog
 from serving.embedding import query_audio
 from serving.embedding.embedders import LocalEmbedder, RemoteEmbedder
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model
 from serving.export.exported_model import LoadedModel, ModelMismatchError, ModelRef
-from serving.retrieval import embedding_job, index_builder
+from serving.retrieval import index_builder
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
 from serving.retrieval.recommender import Recommender
 from tests.binaries import run_binary
@@ -212,7 +213,7 @@ def test_update_and_delete_keep_an_ensemble_index_working(ensemble_index, tmp_pa
     parsed = catalog.read_catalog(str(demo_catalog))
     entry = next(e for e in parsed.entries if e.track_id == removed)
     subset = catalog.Catalog(parsed.source, parsed.sha256, 1, (entry,), (), parsed.audio_root)
-    models = embedding_job.JobModels(index.embedding_models, index.tag_model)
+    models = IndexModels(index.embedding_models, index.tag_model)
     summary = index_builder.build_index(str(index_dir), models, catalog=subset, update=True, pipeline_args=IN_MEMORY)
     assert summary.num_indexed == 1 and summary.num_tracks == len(index)
     updated = CatalogIndex.load(str(index_dir))
@@ -220,6 +221,6 @@ def test_update_and_delete_keep_an_ensemble_index_working(ensemble_index, tmp_pa
         updated.model_embeddings[updated.row(removed)], index.model_embeddings[index.row(removed)], atol=1e-6
     )
     assert updated.searcher.search(index.embeddings[index.row(removed)], 1)[0][0][0] == removed
-    single = embedding_job.JobModels(EmbeddingModels(index.embedding_models.models[:1]), index.tag_model)
+    single = IndexModels(EmbeddingModels(index.embedding_models.models[:1]), index.tag_model)
     with pytest.raises(IndexMismatchError, match="ranking given uses short_chunk_res/1@[0-9a-f]+ but"):
         index_builder.build_index(str(index_dir), single, catalog=subset, update=True, pipeline_args=IN_MEMORY)

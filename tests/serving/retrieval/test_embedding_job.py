@@ -15,6 +15,7 @@ import soundfile
 from data_prep import audio, catalog
 from data_prep.rejections import rejections_from_csv
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export.exported_model import LoadedModel
 from serving.retrieval import embedding_job, index_builder
 from serving.retrieval.catalog_index import CatalogIndex
@@ -137,24 +138,14 @@ def test_datasets_must_map_one_to_one_onto_the_models(tmp_path, trained, trained
     data_128, data_96 = trained[0] / "data_128", trained_crnn[0]
     copy = tmp_path / "another_128"
     shutil.copytree(data_128, copy)
+    models = IndexModels(EmbeddingModels((model_refs["embedding"],)), model_refs["tag"])
     with pytest.raises(ValueError, match=r"2 datasets .* have the log-mel parameters of the embedding model"):
-        embedding_job.match_datasets([str(data_128), str(copy), str(data_96)], model_refs)
-    only_embedding = {"embedding": model_refs["embedding"]}
+        embedding_job.match_datasets([str(data_128), str(copy), str(data_96)], models)
+    only_embedding = IndexModels(models.embedding_models)
     with pytest.raises(ValueError, match=rf"no model reads {data_96}"):
         embedding_job.match_datasets([str(data_128), str(data_96)], only_embedding)
-    assert embedding_job.match_datasets([str(data_96), str(data_128)], model_refs) == {
-        "embedding": str(data_128),
-        "tag": str(data_96),
-    }
-
-
-def test_unusable_model_outputs_are_named():
-    good = {"embedding": {"embedding": np.ones(4, np.float32)}, "tag": {"tags": np.full(3, 0.5, np.float32)}}
-    assert embedding_job.unusable_outputs(good) is None
-    zero = {**good, "embedding": {"embedding": np.zeros(4, np.float32)}}
-    assert embedding_job.unusable_outputs(zero) == "the embedding model's embedding is all zeros"
-    nan = {**good, "tag": {"tags": np.array([0.5, np.nan, 0.1], np.float32)}}
-    assert embedding_job.unusable_outputs(nan) == "the tag model's tags output is not finite"
+    # By the models' positions in `IndexModels.distinct`: the ranking model, then the tag model.
+    assert embedding_job.match_datasets([str(data_96), str(data_128)], models) == {0: str(data_128), 1: str(data_96)}
 
 
 def test_staging_records_are_the_same_bytes_in_every_process():

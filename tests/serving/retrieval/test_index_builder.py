@@ -12,7 +12,8 @@ import pytest
 
 from data_prep import catalog
 from serving.embedding.ensemble import EmbeddingModels
-from serving.retrieval import embedding_job, index_builder
+from serving.embedding.index_models import IndexModels
+from serving.retrieval import index_builder
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
@@ -65,7 +66,7 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
     assert [[i for i, _ in row] for row in updated.searcher.search(queries, 5)] == [
         [i for i, _ in row] for row in full.searcher.search(queries, 5)
     ]
-    swapped = embedding_job.JobModels(EmbeddingModels((model_refs["tag"],)), model_refs["tag"])
+    swapped = IndexModels(EmbeddingModels((model_refs["tag"],)), model_refs["tag"])
     with pytest.raises(IndexMismatchError, match="ranking given uses crnn/1@.*built with short_chunk_res/1@"):
         index_builder.build_index(str(index_dir), swapped, catalog=subset, update=True)
 

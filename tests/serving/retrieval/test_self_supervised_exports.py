@@ -12,8 +12,9 @@ from data_prep import audio
 from data_prep import catalog as catalog_lib
 from models import artifact
 from serving.embedding.ensemble import EmbeddingModels
+from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model
-from serving.retrieval import embedding_job, index_builder
+from serving.retrieval import index_builder
 from serving.retrieval.catalog_index import CatalogIndex
 
 
@@ -31,7 +32,7 @@ def test_a_model_trained_without_tags_exports_and_indexes(request, run, untagged
     catalog = dataclasses.replace(whole, entries=whole.entries[::4], num_rows=4)  # One track of each soundtrack.
     index_builder.build_index(
         str(tmp_path / "index"),
-        embedding_job.JobModels(EmbeddingModels((ref,)), None),
+        IndexModels(EmbeddingModels((ref,)), None),
         catalog=catalog,
         pipeline_args=["--direct_running_mode=in_memory"],
     )
