@@ -235,7 +235,6 @@ def stage_profile(catalog: catalog_lib.Catalog, tracks: int) -> str:
         schema.encode_example(
             track_id=entry.track_id,
             log_mel=spectrogram,
-            labels=np.zeros(1, np.int64),
             tags=[],
             num_samples=waveform.size,
             sample_rate=spec.sample_rate,

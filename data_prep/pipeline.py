@@ -118,7 +118,6 @@ class TrackTask:
     split: str
     shard: int
     num_shards: int
-    labels: tuple[int, ...]
     tags: tuple[str, ...]
 
 
@@ -196,16 +195,12 @@ def plan_tasks(catalog: Catalog, config: PreprocessConfig) -> tuple[list[TrackTa
     for entry in entries:
         split = split_of[entry.track_id]
         tags = tuple(t for t in entry.tags if t in index)
-        labels = [0] * len(vocabulary.tags)
-        for tag in tags:
-            labels[index[tag]] = 1
         tasks.append(
             TrackTask(
                 entry=entry,
                 split=split,
                 shard=stable_hash(entry.track_id, config.seed) % num_shards[split],
                 num_shards=num_shards[split],
-                labels=tuple(labels),
                 tags=tags,
             )
         )
@@ -286,7 +281,6 @@ class ProcessTrack(beam.DoFn):
         example = schema.encode_example(
             track_id=entry.track_id,
             log_mel=log_mel,
-            labels=np.asarray(task.labels, dtype=np.int64),
             tags=list(task.tags),
             num_samples=int(waveform.size),
             sample_rate=spec.sample_rate,
@@ -432,7 +426,8 @@ def _drop_tags_without_examples(vocabulary, shard_stats, rejections, catalog_ent
     user chose a fixed label set.)
 
     Such a tag has no example in any split: a label no model can learn, and
-    an undefined AUC. The staged shards' label vectors lose its column. A
+    an undefined AUC. Readers derive labels from the vocabulary in
+    `dataset_info.json`, so dropping it changes that file alone. A
     vocabulary the user gave (`--vocabulary`) is not changed: the run fails,
     naming the tags and the rejected rows that carried them.
 
@@ -456,25 +451,9 @@ def _drop_tags_without_examples(vocabulary, shard_stats, rejections, catalog_ent
             f"Staging data left in {staging_dir}"
         )
     keep = [index for index, tag in enumerate(vocabulary.tags) if counts[tag]]
-    for stats in shard_stats:
-        _relabel_shard(tf.io.gfile.join(staging_dir, stats["shard"]), keep, config.compression)
     why = "every catalog row carrying it was rejected (see rejected.csv)"
     kept = dataclasses.replace(vocabulary, tags=tuple(vocabulary.tags[index] for index in keep))
     return kept, {tag: why for tag in empty}
-
-
-def _relabel_shard(path: str, keep: list[int], compression: str):
-    """Rewrites a shard's label vectors with only the columns in `keep`."""
-    temporary = path + ".relabel"
-    with tf.io.TFRecordWriter(temporary, tf.io.TFRecordOptions(compression_type=compression)) as writer:
-        for record in tf.data.TFRecordDataset(path, compression_type=compression):
-            example = tf.train.Example.FromString(record.numpy())
-            labels = example.features.feature[schema.LABELS].int64_list.value
-            kept = [labels[index] for index in keep]
-            del labels[:]
-            labels.extend(kept)
-            writer.write(example.SerializeToString(deterministic=True))
-    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_info.DatasetInfo:

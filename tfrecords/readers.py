@@ -141,7 +141,7 @@ def example_parser(info: dataset_info_lib.DatasetInfo, cast_log_mel: bool = True
     def parse(serialized):
         return schema.parse_example(
             serialized,
-            info.num_tags,
+            info.vocabulary,
             info.log_mel.n_mels,
             info.log_mel_dtype,
             cast_log_mel=cast_log_mel,

@@ -8,8 +8,7 @@ Each track is one `tf.train.Example`:
 | artist          | bytes       | artist ('' when unknown)                            |
 | album           | bytes       | album ('' when unknown)                             |
 | title           | bytes       | title ('' when unknown)                             |
-| tags            | bytes list  | the track's tags that are in the vocabulary         |
-| labels          | int64 list  | multi-hot vector over the vocabulary (0/1)          |
+| tags            | bytes list  | the track's tags that were in the vocabulary        |
 | log_mel         | bytes       | `[frames, n_mels]` row-major, little-endian float16 |
 |                 |             | (or float32, see `dataset_info.json`)               |
 | log_mel_shape   | int64 list  | `[frames, n_mels]`                                  |
@@ -18,6 +17,12 @@ Each track is one `tf.train.Example`:
 | audio_sha256    | bytes       | SHA-256 (hex) of the audio file's bytes: the track's |
 |                 |             | identity for duplicate detection ('' in datasets    |
 |                 |             | written before it was recorded)                      |
+
+Labels are derived, not stored: a reader builds the multi-hot `labels`
+vector from `tags` and the vocabulary in `dataset_info.json` (`labels_for`,
+`parse_example`), so a change of vocabulary (a tag dropped) is a change of
+that file alone. Datasets written when `labels` was stored still read: the
+stored vector is ignored.
 
 A distillation dataset (`python -m train.compute_teacher_targets`) adds a
 teacher model's outputs at `P` positions of the track (`dataset_info.json`'s
@@ -70,7 +75,6 @@ def encode_example(
     *,
     track_id: str,
     log_mel: np.ndarray,
-    labels: np.ndarray,
     tags: list[str],
     num_samples: int,
     sample_rate: int,
@@ -85,8 +89,7 @@ def encode_example(
     Args:
         track_id: The track id.
         log_mel: Float array `[frames, n_mels]` in dB.
-        labels: Multi-hot vector over the vocabulary.
-        tags: The track's vocabulary tags.
+        tags: The track's vocabulary tags (its labels are derived from them at read time).
         num_samples: Length of the mono waveform in samples.
         sample_rate: Sample rate of that waveform.
         artist: Artist name.
@@ -107,7 +110,6 @@ def encode_example(
         ALBUM: _bytes_feature([album.encode("utf-8")]),
         TITLE: _bytes_feature([title.encode("utf-8")]),
         TAGS: _bytes_feature([tag.encode("utf-8") for tag in tags]),
-        LABELS: _int64_feature(np.asarray(labels).reshape(-1)),
         LOG_MEL: _bytes_feature([np.ascontiguousarray(log_mel, dtype=storage_dtype).tobytes()]),
         LOG_MEL_SHAPE: _int64_feature(log_mel.shape),
         DURATION_S: _float_feature([num_samples / sample_rate]),
@@ -140,7 +142,13 @@ def add_features(serialized: bytes, features: dict[str, tf.train.Feature]) -> by
     return example.SerializeToString(deterministic=True)
 
 
-def feature_spec(num_tags: int, teacher: bool = False) -> dict:
+def labels_for(tags, vocabulary) -> np.ndarray:
+    """The multi-hot label vector `[len(vocabulary)]` (float32) of a track's tags."""
+    present = set(tags)
+    return np.array([tag in present for tag in vocabulary], np.float32)
+
+
+def feature_spec(teacher: bool = False) -> dict:
     """The parsing spec for `tf.io.parse_example` / `parse_single_example`.
 
     `teacher` adds the teacher features (a distillation dataset).
@@ -151,7 +159,6 @@ def feature_spec(num_tags: int, teacher: bool = False) -> dict:
         ALBUM: tf.io.FixedLenFeature([], tf.string),
         TITLE: tf.io.FixedLenFeature([], tf.string),
         TAGS: tf.io.VarLenFeature(tf.string),
-        LABELS: tf.io.FixedLenFeature([num_tags], tf.int64),
         LOG_MEL: tf.io.FixedLenFeature([], tf.string),
         LOG_MEL_SHAPE: tf.io.FixedLenFeature([2], tf.int64),
         DURATION_S: tf.io.FixedLenFeature([], tf.float32),
@@ -167,7 +174,7 @@ def feature_spec(num_tags: int, teacher: bool = False) -> dict:
 
 def parse_example(
     serialized: tf.Tensor,
-    num_tags: int,
+    vocabulary,
     n_mels: int,
     log_mel_dtype: str = "float16",
     cast_log_mel: bool = True,
@@ -177,7 +184,8 @@ def parse_example(
 
     Args:
         serialized: Scalar string tensor.
-        num_tags: Size of the tag vocabulary.
+        vocabulary: The dataset's tag vocabulary (`dataset_info.json`): the
+            `labels` columns.
         n_mels: Number of mel bands (fixes the static shape).
         log_mel_dtype: Storage dtype of the log-mel.
         cast_log_mel: Cast the log-mel to float32; False keeps the storage
@@ -189,17 +197,20 @@ def parse_example(
     Returns:
         A dict with the schema's features; `log_mel` decoded to
         `[frames, n_mels]` (float32 unless `cast_log_mel` is False),
-        `labels` as float32 `[num_tags]` and `tags` as a dense string vector.
+        `labels` as float32 `[len(vocabulary)]` (derived from `tags`) and
+        `tags` as a dense string vector.
     """
-    parsed = tf.io.parse_single_example(serialized, feature_spec(num_tags, teacher=teacher_sizes is not None))
+    parsed = tf.io.parse_single_example(serialized, feature_spec(teacher=teacher_sizes is not None))
     raw = tf.io.decode_raw(parsed[LOG_MEL], LOG_MEL_DTYPES[log_mel_dtype][1], little_endian=True)
     log_mel = tf.reshape(tf.cast(raw, tf.float32) if cast_log_mel else raw, [-1, n_mels])
     tf.debugging.assert_equal(
         tf.shape(log_mel, out_type=tf.int64), parsed[LOG_MEL_SHAPE], message="log_mel_shape mismatch"
     )
     parsed[LOG_MEL] = log_mel
-    parsed[LABELS] = tf.cast(parsed[LABELS], tf.float32)
     parsed[TAGS] = tf.sparse.to_dense(parsed[TAGS], default_value=b"")
+    vocabulary = tf.constant(list(vocabulary), tf.string, shape=[len(vocabulary)])
+    matches = tf.equal(parsed[TAGS][:, tf.newaxis], vocabulary[tf.newaxis, :])  # [track's tags, vocabulary]
+    parsed[LABELS] = tf.cast(tf.reduce_any(matches, axis=0), tf.float32)
     if teacher_sizes is not None:
         num_teacher_tags, embedding_size = teacher_sizes
         parsed[TEACHER_STARTS] = tf.cast(tf.sparse.to_dense(parsed[TEACHER_STARTS]), tf.int32)
@@ -209,7 +220,7 @@ def parse_example(
 
 
 def decode_example(serialized: bytes, log_mel_dtype: str = "float16") -> dict:
-    """Decodes a serialized example into Python and NumPy values (no graph)."""
+    """Decodes a serialized example into Python and NumPy values (no graph; labels: `labels_for` its tags)."""
     example = tf.train.Example.FromString(serialized)
     feature = example.features.feature
 
@@ -225,7 +236,6 @@ def decode_example(serialized: bytes, log_mel_dtype: str = "float16") -> dict:
         ALBUM: text(ALBUM),
         TITLE: text(TITLE),
         TAGS: [tag.decode("utf-8") for tag in feature[TAGS].bytes_list.value],
-        LABELS: np.array(feature[LABELS].int64_list.value, dtype=np.int64),
         LOG_MEL: log_mel.astype(np.float32),
         LOG_MEL_SHAPE: shape,
         DURATION_S: feature[DURATION_S].float_list.value[0],

@@ -123,6 +123,9 @@ def _read_all(output_dir, info):
         for path in dataset_info.shard_paths(str(output_dir), info, split):
             for record in _records(path):
                 decoded = schema.decode_example(record, info.log_mel_dtype)
+                # The labels a reader derives from the tags and the dataset's vocabulary.
+                parsed = readers.example_parser(info)(record)
+                decoded[schema.LABELS] = parsed[schema.LABELS].numpy()
                 examples[decoded[schema.TRACK_ID]] = (split, decoded)
     return examples
 

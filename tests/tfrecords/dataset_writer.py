@@ -33,14 +33,12 @@ def write_dataset(
         ]
         seconds = 0.0
         for i, (track_id, (log_mel, tags)) in enumerate(sorted(items.items())):
-            labels = np.array([int(t in tags) for t in vocabulary])
             num_samples = (log_mel.shape[0] - 1) * spec.hop_length
             seconds += num_samples / spec.sample_rate
             writers[i % shards_per_split].write(
                 schema.encode_example(
                     track_id=track_id,
                     log_mel=log_mel,
-                    labels=labels,
                     tags=list(tags),
                     num_samples=num_samples,
                     sample_rate=spec.sample_rate,

@@ -16,7 +16,6 @@ def _example(log_mel_dtype="float16"):
     serialized = schema.encode_example(
         track_id="t-1 é",
         log_mel=log_mel,
-        labels=np.array([0, 1, 1]),
         tags=["rock", "jazz"],
         num_samples=12_800,
         sample_rate=16000,
@@ -33,10 +32,12 @@ def _example(log_mel_dtype="float16"):
 def test_round_trip_numpy_and_graph(log_mel_dtype, tolerance):
     log_mel, serialized = _example(log_mel_dtype)
     decoded = schema.decode_example(serialized, log_mel_dtype)
-    parsed = schema.parse_example(tf.constant(serialized), num_tags=3, n_mels=128, log_mel_dtype=log_mel_dtype)
+    vocabulary = ["blues", "jazz", "rock"]
+    parsed = schema.parse_example(tf.constant(serialized), vocabulary, n_mels=128, log_mel_dtype=log_mel_dtype)
+    np.testing.assert_array_equal(parsed[schema.LABELS], [0, 1, 1])  # Derived from the tags and the vocabulary.
+    np.testing.assert_array_equal(schema.labels_for(decoded[schema.TAGS], vocabulary), [0, 1, 1])
     for values in (decoded, {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in parsed.items()}):
         assert np.abs(values[schema.LOG_MEL] - log_mel).max() <= tolerance
-        np.testing.assert_array_equal(values[schema.LABELS], [0, 1, 1])
         assert values[schema.NUM_SAMPLES] == 12_800
         assert values[schema.DURATION_S] == pytest.approx(0.8)
         assert list(values[schema.LOG_MEL_SHAPE]) == [50, 128]
@@ -57,7 +58,7 @@ def test_a_record_written_before_the_audio_hash_reads_as_unknown():
     del example.features.feature[schema.AUDIO_SHA256]
     older = example.SerializeToString()
     assert schema.decode_example(older)[schema.AUDIO_SHA256] == ""
-    parsed = schema.parse_example(tf.constant(older), num_tags=3, n_mels=128)
+    parsed = schema.parse_example(tf.constant(older), ["jazz"], n_mels=128)
     assert parsed[schema.AUDIO_SHA256].numpy() == b""
 
 
@@ -67,11 +68,23 @@ def test_float16_error_bound_over_the_db_range():
     assert np.abs(stored - values).max() <= 0.05
 
 
+def test_labels_follow_the_vocabulary_not_what_was_stored():
+    """A tag dropped from the vocabulary (`dataset_info.json`) leaves the labels; a dataset written when the
+    multi-hot vector was stored reads by its tags, the stored vector ignored."""
+    _, serialized = _example()
+    stored = schema.add_features(
+        serialized, {schema.LABELS: tf.train.Feature(int64_list=tf.train.Int64List(value=[1] * 5))}
+    )
+    for record in (serialized, stored):
+        dropped = schema.parse_example(tf.constant(record), ["blues", "rock"], n_mels=128)
+        np.testing.assert_array_equal(dropped[schema.LABELS], [0, 1])
+        untagged = schema.parse_example(tf.constant(record), [], n_mels=128)
+        assert untagged[schema.LABELS].shape == (0,)
+
+
 def test_rejects_wrong_rank():
     with pytest.raises(ValueError, match="frames, n_mels"):
-        schema.encode_example(
-            track_id="x", log_mel=np.zeros(5), labels=np.zeros(1), tags=[], num_samples=1, sample_rate=16000
-        )
+        schema.encode_example(track_id="x", log_mel=np.zeros(5), tags=[], num_samples=1, sample_rate=16000)
 
 
 def test_dataset_info_round_trip_and_fingerprint_check(tmp_path):

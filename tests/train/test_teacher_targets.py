@@ -27,7 +27,7 @@ def _examples(dataset_dir, info, teacher=False):
             for record in tf.data.TFRecordDataset(path, compression_type=info.compression):
                 parsed = schema.parse_example(
                     record,
-                    info.num_tags,
+                    info.vocabulary,
                     info.log_mel.n_mels,
                     info.log_mel_dtype,
                     teacher_sizes=info.teacher.sizes if teacher else None,
