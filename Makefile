@@ -29,9 +29,10 @@ $(PRETRAINED_STAMP): $(STAMP) models/pretrained.py models/musicnn_conversion.py 
 install: $(STAMP) $(PRETRAINED_STAMP)
 
 # The main job on the bundled demo catalog. Recommendations come from the
-# pretrained models (the reference's MagnaTagATune CRNN tags filter, musicnn's
-# Million Song Dataset embeddings rank: the research system's split of roles),
-# exported for TF Serving and indexed with ScaNN; the demo then prints the top 5
+# pretrained models (an ensemble of musicnn's Million Song Dataset and
+# MagnaTagATune embeddings ranks, centred on the catalog; the reference's
+# MagnaTagATune CRNN tags explain each answer, and filter on request: the
+# research system's stage 1), exported for TF Serving and indexed with ScaNN; the demo then prints the top 5
 # for a few demo tracks and for an audio file and scores same-soundtrack
 # retrieval. To show training, it also preprocesses the audio into log-mel
 # TFRecords (128 mel bands for the Short-Chunk ResNet, 96 for the CRNN), trains

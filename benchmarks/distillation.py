@@ -100,7 +100,7 @@ def run_benchmark(command: str) -> report.Section:
         f"{_EPOCHS.value} epochs ({steps_per_second:.2f} steps/s on this CPU). The student's embedding is its own "
         "512-d layer (the linear map to the teacher's space is dropped at export).",
         "Baseline: the teacher, measured in the same run on the same tracks (its own front end). The full recipe "
-        "(200 epochs, early stopping) on a few thousand untagged tracks is a GPU job: see README, Distillation.",
+        "(200 epochs, early stopping) on a few thousand untagged tracks is a GPU job: see docs/training.md, 'What was measured'.",
         report.load_note(load_at_start),
     ]
     return report.Section(

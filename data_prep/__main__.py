@@ -18,8 +18,7 @@ For the musicnn models (their own front end; e.g. to fine-tune them):
         --split_by=track --log_mel_preset=musicnn
 
 On Dask worker processes (a LocalCluster of one per core, or a cluster:
-`--dask_client_address=tcp://HOST:8786`; README, "Running the Beam jobs on
-a cluster"):
+`--dask_client_address=tcp://HOST:8786`; docs/clusters.md):
 
     python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_tfrecords \
         --split_by=track --runner=dask

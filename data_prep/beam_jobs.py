@@ -39,7 +39,7 @@ _RUNNER_ALIASES = {"dask": DASK_RUNNER, "DaskRunner": DASK_RUNNER}
 # any explicit threshold turns off glibc's adaptive mmap threshold, and every
 # large array TensorFlow allocates becomes a fresh mmap: the log-mel ran at
 # half speed (measured: 2.2x the CPU time). Workers this job starts keep
-# glibc's default; for a cluster of your own see the README.
+# glibc's default; for a cluster of your own see docs/clusters.md, "Dask".
 LOCAL_CLUSTER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 # Dask partitions per worker thread (load balance) and the most elements per
 # partition (work redone when a worker dies; scheduler overhead per task).

@@ -70,14 +70,14 @@ def main(argv):
         sys.exit(f"error: {unwritable}")
     load_tensorflow()
     from serving.retrieval import evaluation, mfcc_baseline
-    from serving.retrieval.catalog_index import CatalogIndex
+    from serving.retrieval.sharded_index import load_index
 
     truth = {entry.track_id: set(entry.tags) for entry in parsed.entries}
     tag_filter = _TAG_FILTER.tag_filter()
     rows, chance = [], None
     for index_dir in _INDEX_DIR.value:
         try:
-            index = CatalogIndex.load(index_dir)
+            index = load_index(index_dir)  # One index, or the shards of one (read as one).
         except (FileNotFoundError, ValueError) as error:
             sys.exit(f"error: {error}")
         missing = sum(1 for track in index.tracks if not truth.get(track.track_id))

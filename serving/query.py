@@ -13,7 +13,7 @@ results with artist, title, score and the tags each shares with the query.
 `--tags_png=FILE` also writes a bar chart of the query's top tags. The
 default answer ranks the whole catalog by the embeddings (centred on the
 catalog, the query expanded with its `--query_expansion` nearest tracks;
-README, "How recommendations are made"); `--tag_filter` adds the research
+docs/recommending.md, "How recommendations are made"); `--tag_filter` adds the research
 design's stage 1 (only tracks sharing one of the query's confident CRNN tags,
 `--tag_threshold`, `--tag_top_n`), `--noembedding_rank` ranks by the tags
 instead. `--export_base` says where the exported models are if they moved

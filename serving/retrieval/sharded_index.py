@@ -1,6 +1,6 @@
 """A catalog index split into shards by track-id hash, read as one index.
 
-A catalog past what one machine holds comfortably (README, "Index sizing")
+A catalog past what one machine holds comfortably (docs/recommending.md, "Index sizing")
 is split into N shards: track `t` lives in shard `stable_hash(t) mod N`, the
 hash `data_prep` splits by. Each shard is a complete `CatalogIndex` in its own
 folder (`shard-00000-of-00004/`, ...), so any tool that reads an index reads

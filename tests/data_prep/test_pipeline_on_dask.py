@@ -68,7 +68,7 @@ def cluster(tmp_path):
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "TF_CPP_MIN_LOG_LEVEL": "3",
-        "DASK_CONFIG": str(REPO_ROOT / "deploy" / "dask.yaml"),  # As the README tells users to start workers.
+        "DASK_CONFIG": str(REPO_ROOT / "deploy" / "dask.yaml"),  # As docs/clusters.md tells users to start workers.
     }
     processes = [
         subprocess.Popen(
@@ -134,7 +134,7 @@ def _kill_a_worker_mid_task(client, job, timeout=180.0) -> int:
 
 
 def test_a_worker_killed_mid_run_has_its_work_redone_or_the_run_fails_loudly(messy, cluster, tmp_path):
-    """What happens, documented in the README: Dask reruns a dead worker's tasks elsewhere (up to its
+    """What happens, documented in docs/clusters.md: Dask reruns a dead worker's tasks elsewhere (up to its
     `allowed-failures`, 3 by default) and the output is the DirectRunner's, byte for byte; past that limit
     the job fails with the reason and publishes nothing."""
     catalog_path, direct = messy

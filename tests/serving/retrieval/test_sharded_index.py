@@ -167,7 +167,9 @@ def test_a_damaged_listing_or_mixed_models_are_refused(one_and_sharded, tmp_path
         ShardedIndex.build(tracks[:3], embeddings[:3], probabilities[:3], one.embedding_models, None, num_shards=8)
 
 
-def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_index, tmp_path):
+def test_the_query_and_scoring_binaries_read_a_sharded_demo_index_like_the_whole_one(
+    demo_index, demo_catalog, tmp_path
+):
     index_dir = demo_index[0]
     whole = CatalogIndex.load(str(index_dir))
     sharded = ShardedIndex.build(
@@ -195,6 +197,22 @@ def test_the_query_binary_reads_a_sharded_demo_index_like_the_whole_one(demo_ind
     assert len(outputs[0]["recommendations"]) >= 3
     for field in ("num_candidates", "notes", "query_tags"):
         assert outputs[1][field] == outputs[0][field], field
+    # Scored against the soundtracks, the shards score as the whole index.
+    scores = []
+    for directory in (index_dir, tmp_path / "sharded"):
+        done = run_binary(
+            "serving.evaluate_retrieval",
+            f"--index_dir={directory}",
+            f"--catalog={demo_catalog}",
+            f"--output_json={tmp_path / 'scores.json'}",
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores.append(json.loads((tmp_path / "scores.json").read_text())["scores"])
+    assert len(scores[1]) == len(scores[0]) > 2
+    for got, expected in zip(*scores, strict=True):  # Means over the queries, summed in each layout's row order.
+        assert got.keys() == expected.keys() and got["configuration"] == expected["configuration"]
+        figures = {k: v for k, v in expected.items() if isinstance(v, int | float)}
+        assert {k: got[k] for k in figures} == pytest.approx(figures, rel=1e-9, nan_ok=True)
 
 
 def test_a_new_index_is_not_written_over_one_of_another_layout(demo_index, tmp_path, job_models):
