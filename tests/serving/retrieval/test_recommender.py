@@ -243,8 +243,11 @@ def test_the_query_and_exact_duplicates_are_excluded():
     # The content hash alone excludes: the same bytes embedded otherwise (another model version, TF Serving's
     # numerics) are still the query's file.
     elsewhere = Query(further * 2.0, content_sha256=base.content_sha256)
-    ids = [r.track.track_id for r in recommender.recommend(elsewhere, k=10).recommendations]
+    result = recommender.recommend(elsewhere, k=10)
+    ids = [r.track.track_id for r in result.recommendations]
     assert base.track_id not in ids and "dup-file" not in ids
+    # Both files with the query's bytes leave the candidates, whichever copy of that audio the ranking meets first.
+    assert result.num_candidates == len(catalog) - 2
 
 
 def test_at_most_m_results_per_artist():
