@@ -52,8 +52,6 @@ class _Embedder:
 
     def __init__(self, embedding_models: EmbeddingModels, tag_model: ModelRef | None, connect):
         self.models = IndexModels(embedding_models, tag_model)
-        self.embedding_models = embedding_models
-        self.sample_rate = self.models.sample_rate
         self._connections = [connect(ref) for ref in self.models.distinct]
         self._signatures = [self.models.signature(position) for position in range(len(self._connections))]
         self._pool = (
@@ -61,6 +59,14 @@ class _Embedder:
             if len(self._connections) > 1
             else None
         )
+
+    @property
+    def embedding_models(self) -> EmbeddingModels:
+        return self.models.embedding_models
+
+    @property
+    def sample_rate(self) -> int:
+        return self.models.sample_rate
 
     def _outputs(self, model, signature: str, waveform: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -10,6 +10,7 @@ and gives both outputs. Outputs are passed around by the model's position in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -45,7 +46,7 @@ class IndexModels:
     def sample_rate(self) -> int:
         return self.embedding_models.sample_rate
 
-    @property
+    @functools.cached_property
     def distinct(self) -> tuple[ModelRef, ...]:
         """The models to run, each once: the ranking models in order, then the tag model unless it is one of them."""
         refs = tuple(self.embedding_models.models)
@@ -71,13 +72,17 @@ class IndexModels:
             return sig.SERVING_DEFAULT
         return sig.EMBED_SIGNATURE if roles == (EMBEDDING_ROLE,) else sig.TAGS_SIGNATURE
 
+    @functools.cached_property
+    def _positions(self) -> dict[tuple, int]:
+        """Each distinct model's position, by identity."""
+        return {ref.identity: position for position, ref in enumerate(self.distinct)}
+
     def combine(self, outputs: ModelOutputs) -> tuple[np.ndarray, np.ndarray | None]:
         """A track's combined embedding `[dim]` and tag probabilities (None without a tag model)."""
-        position = {ref.identity: index for index, ref in enumerate(self.distinct)}
-        parts = [outputs[position[ref.identity]][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
+        parts = [outputs[self._positions[ref.identity]][sig.EMBEDDING_OUTPUT] for ref in self.embedding_models.models]
         tags = None
         if self.tag_model is not None:
-            tags = outputs[position[self.tag_model.identity]][sig.TAGS_OUTPUT]
+            tags = outputs[self._positions[self.tag_model.identity]][sig.TAGS_OUTPUT]
         return self.embedding_models.combine(parts), tags
 
     def unusable(self, outputs: ModelOutputs) -> str | None:

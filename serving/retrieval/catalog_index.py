@@ -85,7 +85,43 @@ class TrackRecord:
     content_sha256: str = ""
 
 
-class CatalogIndex:
+class TrackRows:
+    """Reading an index by track id: what `CatalogIndex` and `sharded_index.ShardedIndex` share.
+
+    A subclass sets `tracks` (a track's row is its place there), `_rows`
+    (track id -> row), `embeddings` (the ranking vectors, by row) and
+    `searcher` (anything with `search(vectors, k)`).
+    """
+
+    tracks: list[TrackRecord]
+    embeddings: np.ndarray
+    _rows: dict[str, int]
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __contains__(self, track_id: str) -> bool:
+        return track_id in self._rows
+
+    def row(self, track_id: str) -> int:
+        """The row of a track; an unknown id is a `KeyError` naming it."""
+        try:
+            return self._rows[track_id]
+        except KeyError:
+            raise KeyError(f"unknown track id {track_id!r}") from None
+
+    def track(self, track_id: str) -> TrackRecord:
+        return self.tracks[self.row(track_id)]
+
+    def ranking_vector_of(self, track_id: str) -> np.ndarray:
+        return self.embeddings[self.row(track_id)]
+
+    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """Each ranking vector's `k` nearest tracks, as (id, cosine) (the searcher)."""
+        return self.searcher.search(vectors, k)
+
+
+class CatalogIndex(TrackRows):
     """Tracks with their embeddings and tag probabilities, searchable by embedding.
 
     Build with `CatalogIndex.build`, load with `CatalogIndex.load`.
@@ -165,12 +201,6 @@ class CatalogIndex:
         probabilities = None if tag_probabilities is None else np.asarray(tag_probabilities, np.float32)
         return cls(tracks, embeddings, probabilities, embedding_models, tag_model, searcher, catalog_mean, centred)
 
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def __contains__(self, track_id: str) -> bool:
-        return track_id in self._rows
-
     @property
     def num_shards(self) -> int:
         """1: one index (a `sharded_index.ShardedIndex` reads as one index of several)."""
@@ -210,23 +240,6 @@ class CatalogIndex:
         self.catalog_mean = self.own_mean() if catalog_mean is None else np.asarray(catalog_mean, np.float64)
         self.embeddings = self.ranking_vectors(self.model_embeddings)
         self.searcher.upsert([t.track_id for t in self.tracks], self.embeddings)
-
-    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """Each ranking vector's `k` nearest tracks, as (id, cosine) (the ScaNN searcher)."""
-        return self.searcher.search(vectors, k)
-
-    def ranking_vector_of(self, track_id: str) -> np.ndarray:
-        return self.embeddings[self.row(track_id)]
-
-    def row(self, track_id: str) -> int:
-        """The row of a track; an unknown id is a `KeyError` naming it."""
-        try:
-            return self._rows[track_id]
-        except KeyError:
-            raise KeyError(f"unknown track id {track_id!r}") from None
-
-    def track(self, track_id: str) -> TrackRecord:
-        return self.tracks[self.row(track_id)]
 
     def upsert(
         self,

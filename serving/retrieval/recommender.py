@@ -394,50 +394,45 @@ class Recommender:
         # Widening stops at `limit` results: past that, a selective tag filter is
         # cheaper (and exact) to finish by scoring the remaining candidates directly.
         limit = min(len(self.catalog), max(MAX_SEARCH_RESULTS, OVERFETCH * OVERFETCH * (selection.k + 1)))
-        if np.count_nonzero(allowed) <= limit:
-            # As few candidates as the search could return: scoring them all is exact, and as cheap.
-            return self._score_exactly(np.flatnonzero(allowed), ranking_vector, query_vector, selection)
-        fetch = min(limit, OVERFETCH * (selection.k + 1))
-        while True:
-            results = self.catalog.search(ranking_vector, fetch)[0]
-            found = np.array([self.catalog.row(track_id) for track_id, _ in results], np.int64)
-            new = found[~seen[found]]
-            seen[new] = True
-            # The search's new results offered best first by their exact score.
-            self._score_exactly(new[allowed[new]], ranking_vector, query_vector, selection)
-            if selection.full or fetch >= limit:
-                break
-            fetch = min(limit, fetch * OVERFETCH)
-        if selection.full:
-            return self._best_first(selection.taken)
-        # Candidates the search did not reach (or that an approximate searcher
-        # never returns): scored exactly from their stored embeddings.
-        return self._score_exactly(np.flatnonzero(allowed & ~seen), ranking_vector, query_vector, selection)
+        if np.count_nonzero(allowed) > limit:  # Else as few candidates as the search could return: all scored.
+            fetch = min(limit, OVERFETCH * (selection.k + 1))
+            while not selection.full:
+                results = self.catalog.search(ranking_vector, fetch)[0]
+                found = np.array([self.catalog.row(track_id) for track_id, _ in results], np.int64)
+                new = found[~seen[found]]
+                seen[new] = True
+                # The search's new results offered best first by their exact score.
+                self._score_exactly(new[allowed[new]], ranking_vector, query_vector, selection)
+                if fetch >= limit:
+                    break
+                fetch = min(limit, fetch * OVERFETCH)
+        if not selection.full:
+            # Candidates the search did not reach (or that an approximate searcher
+            # never returns): scored exactly from their stored embeddings.
+            self._score_exactly(np.flatnonzero(allowed & ~seen), ranking_vector, query_vector, selection)
+        return self._best_first(selection.taken)
 
     def _score_exactly(self, rows: np.ndarray, ranking_vector, query_vector, selection: _Selection):
         """Offers `rows` best first by their exact cosine to `ranking_vector`, until the selection is full."""
-        if rows.size:
-            scores = self.catalog.embeddings[rows] @ ranking_vector
-            query_cosines = self.catalog.embeddings[rows] @ query_vector
-            for i in self._best_first_order(rows, scores):
-                row = int(rows[i])
-                selection.offer(row, float(scores[i]), float(query_cosines[i]), self.catalog.tracks[row])
-                if selection.full:
-                    break
-        return self._best_first(selection.taken)
+        self._offer_best_first(rows, self.catalog.embeddings[rows] @ ranking_vector, query_vector, selection)
 
     def _rank_by_tags(self, query_probabilities, query_embedding, allowed, selection: _Selection):
         rows = np.flatnonzero(allowed)
         probabilities = self.catalog.tag_probabilities[rows]
         norms = np.linalg.norm(probabilities, axis=1) * np.linalg.norm(query_probabilities)
         scores = (probabilities @ query_probabilities) / np.maximum(norms, 1e-12)
+        self._offer_best_first(rows, scores, query_embedding, selection)
+        return selection.taken
+
+    def _offer_best_first(self, rows: np.ndarray, scores: np.ndarray, query_vector, selection: _Selection):
+        """Offers `rows` in the order of their `scores` until the selection is full (`query_vector`, the query's
+        unexpanded ranking vector, finds its duplicates)."""
         for i in self._best_first_order(rows, scores):
             row = int(rows[i])
-            query_cosine = float(self.catalog.embeddings[row] @ query_embedding)
+            query_cosine = float(self.catalog.embeddings[row] @ query_vector)
             selection.offer(row, float(scores[i]), query_cosine, self.catalog.tracks[row])
             if selection.full:
                 break
-        return selection.taken
 
     def _best_first_order(self, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """The order of `rows` by score, ties by track id (not by row: the same order in every index layout)."""

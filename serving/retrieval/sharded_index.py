@@ -25,7 +25,7 @@ import numpy as np
 from data_prep.splits import stable_hash
 from serving.embedding.ensemble import EmbeddingModels
 from serving.export.exported_model import ModelRef
-from serving.retrieval.catalog_index import SHARDS_FILENAME, CatalogIndex, IndexMismatchError, TrackRecord
+from serving.retrieval.catalog_index import SHARDS_FILENAME, CatalogIndex, IndexMismatchError, TrackRows
 from serving.retrieval.searcher import SearcherConfig, normalise
 
 FORMAT = "sharded-catalog-index-1"
@@ -99,8 +99,8 @@ class ShardedSearcher:
         return merged
 
 
-class ShardedIndex:
-    """The shards of a catalog index, read as one index (`CatalogIndex`'s reading interface).
+class ShardedIndex(TrackRows):
+    """The shards of a catalog index, read as one index (`TrackRows`, as a `CatalogIndex` is read).
 
     Build with `ShardedIndex.build`, load with `ShardedIndex.load`.
 
@@ -173,28 +173,9 @@ class ShardedIndex:
             ]
         )
 
-    def __len__(self) -> int:
-        return len(self.tracks)
-
-    def __contains__(self, track_id: str) -> bool:
-        return track_id in self._rows
-
     @property
     def num_shards(self) -> int:
         return len(self.shards)
-
-    def row(self, track_id: str) -> int:
-        """The row of a track across the shards; an unknown id is a `KeyError` naming it."""
-        try:
-            return self._rows[track_id]
-        except KeyError:
-            raise KeyError(f"unknown track id {track_id!r}") from None
-
-    def track(self, track_id: str) -> TrackRecord:
-        return self.tracks[self.row(track_id)]
-
-    def ranking_vector_of(self, track_id: str) -> np.ndarray:
-        return self.embeddings[self.row(track_id)]
 
     @property
     def embedding_models(self) -> EmbeddingModels:
@@ -229,10 +210,6 @@ class ShardedIndex:
         catalog_mean = (sizes[:, np.newaxis] * means).sum(axis=0) / sizes.sum()
         for shard in self.shards:
             shard.recentre(catalog_mean)
-
-    def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
-        """Each ranking vector's `k` nearest tracks across the shards, as (id, cosine)."""
-        return self.searcher.search(vectors, k)
 
     def upsert(self, tracks, embeddings: np.ndarray, tag_probabilities: np.ndarray | None):
         """Adds or replaces tracks, each in its shard, and centres every shard on the new catalog mean."""
