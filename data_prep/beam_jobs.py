@@ -1,7 +1,9 @@
-"""What the project's two Beam jobs share: runners, pipeline options, counters and staged rejections.
+"""What the project's Beam jobs share: the four steps of a job, runners, pipeline options, counters, staged rejections.
 
-`python -m data_prep` (catalog to TFRecords) and `python -m serving.build_index`
-(catalog to embeddings) both run on any Beam runner: the DirectRunner (the
+`python -m data_prep` (catalog to TFRecords), `python -m serving.build_index`
+(catalog to embeddings) and `python -m train.compute_teacher_targets`
+(datasets to distillation targets) are each a `StagedJob` run by
+`run_staged_job`: stage, run, reconcile, publish. They run on any Beam runner: the DirectRunner (the
 default: threads on every core), Dask (`--runner=dask`: a `dask.distributed`
 cluster, or a `LocalCluster` of one worker process per core), Dataflow,
 Flink or Spark. The same pipeline code runs on all of them, so it uses only
@@ -16,8 +18,10 @@ reports none).
 
 from __future__ import annotations
 
+import abc
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -33,6 +37,8 @@ from data_prep.rejections import Rejection
 from data_prep.splits import stable_hash
 
 REJECTION_SUFFIX = ".rejection.json"
+# The staging folder's name where a job stages next to its outputs.
+STAGING_DIRNAME = "_staging"
 DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 _RUNNER_ALIASES = {"dask": DASK_RUNNER, "DaskRunner": DASK_RUNNER}
 # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers' environment;
@@ -53,6 +59,108 @@ class RunnerUnavailableError(RuntimeError):
 
 class JobFailedError(RuntimeError):
     """The pipeline failed on its runner (e.g. a Dask worker died too often); nothing was published."""
+
+
+class CountsDoNotReconcileError(RuntimeError):
+    """What came in is not what was written plus what was rejected: a bug, never data; nothing was published."""
+
+
+class StagedJob(abc.ABC):
+    """A Beam job of this project, in the four steps every one of them takes (`run_staged_job`).
+
+    1. **Stage**: `build` adds the job's transforms; its workers write what they
+       make (shards, features, one file per rejection) under the staging folder,
+       through `write_atomically`, under names a retried bundle rewrites
+       identically.
+    2. **Run** on the chosen runner (`run_pipeline`).
+    3. **Reconcile**: the launcher reads the staged outputs back and checks that
+       what came in equals what was written plus what was rejected
+       (`check_counts`), never trusting Beam metrics (the Dask runner has none).
+    4. **Publish**: the outputs move into place, the file that marks them
+       complete last; the staging folder goes.
+
+    A run that fails publishes nothing and leaves earlier outputs as they were.
+    Its staging folder stays where it is (workers of a failed cluster job may
+    still be writing into it; a reconciliation failure is a bug to look at),
+    and the next run into the same place clears it; a job whose staging folder
+    is new for every run (`staging_is_per_run`) removes it instead.
+
+    Attributes:
+        metrics_namespace: The Beam counters to report, if the job counts any.
+        staging_folders: Subfolders of the staging folder made before the run.
+        staging_is_per_run: Whether each run stages into a folder of its own.
+    """
+
+    metrics_namespace: str | None = None
+    staging_folders: tuple[str, ...] = ()
+    staging_is_per_run: bool = False
+
+    @abc.abstractmethod
+    def staging_dir(self, options: PipelineOptions) -> str:
+        """Where the workers stage their outputs (a place they all reach)."""
+
+    @abc.abstractmethod
+    def build(self, pipeline: beam.Pipeline, staging_dir: str) -> int:
+        """Adds the job's transforms to `pipeline`; returns its number of input elements."""
+
+    @abc.abstractmethod
+    def reconcile(self, staging_dir: str):
+        """Reads the staged outputs back and checks the counts (`check_counts`); returns them for `publish`."""
+
+    @abc.abstractmethod
+    def publish(self, reconciled, staging_dir: str):
+        """Moves the reconciled outputs into place, the completion marker last; returns the job's result."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOutcome:
+    """What `run_staged_job` returns: the job's published result and its Beam counters (None where the runner
+    reports none, or the job counts nothing)."""
+
+    published: object
+    counters: dict[str, int] | None
+
+
+def run_staged_job(job: StagedJob, pipeline_args: list[str] | None = None) -> JobOutcome:
+    """Runs `job` through its four steps on the runner `pipeline_args` choose (see `StagedJob`).
+
+    Raises:
+        CountsDoNotReconcileError: The staged outputs do not add up (the message names the staging folder).
+        RunnerUnavailableError, JobFailedError: The runner (see `run_pipeline`).
+    """
+    options = default_pipeline_options(list(pipeline_args or []))
+    staging_dir = job.staging_dir(options)
+    remove_tree(staging_dir)
+    for folder in ("", *job.staging_folders):
+        tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder) if folder else staging_dir)
+    try:
+        pipeline = beam.Pipeline(options=options)
+        result = run_pipeline(pipeline, job.build(pipeline, staging_dir))
+        try:
+            reconciled = job.reconcile(staging_dir)
+        except CountsDoNotReconcileError as error:
+            kept = "" if job.staging_is_per_run else f"; staging data left in {staging_dir}"
+            raise CountsDoNotReconcileError(f"counts do not reconcile: {error}{kept}") from None
+        published = job.publish(reconciled, staging_dir)
+    except BaseException:
+        if job.staging_is_per_run:
+            remove_tree(staging_dir)
+        raise
+    remove_tree(staging_dir)
+    counters = beam_counters(result, job.metrics_namespace) if job.metrics_namespace else None
+    return JobOutcome(published, counters)
+
+
+def check_counts(num_in: int, num_written: int, num_rejected: int, unit: str = "tracks"):
+    """Raises `CountsDoNotReconcileError` unless `num_in == num_written + num_rejected`."""
+    if num_written + num_rejected != num_in:
+        raise CountsDoNotReconcileError(f"{num_in} {unit} in, {num_written} written + {num_rejected} rejected")
+
+
+def remove_tree(path: str):
+    """Removes a folder and everything in it, if it exists (any file system TensorFlow reaches)."""
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
 
 
 def default_pipeline_options(pipeline_args: list[str]) -> PipelineOptions:

@@ -48,7 +48,6 @@ from tfrecords import dataset_info, schema
 from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
 
 METRICS_NAMESPACE = "data_prep"
-STAGING_DIRNAME = "_staging"
 _STATS_SUFFIX = ".stats.json"
 _EXAMPLES_DIRNAME = "examples"
 _REJECTIONS_DIRNAME = "rejections"
@@ -382,41 +381,63 @@ def run(
         The summary of the run; the dataset is complete when this returns.
 
     Raises:
-        RuntimeError: When the counts do not reconcile (a bug, never data).
+        beam_jobs.CountsDoNotReconcileError: A bug, never data.
     """
     tasks, early_rejections, vocabulary = plan_tasks(catalog, config)
-    output_dir = config.output_dir
-    staging_dir = tf.io.gfile.join(output_dir, STAGING_DIRNAME)
-    if tf.io.gfile.exists(staging_dir):
-        tf.io.gfile.rmtree(staging_dir)
-    tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME))
-    tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
-
-    options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
     logging.info("Preprocessing %d tracks (%d rejected up front)", len(tasks), len(early_rejections))
-    pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, tasks, config, staging_dir)
-    result = beam_jobs.run_pipeline(pipeline, len(tasks))
+    job = PreprocessJob(catalog, config, tasks, early_rejections, vocabulary)
+    outcome = beam_jobs.run_staged_job(job, pipeline_args)
+    info, rejections = outcome.published
+    return Summary(info=info, rejections=rejections, counters=outcome.counters)
 
-    shard_stats = _read_shard_stats(staging_dir)
-    late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
-    rejections = sorted(early_rejections + late_rejections, key=lambda r: r.row)
-    written_ids = [track_id for stats in shard_stats for track_id in stats["track_ids"]]
-    accounted = collections.Counter(written_ids + [r.track_id for r in late_rejections])
-    expected = collections.Counter(task.entry.track_id for task in tasks)
-    if len(written_ids) + len(rejections) != catalog.num_rows or accounted != expected:
-        raise RuntimeError(
-            f"counts do not reconcile: {catalog.num_rows} catalog rows, {len(written_ids)} written, "
-            f"{len(rejections)} rejected; staging data left in {staging_dir}"
+
+@dataclasses.dataclass
+class PreprocessJob(beam_jobs.StagedJob):
+    """Catalog rows to a TFRecord dataset, as a `beam_jobs.StagedJob`.
+
+    Staged in `OUTPUT_DIR/_staging`: shards with their stats, one file per
+    rejection. Published: the shards under their final names, `rejected.csv`,
+    then `dataset_info.json`.
+    """
+
+    catalog: Catalog
+    config: PreprocessConfig
+    tasks: list[TrackTask]
+    early_rejections: list[Rejection]
+    vocabulary: TagVocabulary
+
+    metrics_namespace = METRICS_NAMESPACE
+    staging_folders = (_EXAMPLES_DIRNAME, _REJECTIONS_DIRNAME)
+
+    def staging_dir(self, options) -> str:
+        return tf.io.gfile.join(self.config.output_dir, beam_jobs.STAGING_DIRNAME)
+
+    def build(self, pipeline: beam.Pipeline, staging_dir: str) -> int:
+        build_pipeline(pipeline, self.tasks, self.config, staging_dir)
+        return len(self.tasks)
+
+    def reconcile(self, staging_dir: str) -> tuple[list[dict], list[Rejection]]:
+        shard_stats = _read_shard_stats(staging_dir)
+        late_rejections = beam_jobs.read_rejections(tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME))
+        rejections = sorted(self.early_rejections + late_rejections, key=lambda r: r.row)
+        written_ids = [track_id for stats in shard_stats for track_id in stats["track_ids"]]
+        beam_jobs.check_counts(self.catalog.num_rows, len(written_ids), len(rejections), unit="catalog rows")
+        accounted = collections.Counter(written_ids + [r.track_id for r in late_rejections])
+        if accounted != collections.Counter(task.entry.track_id for task in self.tasks):
+            raise beam_jobs.CountsDoNotReconcileError(
+                "the tracks written and rejected by the workers are not the tracks sent to them"
+            )
+        return shard_stats, rejections
+
+    def publish(self, reconciled, staging_dir: str) -> tuple[dataset_info.DatasetInfo, list[Rejection]]:
+        shard_stats, rejections = reconciled
+        vocabulary, dropped = _drop_tags_without_examples(
+            self.vocabulary, shard_stats, rejections, self.catalog.entries, self.config, staging_dir
         )
-
-    vocabulary, dropped = _drop_tags_without_examples(
-        vocabulary, shard_stats, rejections, catalog.entries, config, staging_dir
-    )
-    info = _make_info(catalog, config, vocabulary, shard_stats, rejections)
-    info.dropped_tags = dropped
-    _publish(output_dir, staging_dir, shard_stats, rejections, info)
-    return Summary(info=info, rejections=rejections, counters=beam_jobs.beam_counters(result, METRICS_NAMESPACE))
+        info = _make_info(self.catalog, self.config, vocabulary, shard_stats, rejections)
+        info.dropped_tags = dropped
+        _publish(self.config.output_dir, staging_dir, shard_stats, rejections, info)
+        return info, rejections
 
 
 def _drop_tags_without_examples(vocabulary, shard_stats, rejections, catalog_entries, config, staging_dir):
@@ -516,4 +537,3 @@ def _publish(output_dir, staging_dir, shard_stats, rejections, info):
     with tf.io.gfile.GFile(temporary, "w") as handle:
         handle.write(info.to_json())
     tf.io.gfile.rename(temporary, dataset_info.info_path(output_dir), overwrite=True)
-    tf.io.gfile.rmtree(staging_dir)

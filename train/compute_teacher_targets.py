@@ -56,7 +56,9 @@ def main(argv):
     ) as error:
         sys.exit(f"error: {error}")  # The user's input: the message alone, no traceback.
     except beam_jobs.JobFailedError as error:
-        sys.exit(f"error: {error}\nno dataset_info.json was written; run the same command again to redo it")
+        sys.exit(
+            f"error: {error}\nnothing was published (the output folder is as it was); run the same command again to redo it"
+        )
     teacher = info.teacher
     splits = ", ".join(f"{name} {split.examples}" for name, split in info.splits.items())
     print(

@@ -20,8 +20,9 @@ L2-normalised (as the serving graph returns it).
 Both datasets must come from the same catalog with the same split settings:
 every student track must be found, in the same shard and order, in the
 teacher's dataset. A mismatch fails the job naming the shard and track; the
-student dataset and any earlier output stay untouched until the new
-`dataset_info.json` is written, last.
+student dataset and any earlier output stay untouched: the new shards are
+staged (`data_prep.beam_jobs.StagedJob`) and move into place only once every
+track is accounted for, `dataset_info.json` last.
 """
 
 from __future__ import annotations
@@ -128,8 +129,15 @@ def _check_inputs(job: TeacherJob) -> tuple[dataset_info.DatasetInfo, dataset_in
 class TargetsForShard(beam.DoFn):
     """Reads one student shard and its teacher twin, writes the shard with teacher targets; emits its track count."""
 
-    def __init__(self, job: TeacherJob, student: dataset_info.DatasetInfo, teacher_data: dataset_info.DatasetInfo):
+    def __init__(
+        self,
+        job: TeacherJob,
+        student: dataset_info.DatasetInfo,
+        teacher_data: dataset_info.DatasetInfo,
+        staging_dir: str,
+    ):
         self._job = job
+        self._staging_dir = staging_dir
         self._student = student
         self._teacher_data = teacher_data
         self._model = None
@@ -154,7 +162,7 @@ class TargetsForShard(beam.DoFn):
                 f"{job.teacher_dataset_dir}"
             )
         options = tf.io.TFRecordOptions(compression_type=self._student.compression)
-        path = tf.io.gfile.join(job.output_dir, shard)
+        path = tf.io.gfile.join(self._staging_dir, shard)
         temporary = f"{path}.{uuid.uuid4().hex}.tmp"  # Renamed into place, as `beam_jobs.write_atomically` does.
         with tf.io.TFRecordWriter(temporary, options) as writer:
             for student_record, teacher_record in zip(student_records, teacher_records, strict=True):
@@ -194,34 +202,68 @@ def compute(job: TeacherJob, pipeline_args: list[str] | None = None) -> dataset_
         beam_jobs.JobFailedError, beam_jobs.RunnerUnavailableError: The runner.
     """
     student, teacher_data, teacher = _check_inputs(job)
-    shards = [shard for split in student.splits.values() for shard in split.shards]
-    if tf.io.gfile.exists(dataset_info.info_path(job.output_dir)):
-        tf.io.gfile.remove(dataset_info.info_path(job.output_dir))  # Incomplete until rewritten.
-    tf.io.gfile.makedirs(job.output_dir)
-    options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
-    pipeline = beam.Pipeline(options=options)
-    _ = (
-        pipeline
-        | "Shards" >> beam.Create(shards)
-        | "TeacherTargets" >> beam.ParDo(TargetsForShard(job, student, teacher_data))
-    )
-    logging.info("Teacher targets: %d shards of %s with %s", len(shards), job.dataset_dir, job.teacher)
-    beam_jobs.run_pipeline(pipeline, len(shards))
-    written = sum(
-        sum(
-            1
-            for _ in tf.data.TFRecordDataset(tf.io.gfile.join(job.output_dir, s), compression_type=student.compression)
+    return beam_jobs.run_staged_job(TeacherTargetsJob(job, student, teacher_data, teacher), pipeline_args).published
+
+
+@dataclasses.dataclass
+class TeacherTargetsJob(beam_jobs.StagedJob):
+    """Student shards to shards with teacher targets, as a `beam_jobs.StagedJob`.
+
+    Staged in `OUTPUT_DIR/_staging`: the new shards, under their final names.
+    Published: the shards moved into `OUTPUT_DIR`, the student's
+    `rejected.csv` copied, then `dataset_info.json`.
+    """
+
+    job: TeacherJob
+    student: dataset_info.DatasetInfo
+    teacher_data: dataset_info.DatasetInfo
+    teacher: artifact.ModelInfo
+
+    def staging_dir(self, options) -> str:
+        return tf.io.gfile.join(self.job.output_dir, beam_jobs.STAGING_DIRNAME)
+
+    @property
+    def shards(self) -> list[str]:
+        return [shard for split in self.student.splits.values() for shard in split.shards]
+
+    def build(self, pipeline: beam.Pipeline, staging_dir: str) -> int:
+        _ = (
+            pipeline
+            | "Shards" >> beam.Create(self.shards)
+            | "TeacherTargets" >> beam.ParDo(TargetsForShard(self.job, self.student, self.teacher_data, staging_dir))
         )
-        for s in shards
-    )
-    if written != student.num_written:
-        raise RuntimeError(f"counts do not reconcile: {student.num_written} tracks in, {written} written")
-    provenance = dataclasses.asdict(teacher.provenance) if teacher.provenance else {}
-    if teacher.training:
-        provenance = {"training": dataclasses.asdict(teacher.training)}
-    info = dataclasses.replace(
-        student,
-        teacher=dataset_info.TeacherInfo(
+        logging.info(
+            "Teacher targets: %d shards of %s with %s", len(self.shards), self.job.dataset_dir, self.job.teacher
+        )
+        return len(self.shards)
+
+    def reconcile(self, staging_dir: str) -> list[str]:
+        compression = self.student.compression
+        written = sum(
+            sum(1 for _ in tf.data.TFRecordDataset(tf.io.gfile.join(staging_dir, shard), compression_type=compression))
+            for shard in self.shards
+        )
+        beam_jobs.check_counts(self.student.num_written, written, 0)
+        return self.shards
+
+    def publish(self, shards: list[str], staging_dir: str) -> dataset_info.DatasetInfo:
+        output_dir = self.job.output_dir
+        if tf.io.gfile.exists(dataset_info.info_path(output_dir)):
+            tf.io.gfile.remove(dataset_info.info_path(output_dir))  # Incomplete until rewritten.
+        for shard in shards:
+            source = tf.io.gfile.join(staging_dir, shard)
+            tf.io.gfile.rename(source, tf.io.gfile.join(output_dir, shard), overwrite=True)
+        _copy_rejections(self.job)
+        info = dataclasses.replace(self.student, teacher=self._teacher_info())
+        beam_jobs.write_atomically(dataset_info.info_path(output_dir), info.to_json())
+        return info
+
+    def _teacher_info(self) -> dataset_info.TeacherInfo:
+        teacher, job = self.teacher, self.job
+        provenance = dataclasses.asdict(teacher.provenance) if teacher.provenance else {}
+        if teacher.training:
+            provenance = {"training": dataclasses.asdict(teacher.training)}
+        return dataset_info.TeacherInfo(
             model=artifact.artifact_dir(job.teacher),
             model_name=teacher.model_name,
             vocabulary=list(teacher.vocabulary),
@@ -230,11 +272,7 @@ def compute(job: TeacherJob, pipeline_args: list[str] | None = None) -> dataset_
             hop_frames=job.hop_frames,
             teacher_dataset_dir=job.teacher_dataset_dir,
             provenance=provenance,
-        ),
-    )
-    beam_jobs.write_atomically(dataset_info.info_path(job.output_dir), info.to_json())
-    _copy_rejections(job)
-    return info
+        )
 
 
 def _copy_rejections(job: TeacherJob):

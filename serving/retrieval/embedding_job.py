@@ -50,7 +50,6 @@ from serving.retrieval.catalog_index import TrackRecord
 from tfrecords import dataset_info, schema
 
 METRICS_NAMESPACE = "build_index"
-STAGING_DIRNAME = "_embedding_staging"
 DEFAULT_TRACKS_PER_BATCH = index_layout.TRACKS_PER_BATCH
 # Pending waveforms (or log-mel values) a worker holds while it waits for a batch of one length to fill: 256 MB.
 MAX_PENDING_VALUES = 64 * 1024 * 1024
@@ -452,23 +451,6 @@ def _tfrecord_pipeline(
     return most_shards
 
 
-def _staging_dir(options, work_dir: str) -> str:
-    """Where the workers stage features and rejections: under `--temp_location` if given, else in `work_dir`.
-
-    Workers on other machines than the launcher need a folder they all reach
-    (an object store, a shared file system): `--temp_location`.
-    """
-    temp_location = options.view_as(GoogleCloudOptions).temp_location
-    if temp_location:
-        return tf.io.gfile.join(temp_location, f"build_index-{uuid.uuid4().hex}")
-    return os.path.join(work_dir, STAGING_DIRNAME)
-
-
-def _remove_tree(path: str):
-    if tf.io.gfile.exists(path):
-        tf.io.gfile.rmtree(path)
-
-
 def _read_staging(staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
     features = []
     for path in tf.io.gfile.glob(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME, f"*{_FEATURES_SUFFIX}")):
@@ -510,35 +492,68 @@ def embed(
         tracks_per_batch: The most tracks of one length a worker sends through a model in one pass.
 
     Raises:
-        RuntimeError: The counts do not reconcile (a bug, never data).
+        beam_jobs.CountsDoNotReconcileError: A bug, never data.
     """
     if (catalog is None) == (dataset_dirs is None):
         raise ValueError("give either a catalog or TFRecord datasets")
     if tracks_per_batch < 1:
         raise ValueError(f"tracks per batch must be at least 1, got {tracks_per_batch}")
-    options = beam_jobs.default_pipeline_options(list(pipeline_args or []))
-    staging_dir = _staging_dir(options, work_dir)
-    _remove_tree(staging_dir)
-    for folder in (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME):
-        tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder))
-    pipeline = beam.Pipeline(options=options)
-    if catalog is not None:
-        num_elements = _catalog_pipeline(pipeline, catalog, models, staging_dir, tracks_per_batch)
-        num_input = catalog.num_rows
-        early = list(catalog.rejections)
-    else:
-        dataset_of_model = match_datasets(dataset_dirs, models)
-        num_elements = _tfrecord_pipeline(pipeline, dataset_of_model, models, staging_dir, tracks_per_batch)
-        num_input = len(_tfrecord_track_ids(sorted(set(dataset_of_model.values()))))
-        early = []
-    try:
-        result = beam_jobs.run_pipeline(pipeline, num_elements)
+    dataset_of_model = match_datasets(dataset_dirs, models) if dataset_dirs is not None else None
+    job = EmbeddingJob(models, work_dir, catalog, dataset_of_model, tracks_per_batch)
+    outcome = beam_jobs.run_staged_job(job, pipeline_args)
+    features, rejections = outcome.published
+    return EmbeddingRun(features, rejections, job.num_input, outcome.counters)
+
+
+@dataclasses.dataclass
+class EmbeddingJob(beam_jobs.StagedJob):
+    """Tracks to their features, as a `beam_jobs.StagedJob` (one of `catalog` and `dataset_of_model` given).
+
+    Staged in a folder of the run's own (under `--temp_location` if given,
+    else in `work_dir`): one file per track's features or rejection. Published
+    to the caller: the features and rejections, which `index_builder` turns
+    into an index.
+    """
+
+    models: IndexModels
+    work_dir: str
+    catalog: Catalog | None
+    dataset_of_model: dict[int, str] | None
+    tracks_per_batch: int
+    num_input: int = dataclasses.field(init=False)  # Tracks (or catalog rows) that go in.
+
+    metrics_namespace = METRICS_NAMESPACE
+    staging_folders = (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME)
+    staging_is_per_run = True
+
+    def __post_init__(self):
+        if self.catalog is not None:
+            self.num_input = self.catalog.num_rows
+        else:
+            self.num_input = len(_tfrecord_track_ids(sorted(set(self.dataset_of_model.values()))))
+
+    def staging_dir(self, options) -> str:
+        """Under `--temp_location` if given, else in `work_dir`.
+
+        Workers on other machines than the launcher need a folder they all
+        reach (an object store, a shared file system): `--temp_location`.
+        """
+        temp_location = options.view_as(GoogleCloudOptions).temp_location
+        if temp_location:
+            return tf.io.gfile.join(temp_location, f"build_index-{uuid.uuid4().hex}")
+        return os.path.join(self.work_dir, beam_jobs.STAGING_DIRNAME)
+
+    def build(self, pipeline: beam.Pipeline, staging_dir: str) -> int:
+        if self.catalog is not None:
+            return _catalog_pipeline(pipeline, self.catalog, self.models, staging_dir, self.tracks_per_batch)
+        return _tfrecord_pipeline(pipeline, self.dataset_of_model, self.models, staging_dir, self.tracks_per_batch)
+
+    def reconcile(self, staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
         features, rejections = _read_staging(staging_dir)
-    finally:
-        _remove_tree(staging_dir)
-    rejections = early + rejections
-    if len(features) + len(rejections) != num_input:
-        raise RuntimeError(
-            f"counts do not reconcile: {num_input} tracks in, {len(features)} embedded + {len(rejections)} rejected"
-        )
-    return EmbeddingRun(features, rejections, num_input, beam_jobs.beam_counters(result, METRICS_NAMESPACE))
+        if self.catalog is not None:
+            rejections = list(self.catalog.rejections) + rejections
+        beam_jobs.check_counts(self.num_input, len(features), len(rejections))
+        return features, rejections
+
+    def publish(self, reconciled, staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
+        return reconciled

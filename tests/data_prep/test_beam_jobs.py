@@ -1,6 +1,10 @@
-"""What the two Beam jobs share, on the real DirectRunner: options, counters, staged rejections."""
+"""What the Beam jobs share, on the real DirectRunner: the four steps of a job, options, counters, staged rejections."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
 
 import apache_beam as beam
 import pytest
@@ -56,6 +60,86 @@ def test_a_retried_rejection_rewrites_the_same_file(tmp_path):
         beam_jobs.stage_rejection(str(tmp_path), rejection)
     assert len(list(tmp_path.iterdir())) == 1
     assert beam_jobs.read_rejections(str(tmp_path)) == [rejection]
+
+
+class _StageNumbers(beam.DoFn):
+    """Writes each number as a file of its own in the staging folder, or rejects it; `lose` drops one silently."""
+
+    def __init__(self, staging_dir: str, lose: int | None):
+        self._staging_dir, self._lose = staging_dir, lose
+
+    def process(self, number: int):
+        Metrics.counter("test_beam_jobs", "seen").inc()
+        if number % 4 == 0:
+            rejection = Rejection(number, f"t{number}", f"{number}.mp3", "silent", "quiet")
+            beam_jobs.stage_rejection(f"{self._staging_dir}/rejections", rejection)
+        elif number != self._lose:
+            beam_jobs.write_atomically(f"{self._staging_dir}/numbers/{number}.json", json.dumps(number * number))
+        return ()
+
+
+@dataclasses.dataclass
+class _SquaresJob(beam_jobs.StagedJob):
+    """Numbers to `OUTPUT_DIR/squares.json`, the four steps on the real runner."""
+
+    output_dir: str
+    numbers: list[int]
+    lose: int | None = None
+    per_run: bool = False
+
+    metrics_namespace = "test_beam_jobs"
+    staging_folders = ("numbers", "rejections")
+
+    @property
+    def staging_is_per_run(self):
+        return self.per_run
+
+    def staging_dir(self, options) -> str:
+        return f"{self.output_dir}/{beam_jobs.STAGING_DIRNAME}"
+
+    def build(self, pipeline, staging_dir: str) -> int:
+        _ = pipeline | beam.Create(self.numbers) | beam.ParDo(_StageNumbers(staging_dir, self.lose))
+        return len(self.numbers)
+
+    def reconcile(self, staging_dir: str):
+        squares = sorted(json.loads(path.read_text()) for path in (Path(staging_dir) / "numbers").iterdir())
+        rejections = beam_jobs.read_rejections(f"{staging_dir}/rejections")
+        beam_jobs.check_counts(len(self.numbers), len(squares), len(rejections), unit="numbers")
+        return squares, rejections
+
+    def publish(self, reconciled, staging_dir: str):
+        squares, rejections = reconciled
+        beam_jobs.write_atomically(f"{self.output_dir}/squares.json", json.dumps(squares))
+        return squares, [r.row for r in rejections]
+
+
+def test_a_staged_job_publishes_what_its_workers_staged_and_clears_the_staging_folder(tmp_path):
+    outcome = beam_jobs.run_staged_job(_SquaresJob(str(tmp_path), list(range(1, 10))), [])
+    assert outcome.published == ([1, 4, 9, 25, 36, 49, 81], [4, 8])
+    assert outcome.counters == {"seen": 9}
+    assert json.loads((tmp_path / "squares.json").read_text()) == [1, 4, 9, 25, 36, 49, 81]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["squares.json"]
+
+
+def test_counts_that_do_not_reconcile_publish_nothing_and_keep_the_staging_folder_to_look_at(tmp_path):
+    (tmp_path / "squares.json").write_text("[1]")  # An earlier run's output.
+    (tmp_path / beam_jobs.STAGING_DIRNAME).mkdir()
+    (tmp_path / beam_jobs.STAGING_DIRNAME / "left_by_a_killed_run").write_text("x")
+    with pytest.raises(beam_jobs.CountsDoNotReconcileError) as raised:
+        beam_jobs.run_staged_job(_SquaresJob(str(tmp_path), list(range(1, 10)), lose=5), [])
+    staging = tmp_path / beam_jobs.STAGING_DIRNAME
+    assert str(raised.value) == (
+        f"counts do not reconcile: 9 numbers in, 6 written + 2 rejected; staging data left in {staging}"
+    )
+    assert (tmp_path / "squares.json").read_text() == "[1]"
+    assert sorted(path.name for path in (staging / "numbers").iterdir()) == [f"{n}.json" for n in (1, 2, 3, 6, 7, 9)]
+    assert not (staging / "left_by_a_killed_run").exists()  # The run started from an empty staging folder.
+
+
+def test_a_failed_job_with_a_staging_folder_of_its_own_removes_it(tmp_path):
+    with pytest.raises(beam_jobs.CountsDoNotReconcileError, match="^counts do not reconcile: 3 numbers in, 2 "):
+        beam_jobs.run_staged_job(_SquaresJob(str(tmp_path), [1, 2, 3], lose=2, per_run=True), [])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_dask_is_named_by_its_short_name_and_its_input_split_for_every_worker():

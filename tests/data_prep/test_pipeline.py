@@ -17,7 +17,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from data_prep import audio, catalog, pipeline
+from data_prep import audio, beam_jobs, catalog, pipeline
 from data_prep.rejections import rejections_from_csv
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT, tone
@@ -220,7 +220,7 @@ def test_splits_are_artist_disjoint_and_info_matches_shards(messy_run):
         assert split.seconds == pytest.approx(sum(e[schema.DURATION_S] for e in members), abs=0.01)
         for tag, count in split.tag_counts.items():
             assert count == sum(tag in e[schema.TAGS] for e in members)
-    assert not (directory / "out" / pipeline.STAGING_DIRNAME).exists()
+    assert not (directory / "out" / beam_jobs.STAGING_DIRNAME).exists()
 
 
 def test_readers_work_on_the_pipeline_output(messy_run):
@@ -299,7 +299,7 @@ def _cli(output_dir, *extra):
 
 
 def _kill_when_staging_has_examples(process, output_dir, timeout=120.0):
-    examples_dir = output_dir / pipeline.STAGING_DIRNAME / "examples"
+    examples_dir = output_dir / beam_jobs.STAGING_DIRNAME / "examples"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if examples_dir.is_dir() and any(examples_dir.iterdir()):
@@ -329,7 +329,7 @@ def test_cli_killed_run_leaves_no_complete_looking_dataset_and_resumes(tmp_path)
     assert "written:       16" in done.stdout and "rejected:      0" in done.stdout
     info = dataset_info.load(str(fresh))
     assert info.num_written == 16
-    assert not (fresh / pipeline.STAGING_DIRNAME).exists()
+    assert not (fresh / beam_jobs.STAGING_DIRNAME).exists()
     first = {name: (fresh / name).read_bytes() for name in os.listdir(fresh)}
 
     # Killing a re-run over a complete dataset leaves the old one intact.

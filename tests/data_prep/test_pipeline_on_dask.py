@@ -17,7 +17,7 @@ import time
 import distributed
 import pytest
 
-from data_prep import catalog, pipeline
+from data_prep import beam_jobs, catalog, pipeline
 from tests.conftest import REPO_ROOT
 from tests.data_prep.test_pipeline import _write_messy_catalog
 from tfrecords import dataset_info
@@ -159,4 +159,4 @@ def test_a_worker_killed_mid_run_has_its_work_redone_or_the_run_fails_loudly(mes
     assert "error: the job failed on the Dask cluster: KilledWorker" in stderr
     assert "nothing was published" in stderr and "Traceback" not in stderr, stderr[-3000:]
     _assert_same_dataset(output, direct)
-    assert (output / pipeline.STAGING_DIRNAME).is_dir()
+    assert (output / beam_jobs.STAGING_DIRNAME).is_dir()

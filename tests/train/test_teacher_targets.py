@@ -96,6 +96,27 @@ def test_datasets_that_do_not_match_are_refused(untagged_demo, tmp_path):
     assert not (tmp_path / "b" / "dataset_info.json").exists()
 
 
+def test_a_failure_in_a_worker_publishes_nothing_and_leaves_the_earlier_output(
+    untagged_demo, distillation_demo, tmp_path
+):
+    """Two records of one teacher shard swapped: a worker meets the mismatch mid-job."""
+    output = tmp_path / "out"
+    shutil.copytree(distillation_demo, output)
+    before = {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()}
+    swapped = tmp_path / "swapped"
+    shutil.copytree(untagged_demo["musicnn"], swapped)
+    info = dataset_info.load(str(swapped))
+    paths = [path for split in info.splits for path in dataset_info.shard_paths(str(swapped), info, split)]
+    records = {path: list(tf.data.TFRecordDataset(path, compression_type=info.compression)) for path in paths}
+    path = next(path for path in paths if len(records[path]) >= 2)
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type=info.compression)) as writer:
+        for record in reversed(records[path]):
+            writer.write(record.numpy())
+    with pytest.raises(Exception, match="not the same catalog"):
+        teacher_targets.compute(teacher_targets.TeacherJob(untagged_demo["128"], str(swapped), TEACHER, str(output)))
+    assert {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()} == before
+
+
 def test_the_binary_names_a_bad_teacher_without_a_traceback(untagged_demo, tmp_path):
     result = subprocess.run(
         [
