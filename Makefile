@@ -22,7 +22,7 @@ $(STAMP): setup.py pyproject.toml
 # The pretrained models: the musicnn wheel's checkpoints, fetched from PyPI
 # without dependencies, hash-checked and converted (pretrained/mtat_crnn is in
 # the repository). Nothing is downloaded at run time.
-$(PRETRAINED_STAMP): $(STAMP) models/pretrained.py models/musicnn_conversion.py models/musicnn.py
+$(PRETRAINED_STAMP): $(STAMP) models/pretrained.py models/convert_musicnn_lib.py models/musicnn.py
 	$(BIN)/python -m models.install_pretrained --output_dir=$(PRETRAINED)
 	touch $(PRETRAINED_STAMP)
 

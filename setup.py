@@ -51,7 +51,7 @@ INSTALL_REQUIRES = [
     "prometheus-client>=0.20",
 ]
 
-PACKAGES = ["data_prep", "tfrecords", "models", "train", "serving", "configs"]
+PACKAGES = ["intake", "features", "data_prep", "tfrecords", "models", "train", "serving", "configs"]
 
 EXTRAS_REQUIRE = {
     # benchmarks.index_search compares ScaNN with faiss's HNSW.
@@ -100,6 +100,7 @@ setuptools.setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=[f"{name}*" for name in PACKAGES]),
+    py_modules=["tf_startup"],
     package_data={"configs": ["*.gin", "*/*.gin"], "serving.app": ["static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

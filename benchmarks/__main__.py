@@ -41,7 +41,7 @@ accepted here too; see each module's docstring.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 from absl import flags
 

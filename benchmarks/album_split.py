@@ -28,13 +28,13 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import report
-from data_prep import catalog as catalog_lib
 from data_prep import pipeline
+from intake import catalog as catalog_lib
 from models import artifact
 from serving.retrieval import evaluation
 from tfrecords import dataset_info, schema
 from train import config as config_lib
-from train.evaluation import predict_tracks
+from train.evaluate_lib import predict_tracks
 from train.experiment import Experiment
 from train.trainer import Trainer
 

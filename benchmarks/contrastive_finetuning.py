@@ -25,8 +25,8 @@ import tempfile
 from absl import flags
 
 from benchmarks import album_split, report
+from features.logmel import PRESETS
 from models import artifact
-from tfrecords.logmel import PRESETS
 
 _EPOCHS = flags.DEFINE_integer("contrastive_epochs", 8, "Epochs of contrastive fine-tuning in the benchmark.")
 _GIN_PARAMS = flags.DEFINE_multi_string(

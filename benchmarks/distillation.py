@@ -6,7 +6,7 @@ Usage (after `make install`; needs `../shared/data/music/`):
 
 The public set split by album (`benchmarks.album_split`) is preprocessed
 twice from a catalog without tags (the reference front end for the student,
-musicnn's for the teacher); `train.teacher_targets` (the Beam job) runs the
+musicnn's for the teacher); `train.compute_teacher_targets_lib` (the Beam job) runs the
 teacher `pretrained/msd_musicnn` once over every crop position; then `python
 -m train`'s library runs `configs/distill_short_chunk_res.gin` from scratch
 on the 10 training albums for `--distillation_epochs` epochs (on two CPU
@@ -26,11 +26,11 @@ import time
 from absl import flags
 
 from benchmarks import album_split, report
-from data_prep import catalog as catalog_lib
+from features.logmel import PRESETS, LogMelSpec
+from intake import catalog as catalog_lib
 from models import artifact
 from serving.retrieval import evaluation, mfcc_baseline
-from tfrecords.logmel import PRESETS, LogMelSpec
-from train import teacher_targets
+from train import compute_teacher_targets_lib
 
 _EPOCHS = flags.DEFINE_integer("distillation_epochs", 12, "Epochs of the distillation benchmark's student run.")
 
@@ -68,8 +68,8 @@ def run_benchmark(command: str) -> report.Section:
         mfcc = _mfcc_scores(catalog_path, albums, written)
         distill_data = os.path.join(work, "distill")
         started = time.perf_counter()
-        job = teacher_targets.TeacherJob(student_data, teacher_data, str(TEACHER), distill_data)
-        teacher_targets.compute(job)
+        job = compute_teacher_targets_lib.TeacherJob(student_data, teacher_data, str(TEACHER), distill_data)
+        compute_teacher_targets_lib.compute(job)
         targets_s = time.perf_counter() - started
         bindings = [f"Experiment.dataset_dir = '{distill_data}'", f"Experiment.epochs = {_EPOCHS.value}"]
         run = album_split.train_and_score(CONFIG, bindings, os.path.join(work, "run"), student_data, albums)

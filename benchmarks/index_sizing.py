@@ -20,7 +20,7 @@ sqrt(n) leaves) and `memory = c + d * n`, and extrapolates to 100M tracks.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import dataclasses
 import json

@@ -33,11 +33,11 @@ import tensorflow as tf
 
 import models
 from benchmarks import report
+from features.logmel_spec import LogMelSpec
 from models import artifact
 from models.musicnn import FrequencyPooledConv
 from serving.export.signatures import DEFAULT_NUM_CHUNKS
 from tfrecords import readers
-from tfrecords.logmel_spec import LogMelSpec
 
 SECTION = "layer_profile"
 TRACK_SECONDS = 30.0

@@ -3,7 +3,7 @@
 One track's evaluation is a batch of 16 chunks of 128 mel bands x 231 frames
 (Won et al.); throughput is tracks (batches) per second. The baseline is the
 reference architecture in PyTorch (`tests/models/torch_reference.py`, the same
-layer plan and weights converted through `models.torch_conversion`) on the
+layer plan and weights converted through `models.convert_torch_lib`) on the
 same CPU in the same run, in eval mode under `torch.inference_mode()`.
 
 Usage:
@@ -22,7 +22,7 @@ import tensorflow as tf
 
 import models
 from benchmarks import report
-from models import torch_conversion
+from models import convert_torch_lib
 
 SECTION = "model_inference"
 CHUNKS_PER_TRACK = 16
@@ -71,7 +71,7 @@ def run_benchmark(command: str) -> report.Section:
         baseline, torch_version = pool.submit(_measure_torch, log_mel, threads).result()
     _, reference = _torch_reference()  # The same seed: the same weights as measured.
     state = {k: v.numpy() for k, v in reference.state_dict().items()}
-    keras_model = torch_conversion.convert(state, "short_chunk_res")
+    keras_model = convert_torch_lib.convert(state, "short_chunk_res")
     batch = tf.constant(log_mel)
     graph_call = tf.function(lambda x: keras_model(x, training=False)[models.EMBEDDING], jit_compile=False)
     xla_call = tf.function(lambda x: keras_model(x, training=False)[models.EMBEDDING], jit_compile=True)
@@ -88,7 +88,7 @@ def run_benchmark(command: str) -> report.Section:
     )
     notes = [
         f"Baseline: the reference architecture in PyTorch {torch_version} ({threads} threads), measured in the "
-        "same run, in a process of its own with identical weights (converted by `models.torch_conversion`). One track = 16 chunks of "
+        "same run, in a process of its own with identical weights (converted by `models.convert_torch_lib`). One track = 16 chunks of "
         "128 mel bands x 231 frames, the Won et al. evaluation batch.",
         f"Target: >= 1.0x the PyTorch reference. Best Keras path: {best / baseline:.2f}x -> "
         f"**{'met' if best >= baseline else 'not met'}**.",

@@ -21,7 +21,7 @@ original's.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import importlib.metadata
 import os
@@ -33,12 +33,12 @@ from absl import flags
 
 import models
 from benchmarks import preprocess_throughput, report
-from data_prep import audio
-from data_prep import catalog as catalog_lib
+from features.logmel import log_mel_spectrogram
+from intake import audio
+from intake import catalog as catalog_lib
 from models import artifact
 from serving.export.signatures import DEFAULT_NUM_CHUNKS
 from tfrecords import readers
-from tfrecords.logmel import log_mel_spectrogram
 
 SECTION = "musicnn_original_graph"
 ORIGINAL_NAME = "MSD_musicnn"

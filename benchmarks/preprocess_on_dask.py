@@ -26,7 +26,7 @@ Single runs: on a shared machine expect 10-40 % noise.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import dataclasses
 import logging
@@ -38,7 +38,7 @@ from absl import flags
 
 from benchmarks import preprocess_throughput, report
 from data_prep import beam_jobs, pipeline
-from data_prep import catalog as catalog_lib
+from intake import catalog as catalog_lib
 
 SECTION = "preprocess_on_dask"
 DIRECT = "DirectRunner, threads (baseline)"

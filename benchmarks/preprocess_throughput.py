@@ -26,7 +26,7 @@ them in the page cache. Single runs: on a shared machine expect 10-40 % noise.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import csv
 import dataclasses
@@ -45,8 +45,9 @@ from absl import flags
 from apache_beam.options.pipeline_options import DirectOptions
 
 from benchmarks import report
-from data_prep import audio, beam_jobs, pipeline
-from data_prep import catalog as catalog_lib
+from data_prep import beam_jobs, pipeline
+from intake import audio
+from intake import catalog as catalog_lib
 from tfrecords import schema
 
 SECTION = "preprocess_throughput"

@@ -21,7 +21,7 @@ shuffled order, `np.load(path, mmap_mode='r')`, picks a random start, copies
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import dataclasses
 import itertools
@@ -38,8 +38,8 @@ import tensorflow as tf
 from absl import flags
 
 from benchmarks import preprocess_throughput, report
-from data_prep import catalog as catalog_lib
 from data_prep import pipeline
+from intake import catalog as catalog_lib
 from tfrecords import dataset_info, readers
 
 SECTION = "reader_throughput"

@@ -2,7 +2,7 @@
 
 The path measured is what `python -m serving.query --audio=...` and the web
 service run per request, warm (models loaded, index in memory): decode the
-MP3 and resample to 16 kHz (`data_prep.audio`), hash it, run the exported
+MP3 and resample to 16 kHz (`intake.audio`), hash it, run the exported
 ranking model (Short-Chunk ResNet, waveform signature: log-mel front end,
 N evenly spaced chunks, chunk averaging) and the exported tag model (CRNN,
 one 29 s chunk), then both recommendation stages on the index
@@ -14,7 +14,7 @@ picks below 20k).
 
 Each request is timed by stage: decode (+ hash), both models (waveform
 signatures), search (the two recommendation stages). The front end
-(`tfrecords.logmel` for both models) runs inside the models' graphs, so it is
+(`features.logmel` for both models) runs inside the models' graphs, so it is
 timed alone on the same waveform and subtracted from the models' time to give
 the forward passes. Everything but the forward passes is the overhead the
 target bounds.
@@ -56,18 +56,19 @@ from absl import flags
 
 import models
 from benchmarks import report
-from benchmarks.app_load import app_process
 from benchmarks.catalog_embedding import export_defaults
 from benchmarks.index_search import ClusteredUnitVectors
-from data_prep import audio, pipeline
+from data_prep import pipeline
+from features.logmel import LogMelSpec
+from intake import audio
 from models import artifact
+from serving.app.child_process import app_process
 from serving.embedding import query_audio
 from serving.embedding.ensemble import EmbeddingModels
-from serving.export import exported_model, saved_model
+from serving.export import exported_model, graph_options, saved_model
 from serving.export import signatures as sig
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import Query, Recommender, TagFilter
-from tfrecords.logmel import LogMelSpec
 
 SECTION = "recommend_latency"
 CATALOG_SIZE = 10_000
@@ -236,12 +237,13 @@ def _old_default_models_ms(refs, waveform: np.ndarray, runs: int) -> float:
     return float(np.median(_timings(lambda: [call() for call in calls], runs)))
 
 
-def _defaults_through_the_app(work_dir: str, mp3: str, runs: int, graph: str):
-    """The shipped default models exported with `graph`, behind `serving.app`: per-request figures (ms)."""
-    models = export_defaults(work_dir, graph)
-    index_dir = os.path.join(work_dir, f"defaults_index_{graph}")
+def _defaults_through_the_app(work_dir: str, mp3: str, runs: int, graph: str, precision: str):
+    """The shipped default models exported with `graph` and `precision`, behind `serving.app`: per-request
+    figures (ms)."""
+    models = export_defaults(work_dir, graph, precision)
+    index_dir = os.path.join(work_dir, f"defaults_index_{graph}_{precision}")
     _catalog(models.embedding_models, models.tag_model).save(index_dir)
-    with app_process(index_dir, None, os.path.join(work_dir, f"app_{graph}.log")) as base_url:
+    with app_process(index_dir, None, os.path.join(work_dir, f"app_{graph}_{precision}.log")) as base_url:
         requests = _app_requests(base_url, mp3, runs)
     waveform, _ = audio.load_mono(mp3, mp3, 16000)
     refs = [*models.embedding_models.models, models.tag_model]
@@ -259,16 +261,27 @@ def _defaults_through_the_app(work_dir: str, mp3: str, runs: int, graph: str):
     return models, waveform, figures
 
 
+SHIPPED, FLOAT32_INFERENCE, AS_TRAINED, OLD = "shipped", "float32 inference", "as trained", "old"
+
+
 def measure_defaults(work_dir: str, mp3: str, runs: int) -> dict[str, dict[str, float]]:
-    """The shipped defaults through `serving.app` in both export graphs, and the old defaults, in the same run."""
+    """The shipped defaults through `serving.app` (the inference graphs at `--precision=auto`'s choice for this
+    CPU), the same in float32 where that differs, the layers as trained (the baseline), and the old defaults, in
+    the same run."""
+    shipped_precision = graph_options.resolve_precision(graph_options.AUTO)
+    settings = {AS_TRAINED: (saved_model.GRAPH_AS_TRAINED, graph_options.FLOAT32)}
+    if shipped_precision != graph_options.FLOAT32:
+        settings[FLOAT32_INFERENCE] = (saved_model.GRAPH_INFERENCE, graph_options.FLOAT32)
+    settings[SHIPPED] = (saved_model.GRAPH_INFERENCE, shipped_precision)
     measured = {}
-    for graph in (saved_model.GRAPH_AS_TRAINED, saved_model.GRAPH_INFERENCE):
-        models, waveform, measured[graph] = _defaults_through_the_app(work_dir, mp3, runs, graph)
-        if graph == saved_model.GRAPH_AS_TRAINED:  # The old defaults ran the layers as trained.
-            as_trained = measured[graph]
+    for key, (graph, precision) in settings.items():
+        models, waveform, measured[key] = _defaults_through_the_app(work_dir, mp3, runs, graph, precision)
+        measured[key]["precision"] = precision
+        if key == AS_TRAINED:  # The old defaults ran the layers as trained.
+            as_trained = measured[key]
             old_refs = [models.embedding_models.models[0], models.tag_model]
             old_models = _old_default_models_ms(old_refs, waveform, runs)
-            measured["old"] = {
+            measured[OLD] = {
                 **as_trained,
                 "embed": old_models,
                 "p50": as_trained["p50"] - as_trained["embed"] + old_models,
@@ -278,7 +291,7 @@ def measure_defaults(work_dir: str, mp3: str, runs: int) -> dict[str, dict[str, 
 
 def defaults_table(measured: dict[str, dict[str, float]], runs: int) -> tuple[str, list[str]]:
     """The shipped-defaults table and its notes."""
-    shipped, as_trained, old = (measured[k] for k in (saved_model.GRAPH_INFERENCE, saved_model.GRAPH_AS_TRAINED, "old"))
+    shipped, as_trained, old = (measured[k] for k in (SHIPPED, AS_TRAINED, OLD))
 
     def row(label, figures, full=True):
         share = figures["forward"] / figures["p50"] if full else None
@@ -297,7 +310,15 @@ def defaults_table(measured: dict[str, dict[str, float]], runs: int) -> tuple[st
 
     defaults = "msd_musicnn + mtt_musicnn (ensemble) + mtat_crnn, chunks by track length"
     rows = [
-        row(f"shipped defaults: {defaults}, `--graph=inference` exports", shipped),
+        row(
+            f"shipped defaults: {defaults}, `--graph=inference` exports, `--precision=auto` on this CPU: "
+            f"{shipped['precision']}",
+            shipped,
+        ),
+    ]
+    if FLOAT32_INFERENCE in measured:
+        rows.append(row("the same, `--precision=float32`", measured[FLOAT32_INFERENCE]))
+    rows += [
         row("baseline: the same models, `--graph=as_trained` exports (the layers as trained)", as_trained),
         row(f"old defaults: msd_musicnn + mtat_crnn at {OLD_DEFAULT_CHUNKS} chunks each, as trained", old, full=False),
     ]

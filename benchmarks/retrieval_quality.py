@@ -52,7 +52,7 @@ from absl import flags
 
 from benchmarks import report
 from benchmarks.album_split import UNSEEN_ALBUMS
-from data_prep import catalog as catalog_lib
+from intake import catalog as catalog_lib
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model

@@ -1,4 +1,6 @@
-"""Catalogs, audio decoding and the Beam preprocessing pipeline.
+"""Preprocessing: the Beam pipeline from a catalog to log-mel TFRecords, the Beam jobs' shared steps, Spotify and MTAT.
+
+How a track is taken in (catalog, audio, checks, rejections) is `intake`'s.
 
 Importing Apache Beam without its GCP extra logs "apitools not found, and
 bigquery client libraries are not available ..." on the root logger: noise

@@ -32,17 +32,17 @@ Any other Beam runner: append its pipeline flags, e.g.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import dataclasses
 import sys
 
 from absl import app, flags, logging
 
-from data_prep import catalog as catalog_lib
 from data_prep import runner_flags, splits
 from data_prep.splits import SPLIT_BY_CHOICES
-from tfrecords.logmel_spec import PRESETS, LogMelSpec
+from features.logmel_spec import PRESETS, LogMelSpec
+from intake import catalog as catalog_lib
 
 _CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
 _AUDIO_ROOT = flags.DEFINE_string(

@@ -33,8 +33,8 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.pipeline import PipelineVisitor
 
-from data_prep.rejections import Rejection
 from data_prep.splits import stable_hash
+from intake.rejections import Rejection
 
 REJECTION_SUFFIX = ".rejection.json"
 # The staging folder's name where a job stages next to its outputs.

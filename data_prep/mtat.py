@@ -22,8 +22,8 @@ import io
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from data_prep.catalog import Catalog, CatalogEntry, CatalogError, read_text, resolve_audio_uri
-from data_prep.rejections import Rejection
+from intake.catalog import Catalog, CatalogEntry, CatalogError, read_text, resolve_audio_uri
+from intake.rejections import Rejection
 
 NUM_TOP_TAGS = 50
 

@@ -6,7 +6,7 @@ Work is split between the launcher (this process) and the Beam workers:
    splits. These need a global view of the metadata but no audio, so they run
    once, before the pipeline, and are deterministic.
 2. Beam workers read, decode, downmix, resample and check every file, compute
-   its log-mel with `tfrecords.logmel` and serialize it with
+   its log-mel with `features.logmel` and serialize it with
    `tfrecords.schema`. Failures become rejections with a reason. Examples are
    grouped into shards by a stable hash of the track id and each shard is
    written sorted by track id, so a re-run writes byte-identical files.
@@ -31,9 +31,12 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.metrics import Metrics
 
-from data_prep import audio, beam_jobs
-from data_prep.audio_checks import AudioChecks, load_checked_waveform
-from data_prep.catalog import (
+from data_prep import beam_jobs
+from data_prep.splits import assign_splits, stable_hash
+from features.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
+from intake import audio
+from intake.audio_checks import AudioChecks, load_checked_waveform
+from intake.catalog import (
     SPLITS,
     Catalog,
     CatalogEntry,
@@ -42,10 +45,8 @@ from data_prep.catalog import (
     build_vocabulary,
     reject_untagged,
 )
-from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
-from data_prep.splits import assign_splits, stable_hash
+from intake.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
 
 METRICS_NAMESPACE = "data_prep"
 _STATS_SUFFIX = ".stats.json"
@@ -105,7 +106,7 @@ class PreprocessConfig:
 
     @property
     def audio_checks(self) -> AudioChecks:
-        """The thresholds every track is checked against (`data_prep.audio_checks`)."""
+        """The thresholds every track is checked against (`intake.audio_checks`)."""
         return AudioChecks(min_duration_s=self.min_duration_s, silence_threshold_dbfs=self.silence_threshold_dbfs)
 
 

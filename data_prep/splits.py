@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from data_prep.catalog import SPLITS, CatalogEntry
+from intake.catalog import SPLITS, CatalogEntry
 
 SPLIT_BY_CHOICES = ("artist", "track", "given")
 

@@ -25,8 +25,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from features.logmel import LogMelSpec
 from models.taggers import EMBEDDING, TAGS
-from tfrecords.logmel import LogMelSpec
 
 MODEL_FILENAME = "model.keras"
 MODEL_INFO_FILENAME = "model_info.json"

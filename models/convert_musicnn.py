@@ -14,7 +14,7 @@ checkpoints, fetching the wheel itself.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import os
 
@@ -35,11 +35,11 @@ def main(argv):
     if folder not in published:
         raise app.UsageError(f"--checkpoint_dir must be one of the wheel's folders {sorted(published)}, got {folder!r}")
     load_tensorflow()
-    from models import musicnn_conversion
+    from models import convert_musicnn_lib
 
     try:
         path = pretrained.convert_musicnn(_CHECKPOINT_DIR.value, published[folder], _OUTPUT_DIR.value)
-    except (pretrained.IntegrityError, musicnn_conversion.ConversionError, OSError) as error:
+    except (pretrained.IntegrityError, convert_musicnn_lib.ConversionError, OSError) as error:
         raise app.UsageError(str(error)) from error
     print(f"{folder} -> {path}")
 

@@ -17,7 +17,7 @@ pip install -e ".[torch]".
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import os
 import pathlib
@@ -60,14 +60,14 @@ def main(argv):
     del argv
     load_tensorflow()
     import models
-    from models import artifact, torch_conversion
+    from models import artifact, convert_torch_lib
 
     try:
-        state = torch_conversion.load_state_dict(_CHECKPOINT.value)
+        state = convert_torch_lib.load_state_dict(_CHECKPOINT.value)
     except ImportError as error:
         raise app.UsageError(str(error)) from error
     vocabulary = _read_tags(_TAGS.value) if _TAGS.value else None
-    model = torch_conversion.convert(state, _MODEL.value, vocabulary)
+    model = convert_torch_lib.convert(state, _MODEL.value, vocabulary)
     sha256 = pretrained.sha256_of(_CHECKPOINT.value)
     published = pretrained.published_by_sha256(sha256)
     if (

@@ -16,7 +16,7 @@ provenance: `pretrained/ATTRIBUTION.md`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import os
 
@@ -35,11 +35,11 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"--models: unknown {unknown}; choose from {list(pretrained.MUSICNN_MODELS)}")
     load_tensorflow()
-    from models import musicnn_conversion
+    from models import convert_musicnn_lib
 
     try:
         results = pretrained.install_musicnn(_OUTPUT_DIR.value, _MUSICNN_WHEEL.value, _MODELS.value)
-    except (pretrained.IntegrityError, musicnn_conversion.ConversionError, RuntimeError, OSError) as error:
+    except (pretrained.IntegrityError, convert_musicnn_lib.ConversionError, RuntimeError, OSError) as error:
         raise app.UsageError(str(error)) from error
     for name, outcome in results.items():
         print(f"{name}: {outcome} ({os.path.join(_OUTPUT_DIR.value, name)})")

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from tfrecords.logmel import LogMelSpec, log_mel_spectrogram
+from features.logmel import LogMelSpec, log_mel_spectrogram
 
 PACKAGE = "music_recommender"
 
@@ -276,7 +276,7 @@ class TagHead(layers.Layer):
 class LogMelFrontEnd(layers.Layer):
     """Waveform `[batch, samples]` at 16 kHz -> log-mel `[batch, frames, n_mels]`.
 
-    A thin wrapper of `tfrecords.logmel.log_mel_spectrogram`, the function
+    A thin wrapper of `features.logmel.log_mel_spectrogram`, the function
     the preprocessing pipeline uses, so that a waveform-in model sees exactly
     what the model saw in training. Always computes and returns float32 (the
     STFT itself runs in float64), also under a mixed-precision policy.

@@ -3,8 +3,8 @@
 Layer by layer the graphs of the `musicnn` package (`musicnn/models.py`,
 ISC license), so that its published checkpoints (`MSD_musicnn`,
 `MTT_musicnn`, `MSD_vgg`, `MTT_vgg`) convert exactly
-(`models.musicnn_conversion`). Both take the log-mel `[batch, frames, 96]` of
-the `musicnn` front end (`tfrecords.logmel.PRESETS["musicnn"]`: Slaney mel,
+(`models.convert_musicnn_lib`). Both take the log-mel `[batch, frames, 96]` of
+the `musicnn` front end (`features.logmel.PRESETS["musicnn"]`: Slaney mel,
 `log10(1 + 10000 x)`), 187 frames (3 s) per patch as trained, and return
 `tags` (sigmoid probabilities) and `embedding`:
 

@@ -38,7 +38,7 @@ MUSICNN_REQUIREMENT = "musicnn==0.1.0"
 MUSICNN_WHEEL = "musicnn-0.1.0-py3-none-any.whl"
 MUSICNN_WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
 CONVERTER_VERSION = 1
-# The reference's PyTorch architectures `models.torch_conversion` converts.
+# The reference's PyTorch architectures `models.convert_torch_lib` converts.
 TORCH_ARCHITECTURES = ("crnn", "short_chunk_cnn", "short_chunk_res")
 DOWNLOADS_DIRNAME = "downloads"
 
@@ -219,12 +219,12 @@ def extract_checkpoint(wheel: zipfile.ZipFile, model: PublishedModel, directory:
 
 def convert_musicnn(checkpoint_dir: str, model: PublishedModel, output_dir: str) -> str:
     """Converts one of the wheel's checkpoint folders into a model artifact at `output_dir`."""
-    from models import artifact, musicnn_conversion
+    from models import artifact, convert_musicnn_lib
 
     for name, expected in model.files.items():
         _check_sha256(os.path.join(checkpoint_dir, os.path.basename(name)), expected, f"{model.name}'s {name}")
-    variables = musicnn_conversion.read_checkpoint(checkpoint_dir)
-    keras_model = musicnn_conversion.convert(variables, model.architecture, model.vocabulary)
+    variables = convert_musicnn_lib.read_checkpoint(checkpoint_dir)
+    keras_model = convert_musicnn_lib.convert(variables, model.architecture, model.vocabulary)
     info = model.info(artifact.embedding_dim(keras_model), "models.convert_musicnn")
     return artifact.save(keras_model, info, output_dir)
 

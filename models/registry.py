@@ -5,16 +5,16 @@ What `models` exposes; `models/__init__.py` loads this module on first use.
 
 from __future__ import annotations
 
-import tfrecords.tf_startup  # noqa: F401 - first: TensorFlow's log level, before keras imports it.
+import tf_startup  # noqa: F401 - first: TensorFlow's log level, before keras imports it.
 
 import dataclasses
 
 import keras
 
+from features.logmel import PRESETS, LogMelSpec
 from models import musicnn, taggers
 from models.layers import LogMelFrontEnd, clone_for_inference
 from models.taggers import EMBEDDING, TAGS
-from tfrecords.logmel import PRESETS, LogMelSpec
 
 MODEL_BUILDERS = {
     "crnn": taggers.build_crnn,

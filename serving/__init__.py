@@ -12,7 +12,7 @@ Binaries are `python -m serving.<name>`: `export` (a package's `__main__`),
 `build_index`, `query`, `evaluate_retrieval` and `app` (a package's
 `__main__`); `flag_groups` defines the flags several of them share.
 
-Depends on `models`, `tfrecords` and `data_prep`'s libraries, never on `train`.
+Depends on `intake`, `features`, `tfrecords`, `models` and `data_prep`'s Beam helpers, never on `train`.
 """
 
 import data_prep  # noqa: F401 - first: its logging filter must be in place before Beam is imported.

@@ -29,14 +29,14 @@ existing index with `--update`; remove some with `--delete=ID,ID`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import app, flags, logging
 
-from data_prep import catalog as catalog_lib
 from data_prep import runner_flags
+from intake import catalog as catalog_lib
 from serving import flag_groups
 from serving.retrieval import index_layout
 

@@ -16,7 +16,7 @@ P@k as a ratio to it. `--output_json=FILE` writes the same figures.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import dataclasses
 import json
@@ -24,7 +24,7 @@ import sys
 
 from absl import flags
 
-from data_prep import catalog as catalog_lib
+from intake import catalog as catalog_lib
 from serving import flag_groups
 from serving.retrieval import index_layout
 

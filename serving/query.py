@@ -22,13 +22,13 @@ since the index was built.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import app, flags
 
-from data_prep import audio
+from intake import audio
 from serving import flag_groups
 from serving.retrieval import index_layout
 

@@ -20,6 +20,8 @@ interpreter imports, `--help`) still start one.
 
 from __future__ import annotations
 
+import tf_startup
+
 import contextlib
 import dataclasses
 import functools
@@ -34,7 +36,6 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from data_prep import runner_flags
-from tfrecords import tf_startup
 
 # The modules that are binaries (`python -m NAME`): their flags are theirs alone.
 BINARIES = (

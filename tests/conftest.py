@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import silence_cuda_probe
+from tf_startup import silence_cuda_probe
 
 import itertools
 import logging
@@ -30,6 +30,9 @@ silence_cuda_probe()
 # can be tested on one CPU. Must run before TensorFlow initialises devices.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+# Fixture modules: the demo models and indexes the serving tests and the benchmarks' tests share.
+pytest_plugins = ("tests.serving.index_fixtures",)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "demo"
@@ -233,9 +236,9 @@ def untagged_demo(built_once):
     `{"catalog": CSV, "128": the reference front end, "musicnn": musicnn's}`:
     the input of self-supervised training and of the teacher-targets job.
     """
-    from data_prep import catalog as catalog_lib
     from data_prep import pipeline
-    from tfrecords.logmel import PRESETS, LogMelSpec
+    from features.logmel import PRESETS, LogMelSpec
+    from intake import catalog as catalog_lib
 
     def build(root):
         import csv
@@ -265,17 +268,17 @@ def untagged_demo(built_once):
 
 @pytest.fixture(scope="session")
 def distillation_demo(built_once, untagged_demo):
-    """`untagged_demo`'s 128-band dataset with `pretrained/msd_musicnn`'s targets (`train.teacher_targets`)."""
-    from train import teacher_targets
+    """`untagged_demo`'s 128-band dataset with `pretrained/msd_musicnn`'s targets (`train.compute_teacher_targets_lib`)."""
+    from train import compute_teacher_targets_lib
 
     def build(root):
-        job = teacher_targets.TeacherJob(
+        job = compute_teacher_targets_lib.TeacherJob(
             dataset_dir=untagged_demo["128"],
             teacher_dataset_dir=untagged_demo["musicnn"],
             teacher=str(REPO_ROOT / "pretrained" / "msd_musicnn"),
             output_dir=str(root / "distill"),
         )
-        teacher_targets.compute(job)
+        compute_teacher_targets_lib.compute(job)
         return str(root / "distill")
 
     return built_once("distillation_demo", build)

@@ -11,7 +11,7 @@ import json
 
 import tensorflow as tf
 
-from tfrecords.logmel import LogMelSpec
+from features.logmel import LogMelSpec
 
 FILENAME = "dataset_info.json"
 FORMAT_VERSION = 1

@@ -96,7 +96,7 @@ def encode_example(
         album: Album name.
         title: Title.
         log_mel_dtype: Storage dtype of the log-mel, `float16` or `float32`.
-        audio_sha256: SHA-256 of the audio file's bytes (`data_prep.audio.content_sha256`).
+        audio_sha256: SHA-256 of the audio file's bytes (`intake.audio.content_sha256`).
 
     Returns:
         The serialized `tf.train.Example`.

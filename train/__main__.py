@@ -33,7 +33,7 @@ running the same command again resumes from the last checkpoint.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 

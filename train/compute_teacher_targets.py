@@ -23,7 +23,7 @@ pass through, as for `python -m data_prep`.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 
@@ -45,12 +45,12 @@ def main(argv):
     load_tensorflow()
     from data_prep import beam_jobs
     from tfrecords.dataset_info import IncompleteDatasetError
-    from train import teacher_targets
+    from train import compute_teacher_targets_lib
 
     try:
         info = _run(argv[1:])
     except (
-        teacher_targets.TeacherTargetsError,
+        compute_teacher_targets_lib.TeacherTargetsError,
         IncompleteDatasetError,
         beam_jobs.RunnerUnavailableError,
     ) as error:
@@ -70,11 +70,11 @@ def main(argv):
 
 def _run(pipeline_args: list[str]):
     from data_prep import beam_jobs
-    from train import teacher_targets
+    from train import compute_teacher_targets_lib
 
     logging.get_absl_handler()  # Make sure absl's handler is installed first.
     beam_jobs.quiet_runner_logs()
-    job = teacher_targets.TeacherJob(
+    job = compute_teacher_targets_lib.TeacherJob(
         dataset_dir=_DATASET_DIR.value,
         teacher_dataset_dir=_TEACHER_DATASET_DIR.value or _DATASET_DIR.value,
         teacher=_TEACHER.value,
@@ -82,7 +82,7 @@ def _run(pipeline_args: list[str]):
         crop_frames=_CROP_FRAMES.value,
         hop_frames=_HOP_FRAMES.value,
     )
-    return teacher_targets.compute(job, pipeline_args)
+    return compute_teacher_targets_lib.compute(job, pipeline_args)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ dir, and prints the macro ROC-AUC and PR-AUC.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import os
 import sys

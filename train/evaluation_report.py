@@ -23,14 +23,14 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 
 import models
-from data_prep import audio as audio_lib
-from data_prep import catalog as catalog_lib
 from data_prep import mtat
+from features.logmel import log_mel_spectrogram
+from intake import audio as audio_lib
+from intake import catalog as catalog_lib
 from tfrecords import dataset_info, readers
-from tfrecords.logmel import log_mel_spectrogram
 from train import config as config_lib
 from train import metrics as metrics_lib
-from train.evaluation import predict_tracks
+from train.evaluate_lib import predict_tracks
 from train.experiment import Experiment
 from train.trainer import BEST_DIRNAME, CHECKPOINT_DIRNAME
 

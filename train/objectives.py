@@ -32,9 +32,10 @@ import keras
 import tensorflow as tf
 
 import models
-from tfrecords import augmentation, readers, schema
+from tfrecords import readers, schema
+from train import augmentation
 from train import metrics as metrics_lib
-from train.evaluation import TrackPredictions, predict_tracks
+from train.evaluate_lib import TrackPredictions, predict_tracks
 
 TAGGING, CONTRASTIVE, DISTILLATION = "tagging", "contrastive", "distillation"
 LOG_MEL = schema.LOG_MEL

@@ -20,7 +20,7 @@ and/or `isrc`). The command ends with an availability report (also in
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import run
+from tf_startup import run
 
 import logging as std_logging
 

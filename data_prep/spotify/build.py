@@ -7,7 +7,7 @@ local file), assign artist-disjoint splits with `data_prep.splits`, derive
 the labels on the training split, and write:
 
 - `catalog.csv`: the tracks that have audio, in the format of
-  `data_prep.catalog` (paths relative to the directory for previews,
+  `intake.catalog` (paths relative to the directory for previews,
   absolute for local files; `split` given, so `python -m data_prep` keeps
   these splits; `duration_s` is the decoded audio's, not the full track's);
 - `missing.csv`: every other track with the reason it has no audio;
@@ -28,8 +28,6 @@ import json
 import logging
 import os
 
-from data_prep import audio
-from data_prep.catalog import CatalogEntry
 from data_prep.splits import assign_splits
 from data_prep.spotify import collect as collect_lib
 from data_prep.spotify import labels as labels_lib
@@ -39,6 +37,8 @@ from data_prep.spotify.collect import Collection, Issue, Sources, Track
 from data_prep.spotify.download import AudioResult, PreviewDownloader, verify_audio
 from data_prep.spotify.local_audio import LocalAudio, read_local_audio
 from data_prep.spotify.retry import RetryPolicy
+from intake import audio
+from intake.catalog import CatalogEntry
 
 AUDIO_DIRNAME = "audio"
 CATALOG_FILENAME = "catalog.csv"

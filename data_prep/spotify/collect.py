@@ -28,8 +28,8 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
 
-from data_prep.catalog import TAG_SEPARATOR, read_text
 from data_prep.spotify.client import MAX_ARTIST_IDS, MAX_AUDIO_FEATURE_IDS, MAX_TRACK_IDS, ApiError, SpotifyApi
+from intake.catalog import TAG_SEPARATOR, read_text
 
 _TRACK_URI = re.compile(r"^spotify:track:([0-9A-Za-z]+)$")
 _TRACK_URL = re.compile(r"^(?:https?://)?open\.spotify\.com/(?:intl-[\w-]+/)?track/([0-9A-Za-z]+)(?:[?#].*)?$")

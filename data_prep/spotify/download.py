@@ -2,7 +2,7 @@
 
 A preview is written to `<track_id>.mp3.part` (a body shorter than its
 `Content-Length` is an error and retried), decoded completely with
-`data_prep.audio` (which also detects MP3s shorter than their header says) and only then
+`intake.audio` (which also detects MP3s shorter than their header says) and only then
 renamed to `<track_id>.mp3` (`os.replace`, atomic on one filesystem), so a
 file under the final name is always complete. A run that is interrupted
 leaves at most a `.part` file, which the next run discards and downloads
@@ -22,9 +22,9 @@ import threading
 
 import requests
 
-from data_prep import audio
 from data_prep.spotify.collect import Issue
 from data_prep.spotify.retry import RateLimitError, RetryPolicy
+from intake import audio
 
 PART_SUFFIX = ".part"
 PREVIEW_SUFFIX = ".mp3"

@@ -10,9 +10,9 @@ from __future__ import annotations
 import collections
 from collections.abc import Mapping, Sequence
 
-from data_prep.catalog import SPLITS
 from data_prep.spotify.collect import FEATURE_REASONS, GENRE_REASONS, Collection
 from data_prep.spotify.download import AUDIO_REASONS, AudioResult
+from intake.catalog import SPLITS
 
 
 def _by_reason(issues) -> dict[str, int]:

@@ -23,7 +23,7 @@ once); `--inference_threads` uploads are embedded at once.
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 

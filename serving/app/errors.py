@@ -24,7 +24,7 @@ _LOGGER = logging.getLogger(__name__)
 # Starlette's own HTTP errors (routing, methods) by status.
 _HTTP_REASONS = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "too_large"}
 
-# data_prep.audio.AudioError reasons: 415 for what is not (decodable) audio at all, 413 for audio past the
+# intake.audio.AudioError reasons: 415 for what is not (decodable) audio at all, 413 for audio past the
 # maximum duration or the decoded-size bound (decoding stops there), 422 for audio that is unusable.
 AUDIO_ERROR_STATUS = {"decode_error": 415, "too_long": 413, "too_large": 413}
 

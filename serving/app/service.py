@@ -26,7 +26,7 @@ import numpy as np
 import soundfile
 from fastapi import Request
 
-from data_prep import audio
+from intake import audio
 from serving.app import catalog_audio, errors, schemas, uploads
 from serving.app.errors import ApiError
 from serving.app.metrics import Metrics

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_prep import audio
-from data_prep.audio_checks import AudioChecks
+from intake import audio
+from intake.audio_checks import AudioChecks
 from serving.export.saved_model import MIN_SECONDS
 from serving.retrieval.recommender import Query
 
@@ -23,7 +23,7 @@ def load_query_audio(
     """Decodes a query's audio file and checks it as the catalog's audio is checked (`AudioChecks`).
 
     Args:
-        path: The audio file (local path or URI; any format `data_prep.audio` reads).
+        path: The audio file (local path or URI; any format `intake.audio` reads).
         sample_rate: The models' sample rate.
         name: The file's name in error messages (default: `path`).
         max_seconds: Decoding stops past this much audio (`too_long`).
@@ -33,7 +33,7 @@ def load_query_audio(
         the file's SHA-256 (exact duplicates of the query share it).
 
     Raises:
-        data_prep.audio.AudioError: Missing, unreadable or undecodable, too
+        intake.audio.AudioError: Missing, unreadable or undecodable, too
             long, or unusable (`empty`, `too_short` below the models' minimum,
             `silent`); the message names the file.
     """

@@ -16,13 +16,13 @@ artifact, e.g. a converted pretrained model:
 
 from __future__ import annotations
 
-from tfrecords.tf_startup import load_tensorflow, run
+from tf_startup import load_tensorflow, run
 
 import sys
 
 from absl import flags
 
-from data_prep import catalog
+from intake import catalog
 from serving.export import graph_options, signatures
 
 _MODEL_DIR = flags.DEFINE_string("model_dir", None, "A directory written by `python -m train`.", required=True)

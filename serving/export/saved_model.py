@@ -1,7 +1,7 @@
 """The SavedModel graph around a tagger, and its export as a TF Serving version folder.
 
 The exported graph takes mono 16 kHz waveforms, computes the log-mel with the
-pipeline's own function (`tfrecords.logmel`), cuts each track into evenly
+pipeline's own function (`features.logmel`), cuts each track into evenly
 spaced chunks of the model's input length as the evaluation does (as many
 as `tfrecords.readers.chunk_count` says for the track's length, at most
 `num_chunks`: one pass for a track up to two chunks long), runs the tagger
@@ -35,11 +35,11 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 import models
+from features.logmel import log_mel_spectrogram
 from models import artifact
 from serving.export import graph_options
 from serving.export import signatures as sig
 from tfrecords import readers
-from tfrecords.logmel import log_mel_spectrogram
 
 VOCABULARY_ASSET = "tags.txt"
 WARMUP_FILENAME = "tf_serving_warmup_requests"

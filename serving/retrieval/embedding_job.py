@@ -38,11 +38,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.utils import shared
 
-from data_prep import audio, beam_jobs
-from data_prep.audio_checks import AudioChecks, load_checked_waveform
-from data_prep.catalog import Catalog, CatalogEntry
-from data_prep.rejections import Rejection, register_reasons
+from data_prep import beam_jobs
 from data_prep.splits import stable_hash
+from intake import audio
+from intake.audio_checks import AudioChecks, load_checked_waveform
+from intake.catalog import Catalog, CatalogEntry
+from intake.rejections import Rejection, register_reasons
 from serving.embedding.index_models import IndexModels
 from serving.export.exported_model import LoadedModel, ModelRef
 from serving.retrieval import index_layout

@@ -19,8 +19,8 @@ import tempfile
 
 import numpy as np
 
-from data_prep.catalog import Catalog
-from data_prep.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
+from intake.catalog import Catalog
+from intake.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
 from serving.embedding.index_models import IndexModels
 from serving.retrieval import index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex

@@ -12,9 +12,9 @@ from __future__ import annotations
 import librosa
 import numpy as np
 
-from data_prep.audio import AudioError
-from data_prep.audio_checks import AudioChecks, load_checked_waveform
-from data_prep.catalog import Catalog
+from intake.audio import AudioError
+from intake.audio_checks import AudioChecks, load_checked_waveform
+from intake.catalog import Catalog
 
 SAMPLE_RATE = 16000
 NUM_MFCC = 20

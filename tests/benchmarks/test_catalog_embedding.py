@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from benchmarks import catalog_embedding
-from data_prep.catalog import Catalog, CatalogEntry
+from intake.catalog import Catalog, CatalogEntry
 
 ALBUMS = 6
 TRACKS_PER_ALBUM = 5
@@ -60,3 +60,21 @@ def test_a_catalog_without_tags_cannot_be_checked():
     untagged = Catalog("c.csv", "", 1, tuple(CatalogEntry(1, e.track_id, "", "") for e in _catalog().entries), ())
     assert catalog_embedding.reduced_precision_check(reference, reference, untagged) is None
     assert "no tags" in catalog_embedding.bfloat16_note(None, native=False)
+
+
+def test_the_target_is_judged_on_the_shipped_precision():
+    """Float32 shipped: the ratio and exact agreement; bfloat16 shipped: its own speed and the retrieval check."""
+    rng = np.random.default_rng(3)
+    embeddings = _clustered(rng, 0.3)
+    baseline, inference = _row(embeddings), _row(embeddings * (1 + 1e-7))
+    inference = catalog_embedding.Row("float32", inference.tracks, 0.5, inference.embeddings, inference.tags)
+    faster = catalog_embedding.Row("bfloat16", inference.tracks, 0.25, inference.embeddings, inference.tags)
+    holds = catalog_embedding.reduced_precision_check(faster, inference, _catalog())
+    note = catalog_embedding.target_note("float32", inference, inference, baseline, holds)
+    assert "2.00x (not met)" in note and "float32 outputs agree" in note and "NOT AGREEING" not in note
+    note = catalog_embedding.target_note("bfloat16", faster, inference, baseline, holds)
+    assert "4.00x (met)" in note and "float32 inference graphs alone 2.00x" in note and "check holds" in note
+    scrambled = _row(rng.normal(size=embeddings.shape))
+    fails = catalog_embedding.reduced_precision_check(scrambled, inference, _catalog())
+    note = catalog_embedding.target_note("bfloat16", faster, inference, baseline, fails)
+    assert "DOES NOT HOLD" in note and "NOT AGREEING" in note

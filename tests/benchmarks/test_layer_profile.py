@@ -9,8 +9,8 @@ import tensorflow as tf
 
 import models
 from benchmarks import layer_profile
+from features.logmel_spec import PRESETS, LogMelSpec
 from tfrecords import readers
-from tfrecords.logmel_spec import PRESETS, LogMelSpec
 
 
 def test_float_ops_count_two_per_multiply_add():

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
 from data_prep import beam_jobs
-from data_prep.rejections import Rejection
+from intake.rejections import Rejection
 from tests.conftest import REPO_ROOT
 
 

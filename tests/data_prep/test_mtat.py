@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep import mtat
-from data_prep.catalog import CatalogError
+from intake.catalog import CatalogError
 
 TAGS = ["guitar", "classical", "slow", "techno"]
 ROWS = [

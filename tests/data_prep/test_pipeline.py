@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import filecmp
 import os
@@ -14,17 +13,17 @@ import time
 
 import numpy as np
 import pytest
-import soundfile
 import tensorflow as tf
 
-from data_prep import audio, beam_jobs, catalog, pipeline
-from data_prep.rejections import rejections_from_csv
+from data_prep import beam_jobs, pipeline
+from features.logmel import PRESETS, LogMelSpec, log_mel_spectrogram
+from intake import audio, catalog
+from intake.rejections import rejections_from_csv
 from tests.binaries import run_binary
-from tests.conftest import REPO_ROOT, tone
-from tests.data_prep.test_audio import _encode_m4a
-from tests.tfrecords.test_logmel import reference_log_mel
+from tests.conftest import REPO_ROOT
+from tests.data_prep.messy_catalog import write_messy_catalog
+from tests.features.reference_logmel import reference_log_mel
 from tfrecords import dataset_info, readers, schema
-from tfrecords.logmel import PRESETS, LogMelSpec, log_mel_spectrogram
 
 # Crafted rows: (track_id, file name or None, expected rejection reason or None).
 CRAFTED = {
@@ -45,72 +44,10 @@ CRAFTED = {
 }
 
 
-def _write_messy_catalog(directory, demo_catalog):
-    """The demo catalog plus one row per kind of bad (and unusual but good) input."""
-    audio_dir = directory / "audio"
-    audio_dir.mkdir()
-    demo_rows = list(csv.DictReader(open(demo_catalog, encoding="utf-8")))
-    first_mp3 = demo_catalog.parent / demo_rows[0]["path"]
-    files = {
-        "junk.mp3": b"ID3 definitely not an mp3" * 50,
-        "empty.wav": b"",
-        "truncated.mp3": first_mp3.read_bytes()[:100_000],
-        "aac.m4a": _encode_m4a(tone(3.0, 44100, channels=2, frequency=660.0), 44100),
-    }
-    for name, data in files.items():
-        (audio_dir / name).write_bytes(data)
-    soundfile.write(audio_dir / "short.wav", tone(0.5, 16000), 16000)
-    soundfile.write(audio_dir / "silent.wav", np.zeros((32000, 2), np.float32), 16000)
-    nan = tone(2.0, 16000)
-    nan[500] = np.nan
-    soundfile.write(audio_dir / "nan.wav", nan, 16000, subtype="FLOAT")
-    soundfile.write(audio_dir / "stereo.flac", tone(4.0, 48000, channels=2, frequency=880.0), 48000)
-    soundfile.write(audio_dir / "mono8k.wav", tone(3.0, 8000, frequency=220.0), 8000)
-
-    rows = [{**row, "path": str(demo_catalog.parent / row["path"])} for row in demo_rows]
-    crafted = [
-        ("missing", "audio/missing.mp3", "Band A", "hyperrogue", "", ""),
-        ("ghost_only", "audio/ghost.mp3", "Band F", "ghost", "", ""),
-        ("junk", "audio/junk.mp3", "Band A", "hyperrogue", "", ""),
-        ("empty", "audio/empty.wav", "Band A", "hyperrogue", "", ""),
-        ("short", "audio/short.wav", "Band B", "starfighter", "", ""),
-        ("silent", "audio/silent.wav", "Band B", "starfighter", "", ""),
-        ("nan", "audio/nan.wav", "Band B", "starfighter", "", ""),
-        ("truncated_mp3", "audio/truncated.mp3", "Band C", "dave-gnukem", "", ""),
-        ("longer_in_catalog", str(first_mp3), "Band C", "dave-gnukem", "", "60.0"),
-        ("untagged", "audio/mono8k.wav", "Band C", "", "", ""),
-        ("stereo_48k_flac", "audio/stereo.flac", "Band D", "pekka-kana-2", "", "4.0"),
-        ("mono_8k_wav", "audio/mono8k.wav", "Band D", "pekka-kana-2|unseen", "", ""),
-        ("aac_m4a", "audio/aac.m4a", "Band E", "starfighter", "", ""),
-        ("stereo_48k_flac", "audio/stereo.flac", "Band D", "pekka-kana-2", "", ""),  # duplicate id
-        ("bad_split", "audio/stereo.flac", "Band D", "pekka-kana-2", "holdout", ""),
-    ]
-    fields = ["track_id", "path", "title", "artist", "album", "tags", "duration_s", "split"]
-    for track_id, path, artist, tags, split, duration in crafted:
-        rows.append(
-            {
-                "track_id": track_id,
-                "path": path,
-                "title": track_id,
-                "artist": artist,
-                "album": "",
-                "tags": tags,
-                "duration_s": duration,
-                "split": split,
-            }
-        )
-    path = directory / "catalog.csv"
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 @pytest.fixture(scope="module")
 def messy_run(tmp_path_factory, demo_catalog):
     directory = tmp_path_factory.mktemp("messy")
-    catalog_path = _write_messy_catalog(directory, demo_catalog)
+    catalog_path = write_messy_catalog(directory, demo_catalog)
     parsed = catalog.read_catalog(str(catalog_path))
     config = pipeline.PreprocessConfig(output_dir=str(directory / "out"), split_by="artist")
     summary = pipeline.run(parsed, config, ["--direct_num_workers=2"])

@@ -17,9 +17,10 @@ import time
 import distributed
 import pytest
 
-from data_prep import beam_jobs, catalog, pipeline
+from data_prep import beam_jobs, pipeline
+from intake import catalog
 from tests.conftest import REPO_ROOT
-from tests.data_prep.test_pipeline import _write_messy_catalog
+from tests.data_prep.messy_catalog import write_messy_catalog
 from tfrecords import dataset_info
 
 DASK = str(REPO_ROOT / ".venv" / "bin" / "dask") if (REPO_ROOT / ".venv" / "bin" / "dask").exists() else "dask"
@@ -29,7 +30,7 @@ DASK = str(REPO_ROOT / ".venv" / "bin" / "dask") if (REPO_ROOT / ".venv" / "bin"
 def messy(tmp_path_factory, demo_catalog):
     """The demo catalog with bad rows mixed in, and what the DirectRunner makes of it."""
     directory = tmp_path_factory.mktemp("messy_dask")
-    catalog_path = _write_messy_catalog(directory, demo_catalog)
+    catalog_path = write_messy_catalog(directory, demo_catalog)
     config = pipeline.PreprocessConfig(output_dir=str(directory / "direct"), split_by="artist")
     pipeline.run(catalog.read_catalog(str(catalog_path)), config, [])
     return catalog_path, directory / "direct"

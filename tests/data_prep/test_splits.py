@@ -10,8 +10,8 @@ import sys
 import pytest
 from absl import flags
 
-from data_prep.catalog import CatalogEntry
 from data_prep.splits import assign_splits, check_split_fractions_flag, stable_hash
+from intake.catalog import CatalogEntry
 
 
 def _catalog(num_artists=40, tracks_per_artist=5, tags=("rock", "jazz", "pop", "rare")):

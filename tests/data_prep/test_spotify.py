@@ -25,11 +25,11 @@ import sys
 import pytest
 import soundfile
 
-from data_prep import catalog as catalog_lib
 from data_prep.spotify import build, client, collect
 from data_prep.spotify.download import PreviewDownloader
 from data_prep.spotify.local_audio import read_local_audio
 from data_prep.spotify.retry import RateLimitError, RetryPolicy, parse_retry_after
+from intake import catalog as catalog_lib
 from tests.conftest import REPO_ROOT, tone
 from tests.data_prep.spotify_fixtures.fake_spotify import ACCESS_TOKEN, DEMO_AUDIO_DIR, FakeSpotify, load_web_api
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import models
+from features.logmel import PRESETS, LogMelSpec
 from models import artifact
 from tests.conftest import REPO_ROOT
-from tfrecords.logmel import PRESETS, LogMelSpec
 
 
 def _info(**overrides) -> artifact.ModelInfo:

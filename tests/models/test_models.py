@@ -8,10 +8,11 @@ import pytest
 import tensorflow as tf
 
 import models
-from data_prep import audio, catalog, pipeline
+from data_prep import pipeline
+from features.logmel import LogMelSpec
+from intake import audio, catalog
 from tests.models.batch_norm_statistics import with_batch_statistics
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import LogMelSpec
 
 # Trainable parameters of the reference implementations.
 REFERENCE_PARAMETERS = {

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 import models
-from data_prep import audio
-from models import artifact, musicnn, musicnn_conversion, pretrained
+from features.logmel import PRESETS, log_mel_spectrogram
+from intake import audio
+from models import artifact, convert_musicnn_lib, musicnn, pretrained
 from tests.conftest import DEMO_DIR, REPO_ROOT
 from tests.models.batch_norm_statistics import with_batch_statistics
-from tfrecords.logmel import PRESETS, log_mel_spectrogram
 
 FIXTURE = REPO_ROOT / "tests" / "models" / "fixtures" / "musicnn_reference.npz"
 PRETRAINED = REPO_ROOT / "pretrained"
@@ -81,7 +81,7 @@ def test_architectures_have_the_checkpoints_parameter_counts(wheel, tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         for name in ("msd_musicnn", "msd_musicnn_vgg"):
             checkpoint = pretrained.extract_checkpoint(archive, pretrained.PUBLISHED[name], str(tmp_path))
-            variables = musicnn_conversion.read_checkpoint(checkpoint)
+            variables = convert_musicnn_lib.read_checkpoint(checkpoint)
             trainable = sum(
                 value.size
                 for key, value in variables.items()
@@ -133,17 +133,17 @@ def test_conversion_refuses_altered_missing_and_foreign_variables(wheel, tmp_pat
     model = pretrained.PUBLISHED["mtt_musicnn"]
     with zipfile.ZipFile(wheel) as archive:
         checkpoint = pretrained.extract_checkpoint(archive, model, str(tmp_path))
-    variables = musicnn_conversion.read_checkpoint(checkpoint)
+    variables = convert_musicnn_lib.read_checkpoint(checkpoint)
     missing = {k: v for k, v in variables.items() if k != "batch_normalization_7/moving_variance"}
-    with pytest.raises(musicnn_conversion.ConversionError, match="batch_normalization_7/moving_variance"):
-        musicnn_conversion.convert(missing, "musicnn", model.vocabulary)
+    with pytest.raises(convert_musicnn_lib.ConversionError, match="batch_normalization_7/moving_variance"):
+        convert_musicnn_lib.convert(missing, "musicnn", model.vocabulary)
     extra = dict(variables, **{"conv2d_99/kernel": np.zeros(3, np.float32)})
-    with pytest.raises(musicnn_conversion.ConversionError, match="conv2d_99"):
-        musicnn_conversion.convert(extra, "musicnn", model.vocabulary)
-    with pytest.raises(musicnn_conversion.ConversionError, match="not a musicnn_vgg checkpoint|no 1CNN"):
-        musicnn_conversion.convert(variables, "musicnn_vgg", model.vocabulary)
-    with pytest.raises(musicnn_conversion.ConversionError, match="50 outputs, the vocabulary 2"):
-        musicnn_conversion.convert(variables, "musicnn", ["a", "b"])
+    with pytest.raises(convert_musicnn_lib.ConversionError, match="conv2d_99"):
+        convert_musicnn_lib.convert(extra, "musicnn", model.vocabulary)
+    with pytest.raises(convert_musicnn_lib.ConversionError, match="not a musicnn_vgg checkpoint|no 1CNN"):
+        convert_musicnn_lib.convert(variables, "musicnn_vgg", model.vocabulary)
+    with pytest.raises(convert_musicnn_lib.ConversionError, match="50 outputs, the vocabulary 2"):
+        convert_musicnn_lib.convert(variables, "musicnn", ["a", "b"])
     # A checkpoint file that is not the published one is refused before it is read.
     data_file = tmp_path / "MTT_musicnn" / ".data-00000-of-00001"
     contents = bytearray(data_file.read_bytes())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tfrecords.logmel import LogMelSpec, mel_filterbank
+from features.logmel import LogMelSpec, mel_filterbank
 
 
 class Conv2d(nn.Module):

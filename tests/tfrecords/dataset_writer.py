@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from features.logmel import LogMelSpec
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import LogMelSpec
 
 
 def ramp_log_mel(num_frames: int, n_mels: int, offset: float = 0.0) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from features.logmel import LogMelSpec
 from tests.tfrecords.dataset_writer import ramp_log_mel, write_dataset
 from tfrecords import readers, schema
-from tfrecords.logmel import LogMelSpec
 
 VOCABULARY = ["a", "b", "c"]
 CROP = 40

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from features.logmel import LogMelSpec
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import LogMelSpec
 
 
 def _example(log_mel_dtype="float16"):

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from data_prep import catalog, pipeline
+from data_prep import pipeline
+from intake import catalog
 from tests.binaries import run_binary
 from train import config as config_lib
 from train import evaluation_report
-from train.evaluation import predict_tracks
+from train.evaluate_lib import predict_tracks
 from train.experiment import Experiment
 from train.trainer import Trainer
 

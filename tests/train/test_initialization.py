@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 import models
+from features.logmel import LogMelSpec
 from models import artifact
 from tests.conftest import REPO_ROOT
 from tests.tfrecords.dataset_writer import write_dataset
-from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
 from train.experiment import Experiment
 from train.initialization import InitializationError, initialize_from

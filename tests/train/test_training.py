@@ -18,13 +18,13 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import configs
 import models
+from features.logmel import PRESETS, LogMelSpec
 from models import artifact
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
 from tests.tfrecords.dataset_writer import write_dataset
 from tests.train.run_checkpoints import checkpoint_state
 from tfrecords import dataset_info, schema
-from tfrecords.logmel import PRESETS, LogMelSpec
 from train import config as config_lib
 from train import strategies
 from train.experiment import Experiment
@@ -460,11 +460,11 @@ def test_validating_every_epoch_traces_the_predictor_once(datasets):
     Counted on the predictor itself: TensorFlow's retracing warning counts every call in the process, so
     whether it fires depended on which tests ran before in the same worker.
     """
-    from train import evaluation
+    from train import evaluate_lib
 
     model = models.get_model("short_chunk_res", 3, vocabulary=VOCABULARY)
-    first = evaluation.predict_tracks(model, datasets[128], "valid", 231, num_chunks=2)
-    traces = evaluation._predict_chunks.experimental_get_tracing_count()
-    again = [evaluation.predict_tracks(model, datasets[128], "valid", 231, num_chunks=2) for _ in range(5)]
-    assert evaluation._predict_chunks.experimental_get_tracing_count() == traces
+    first = evaluate_lib.predict_tracks(model, datasets[128], "valid", 231, num_chunks=2)
+    traces = evaluate_lib._predict_chunks.experimental_get_tracing_count()
+    again = [evaluate_lib.predict_tracks(model, datasets[128], "valid", 231, num_chunks=2) for _ in range(5)]
+    assert evaluate_lib._predict_chunks.experimental_get_tracing_count() == traces
     np.testing.assert_allclose(first.scores, again[-1].scores)

@@ -9,7 +9,7 @@ import socket
 import httpx
 import pytest
 
-from benchmarks import app_load
+from serving.app.child_process import app_process
 from serving.retrieval.catalog_index import CatalogIndex
 from tests.conftest import DEMO_DIR
 
@@ -39,7 +39,7 @@ def server(demo_index, tmp_path_factory):
     uploads = root / "uploads"
     uploads.mkdir()
     flags = [*SERVER_FLAGS, f"--upload_dir={uploads}"]
-    with app_load.app_process(str(demo_index[0]), str(DEMO_DIR), str(root / "app.log"), flags) as url:
+    with app_process(str(demo_index[0]), str(DEMO_DIR), str(root / "app.log"), flags) as url:
         yield Server(url, uploads)
 
 

@@ -9,8 +9,8 @@ import shutil
 import httpx
 import pytest
 
-from benchmarks import app_load
 from serving.app import catalog_audio
+from serving.app.child_process import app_process
 from serving.app.errors import ApiError
 from serving.retrieval.catalog_index import TrackRecord
 from tests.serving.app.conftest import _error
@@ -86,7 +86,7 @@ def test_no_audio_url_for_a_track_whose_file_the_service_would_refuse(demo_index
     shutil.copy(inside, root / "audio" / inside.name)
     (root / "audio" / outside.name).symlink_to(outside)  # Resolves outside the root.
     flags = [f"--upload_dir={tmp_path}", "--noaccess_log"]
-    with app_load.app_process(str(demo_index[0]), str(root), str(tmp_path / "app.log"), flags) as url:
+    with app_process(str(demo_index[0]), str(root), str(tmp_path / "app.log"), flags) as url:
         with httpx.Client(base_url=url, timeout=120.0) as client:
             tracks = {t["track_id"]: t for t in client.get("/tracks", params={"limit": 100}).json()["tracks"]}
             assert tracks[inside.stem]["audio_url"] == f"/tracks/{inside.stem}/audio"

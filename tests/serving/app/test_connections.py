@@ -9,8 +9,8 @@ import urllib.parse
 import httpx
 import pytest
 
-from benchmarks import app_load
 from serving.app import connections
+from serving.app.child_process import app_process
 from tests.conftest import DEMO_DIR
 from tests.serving.app.conftest import SERVER_FLAGS
 
@@ -23,7 +23,7 @@ PARTIAL_HEAD = "GET /healthz HTTP/1.1\r\nHost: test\r\nX-Slow: "  # Never finish
 def bounded_server(demo_index, tmp_path_factory):
     root = tmp_path_factory.mktemp("bounded_app")
     flags = [*SERVER_FLAGS, f"--header_timeout_s={HEADER_TIMEOUT_S}", f"--max_connections={MAX_CONNECTIONS}"]
-    with app_load.app_process(str(demo_index[0]), str(DEMO_DIR), str(root / "app.log"), flags) as url:
+    with app_process(str(demo_index[0]), str(DEMO_DIR), str(root / "app.log"), flags) as url:
         yield url, urllib.parse.urlsplit(url).port
 
 

@@ -19,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from benchmarks import app_load
+from serving.app.child_process import app_process
 from serving.app.routes import listen
 from serving.retrieval.recommender import QueryExpansion, Recommender, TagFilter
 from serving.retrieval.sharded_index import ShardedIndex
@@ -222,7 +222,7 @@ def test_a_sharded_index_is_served_like_the_whole_one(client, catalog, demo_cata
             for body in [*bodies, uploaded.raise_for_status().json()]
         ]
 
-    with app_load.app_process(str(sharded_dir), None, str(tmp_path / "app.log"), ["--noaccess_log"]) as url:
+    with app_process(str(sharded_dir), None, str(tmp_path / "app.log"), ["--noaccess_log"]) as url:
         with httpx.Client(base_url=url, timeout=120.0) as sharded_client:
             assert sharded_client.get("/healthz").raise_for_status().json()["tracks"] == len(catalog)
             served = answers(sharded_client)

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import tensorflow as tf
 
-from benchmarks import app_load
+from serving.app.child_process import app_process
 from tests.conftest import tone
 from tests.serving import tf_serving_standin
 from tests.serving.app.conftest import MAX_DURATION_S, _error, _raw_request, _upload
@@ -85,14 +85,6 @@ def test_bad_audio_is_refused_with_a_reason(client, server, demo_audio_files, na
     assert server.upload_files() == []
 
 
-def test_a_short_load_run_has_no_errors(server, catalog, demo_audio_files):
-    files = [str(p) for p in demo_audio_files[:4]]
-    result = app_load.run_load(server.url, 6, 2, 4.0, files, [t.track_id for t in catalog.tracks], k=5)
-    assert result.error_count == 0, result.errors
-    assert result.count(app_load.SIMILAR) > 0 and result.count(app_load.RECOMMEND) > 0
-    assert server.upload_files() == []
-
-
 def _partial_upload(port: int) -> socket.socket:
     """An upload that has started and not finished: it holds an upload slot."""
     sock = _raw_request(
@@ -112,9 +104,7 @@ def test_through_tf_serving_and_busy_refusals(demo_index, model_refs, demo_audio
     flags = ["--noaccess_log", "--max_pending_uploads=1", "--inference_threads=1", f"--upload_dir={uploads}"]
     with tf_serving_standin.grpc_server(models) as (address, service):
         with (
-            app_load.app_process(
-                str(demo_index[0]), None, str(tmp_path / "app.log"), [*flags, f"--server={address}"]
-            ) as url,
+            app_process(str(demo_index[0]), None, str(tmp_path / "app.log"), [*flags, f"--server={address}"]) as url,
             httpx.Client(base_url=url, timeout=120.0) as remote_client,
         ):
             assert remote_client.get("/healthz").json()["embedder"] == f"tf-serving {address} (grpc)"

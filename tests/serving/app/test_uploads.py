@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from benchmarks import app_load
+from serving.app.child_process import app_process
 from tests.serving.app.conftest import MAX_UPLOAD_MB, _error, _raw_request, _upload
 
 
@@ -116,7 +116,7 @@ def test_stalled_uploads_time_out_and_free_their_slots(demo_index, demo_audio_fi
     ]
     mp3 = demo_audio_files[2]
     with (
-        app_load.app_process(str(demo_index[0]), None, str(tmp_path / "app.log"), flags) as url,
+        app_process(str(demo_index[0]), None, str(tmp_path / "app.log"), flags) as url,
         httpx.Client(base_url=url, timeout=60.0) as client,
     ):
         port = int(url.rsplit(":", 1)[1])

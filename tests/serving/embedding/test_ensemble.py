@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_prep import audio, catalog
+from intake import audio, catalog
 from serving.embedding import query_audio
 from serving.embedding.embedders import LocalEmbedder, RemoteEmbedder
 from serving.embedding.ensemble import EmbeddingModels

@@ -13,13 +13,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 import models
-from data_prep import audio
+from features.logmel import PRESETS, log_mel_spectrogram
+from intake import audio
 from models import artifact, pretrained
 from serving.export import saved_model
 from tests.binaries import run_binary
 from tests.conftest import DEMO_DIR, REPO_ROOT
 from tfrecords import dataset_info, readers, schema
-from tfrecords.logmel import PRESETS, log_mel_spectrogram
 
 
 def test_versions_and_files(trained, tmp_path):

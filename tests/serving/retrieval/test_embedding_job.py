@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep import audio, catalog
-from data_prep.rejections import rejections_from_csv
+from intake import audio, catalog
+from intake.rejections import rejections_from_csv
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
 from serving.export.exported_model import LoadedModel

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from data_prep import catalog
+from intake import catalog
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
 from serving.retrieval import index_builder

@@ -16,21 +16,9 @@ import concurrent.futures
 import numpy as np
 import pytest
 
-from serving.export.exported_model import ModelRef
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import Query, QueryExpansion, Recommender, TagFilter
-
-VOCABULARY = ("rock", "jazz", "ambient", "metal", "folk")
-DIM = 16
-
-
-def _ref(name: str, dim: int = DIM, vocabulary=VOCABULARY) -> ModelRef:
-    return ModelRef(name, 1, f"/exports/{name}/1", f"{name}-checksum", name, tuple(vocabulary), dim, "fp", 16000)
-
-
-def _unit(rows):
-    rows = np.asarray(rows, np.float32)
-    return rows / np.linalg.norm(rows, axis=-1, keepdims=True)
+from tests.serving.retrieval.synthetic_index import DIM, VOCABULARY, model_ref, unit_rows
 
 
 def _catalog(num_tracks=60, seed=0, kind="brute_force", **build_kwargs):
@@ -48,10 +36,10 @@ def _catalog(num_tracks=60, seed=0, kind="brute_force", **build_kwargs):
         )
         for i in order
     ]
-    embeddings = _unit(rng.normal(size=(num_tracks, DIM)))
+    embeddings = unit_rows(rng.normal(size=(num_tracks, DIM)))
     probabilities = rng.uniform(0.0, 1.0, size=(num_tracks, len(VOCABULARY))).astype(np.float32)
     catalog = CatalogIndex.build(
-        tracks, embeddings, probabilities, _ref("ranker"), _ref("tagger", 32), kind=kind, **build_kwargs
+        tracks, embeddings, probabilities, model_ref("ranker"), model_ref("tagger", 32), kind=kind, **build_kwargs
     )
     return catalog
 
@@ -159,16 +147,16 @@ def test_a_new_audio_query_uses_its_own_tags_and_embedding():
 def test_over_fetch_finds_candidates_far_from_the_query(num):
     """The query's nearest neighbours all fail the tag filter; the few candidates are far away."""
     rng = np.random.default_rng(1)
-    query_direction = _unit(rng.normal(size=DIM))
-    embeddings = _unit(query_direction + 0.3 * rng.normal(size=(num, DIM)))  # All close to the query...
+    query_direction = unit_rows(rng.normal(size=DIM))
+    embeddings = unit_rows(query_direction + 0.3 * rng.normal(size=(num, DIM)))  # All close to the query...
     far = [17, 99, 150]
-    embeddings[far] = _unit(-query_direction + 0.3 * rng.normal(size=(3, DIM)))  # ...except three.
+    embeddings[far] = unit_rows(-query_direction + 0.3 * rng.normal(size=(3, DIM)))  # ...except three.
     probabilities = np.full((num, len(VOCABULARY)), 0.05, np.float32)
     probabilities[:, 0] = 0.9  # Everyone is rock...
     probabilities[far, 0] = 0.05
     probabilities[far, 4] = 0.95  # ...but the far three are folk, like the query.
     tracks = [TrackRecord(f"x{i}", artist=f"a{i}", content_sha256=f"h{i}") for i in range(num)]
-    catalog = CatalogIndex.build(tracks, embeddings, probabilities, _ref("ranker"), _ref("tagger", 32))
+    catalog = CatalogIndex.build(tracks, embeddings, probabilities, model_ref("ranker"), model_ref("tagger", 32))
     query = Query(query_direction, np.array([0.05, 0.05, 0.05, 0.05, 0.97], np.float32))
     result = Recommender(catalog, TagFilter(0.5, 1)).recommend(query, k=5)
     assert sorted(r.track.track_id for r in result.recommendations) == sorted(f"x{i}" for i in far)
@@ -180,7 +168,7 @@ def test_an_approximate_index_still_returns_every_candidate():
     """A tree index searching one leaf misses far tracks; the exact fallback finds them."""
     num = 3000
     rng = np.random.default_rng(2)
-    embeddings = _unit(rng.normal(size=(num, DIM)))
+    embeddings = unit_rows(rng.normal(size=(num, DIM)))
     probabilities = np.full((num, len(VOCABULARY)), 0.05, np.float32)
     probabilities[:, 1] = 0.9
     candidates = rng.choice(num, 8, replace=False)
@@ -191,8 +179,8 @@ def test_an_approximate_index_still_returns_every_candidate():
         tracks,
         embeddings,
         probabilities,
-        _ref("ranker"),
-        _ref("tagger", 32),
+        model_ref("ranker"),
+        model_ref("tagger", 32),
         kind="tree_ah",
         leaves_searched_fraction=0.0,
     )
@@ -213,13 +201,13 @@ def test_the_query_and_exact_duplicates_are_excluded():
     # The same audio under another hash: identical embedding.
     same_audio = TrackRecord("dup-audio", artist="someone else", content_sha256="other")
     # Two copies of another track, both close to the query: only one may appear.
-    close = _unit(catalog.model_embeddings[row] + 0.05 * np.random.default_rng(3).normal(size=DIM))
+    close = unit_rows(catalog.model_embeddings[row] + 0.05 * np.random.default_rng(3).normal(size=DIM))
     twins = [
         TrackRecord("twin-a", artist="x", content_sha256="twin"),
         TrackRecord("twin-b", artist="y", content_sha256="twin"),
     ]
     # The same audio under two more hashes (e.g. two encodings), a little further away: only one may appear.
-    further = _unit(catalog.model_embeddings[row] + 0.2 * np.random.default_rng(4).normal(size=DIM))
+    further = unit_rows(catalog.model_embeddings[row] + 0.2 * np.random.default_rng(4).normal(size=DIM))
     encodings = [
         TrackRecord("enc-a", artist="p", content_sha256="e1"),
         TrackRecord("enc-b", artist="q", content_sha256="e2"),
@@ -303,9 +291,11 @@ def test_a_tag_set_no_catalog_track_shares_skips_stage_one_and_says_so():
     catalog = _catalog()
     probabilities = catalog.tag_probabilities.copy()
     probabilities[:, VOCABULARY.index("folk")] = 0.1  # Nobody in the catalog is folk...
-    catalog = CatalogIndex.build(catalog.tracks, catalog.embeddings, probabilities, _ref("ranker"), _ref("tagger", 32))
+    catalog = CatalogIndex.build(
+        catalog.tracks, catalog.embeddings, probabilities, model_ref("ranker"), model_ref("tagger", 32)
+    )
     recommender = Recommender(catalog, TagFilter(0.5, 1), expansion=None)  # As `_expected` ranks.
-    query = Query(_unit(np.ones(DIM)), np.array([0.1, 0.1, 0.1, 0.1, 0.9], np.float32))  # ...but the query is.
+    query = Query(unit_rows(np.ones(DIM)), np.array([0.1, 0.1, 0.1, 0.1, 0.9], np.float32))  # ...but the query is.
     result = recommender.recommend(query, 5)
     assert result.query_tags == (("folk", pytest.approx(0.9)),) and result.num_candidates == len(catalog)
     assert [r.track.track_id for r in result.recommendations] == _expected(catalog, query, 5, 0.5, 1)

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from data_prep import audio
-from data_prep import catalog as catalog_lib
+from intake import audio
+from intake import catalog as catalog_lib
 from models import artifact
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels

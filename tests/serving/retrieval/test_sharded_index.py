@@ -13,7 +13,7 @@ from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError, Tr
 from serving.retrieval.recommender import Query, Recommender, TagFilter
 from serving.retrieval.sharded_index import ShardedIndex
 from tests.binaries import run_binary
-from tests.serving.retrieval.test_recommender import VOCABULARY, _ref, _unit
+from tests.serving.retrieval.synthetic_index import VOCABULARY, model_ref, unit_rows
 
 NUM_TRACKS = 400
 
@@ -30,7 +30,7 @@ def _catalog_arrays(seed=0):
         )
         for i in range(NUM_TRACKS)
     ]
-    embeddings = _unit(rng.normal(size=(NUM_TRACKS, 16)))
+    embeddings = unit_rows(rng.normal(size=(NUM_TRACKS, 16)))
     embeddings[380:] = embeddings[:20]
     probabilities = rng.uniform(0.0, 1.0, size=(NUM_TRACKS, len(VOCABULARY))).astype(np.float32)
     return tracks, embeddings, probabilities
@@ -39,7 +39,7 @@ def _catalog_arrays(seed=0):
 def _build_one_and_sharded():
     """The catalog as one brute-force index and as 4 brute-force shards."""
     tracks, embeddings, probabilities = _catalog_arrays()
-    models = (_ref("ranker"), _ref("tagger", 32))
+    models = (model_ref("ranker"), model_ref("tagger", 32))
     one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
     sharded = ShardedIndex.build(
         tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"
@@ -67,7 +67,7 @@ def test_tracks_are_split_by_id_hash_into_complete_shards(one_and_sharded):
 
 def test_shards_searched_for_k_and_merged_give_the_one_index_top_k(one_and_sharded):
     one, sharded = one_and_sharded
-    queries = _unit(np.random.default_rng(5).normal(size=(25, 16)))
+    queries = unit_rows(np.random.default_rng(5).normal(size=(25, 16)))
     for k in (1, 10, 50):
         merged, single = sharded.search(queries, k), one.searcher.search(queries, k)
         assert [[i for i, _ in row] for row in merged] == [[i for i, _ in row] for row in single]
@@ -117,7 +117,7 @@ def test_save_load_update_and_delete_keep_each_track_in_its_shard(one_and_sharde
     assert isinstance(loaded, ShardedIndex) and len(loaded) == NUM_TRACKS
 
     new = [TrackRecord(f"new{i}", artist="someone") for i in range(12)]
-    vectors = _unit(np.random.default_rng(9).normal(size=(12, 16)))
+    vectors = unit_rows(np.random.default_rng(9).normal(size=(12, 16)))
     loaded.upsert(new, vectors, np.full((12, len(VOCABULARY)), 0.5, np.float32))
     loaded.delete(["t0001", "t0002"])
     with pytest.raises(KeyError, match="not in the index: \\['ghost'\\]"):
@@ -134,7 +134,7 @@ def test_one_catalog_mean_for_every_shard_through_updates_and_deletes():
     """Sharded equals unsharded: the whole catalog's mean in every shard, the same recommendations."""
     one, sharded = _build_one_and_sharded()  # Changed below: not the module's shared pair.
     new = [TrackRecord(f"new{i}", artist="someone") for i in range(9)]
-    vectors = _unit(np.random.default_rng(10).normal(size=(9, 16)) + 2.0)  # Moves the mean.
+    vectors = unit_rows(np.random.default_rng(10).normal(size=(9, 16)) + 2.0)  # Moves the mean.
     for index in (one, sharded):
         index.upsert(new, vectors, np.full((9, len(VOCABULARY)), 0.5, np.float32))
         index.delete(["t0010", "t0200", "new4"])
@@ -159,7 +159,7 @@ def test_a_damaged_listing_or_mixed_models_are_refused(one_and_sharded, tmp_path
     (directory / sharded_index.SHARDS_FILENAME).write_text('{"format": "something else"}')
     with pytest.raises(IndexMismatchError, match="shards.json: not a sharded-catalog-index-1 listing"):
         ShardedIndex.load(str(directory))
-    other = CatalogIndex.build(one.tracks[:10], one.embeddings[:10], None, _ref("other"), None, kind="brute_force")
+    other = CatalogIndex.build(one.tracks[:10], one.embeddings[:10], None, model_ref("other"), None, kind="brute_force")
     with pytest.raises(ValueError, match="shard 1"):
         ShardedIndex([sharded.shards[0], other])
     tracks, embeddings, probabilities = _catalog_arrays()
@@ -240,7 +240,7 @@ def test_stage_1_is_skipped_only_when_no_track_of_any_shard_shares_the_query_tag
     probabilities = np.minimum(probabilities, 0.9)
     rare = [5, 120, 333]
     probabilities[rare, 4] = 0.99
-    models = (_ref("ranker"), _ref("tagger", 32))
+    models = (model_ref("ranker"), model_ref("tagger", 32))
     one = CatalogIndex.build(tracks, embeddings, probabilities, *models, kind="brute_force")
     sharded = ShardedIndex.build(
         tracks, embeddings, probabilities, one.embedding_models, models[1], num_shards=4, kind="brute_force"

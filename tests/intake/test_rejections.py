@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep import rejections
-from data_prep.rejections import REASONS, Rejection, register_reasons, rejections_from_csv, rejections_to_csv
+from intake import rejections
+from intake.rejections import REASONS, Rejection, register_reasons, rejections_from_csv, rejections_to_csv
 
 
 def test_unknown_reasons_are_refused():

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrecords import augmentation, readers
-from tfrecords.logmel import PRESETS, LogMelSpec, apply_gain, log_mel_spectrogram
+from features.logmel import PRESETS, LogMelSpec, apply_gain, log_mel_spectrogram
+from tfrecords import readers
+from train import augmentation
 
 
 def _music_like(seconds=4.0, rate=16000):

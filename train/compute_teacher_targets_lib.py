@@ -38,7 +38,7 @@ from absl import logging
 
 import models
 from data_prep import beam_jobs
-from data_prep.rejections import REJECTED_FILENAME
+from intake.rejections import REJECTED_FILENAME
 from models import artifact
 from tfrecords import dataset_info, schema
 

@@ -22,7 +22,7 @@ import os
 import posixpath
 from collections.abc import Iterator
 
-from data_prep.rejections import Rejection
+from intake.rejections import Rejection
 from tfrecords.splits import SPLITS
 
 REQUIRED_COLUMNS = ("track_id", "path")

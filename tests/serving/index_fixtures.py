@@ -10,13 +10,14 @@ from __future__ import annotations
 import pytest
 import tensorflow as tf
 
-from data_prep import catalog, pipeline
+from data_prep import pipeline
+from features.logmel import LogMelSpec
+from intake import catalog
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
 from serving.export import exported_model, saved_model
 from serving.retrieval import index_builder
 from tests.conftest import REPO_ROOT
-from tfrecords.logmel import LogMelSpec
 from train import config as config_lib
 from train.experiment import Experiment
 from train.trainer import Trainer

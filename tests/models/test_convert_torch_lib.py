@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import models
-from data_prep import audio
-from models import artifact, pretrained, torch_conversion
+from intake import audio
+from models import artifact, convert_torch_lib, pretrained
 from tests.binaries import run_binary
 from tests.conftest import DEMO_DIR, REPO_ROOT
 from tests.models import torch_reference
@@ -48,14 +48,14 @@ def test_converted_model_equals_pytorch(name, tmp_path):
     reference = _reference(name)
     checkpoint = tmp_path / "best_model.pth"
     torch.save(reference.state_dict(), checkpoint)
-    model = torch_conversion.convert(torch_conversion.load_state_dict(str(checkpoint)), name)
+    model = convert_torch_lib.convert(convert_torch_lib.load_state_dict(str(checkpoint)), name)
     log_mel = _log_mel(name)
     with torch.no_grad():
         expected_tags, expected_embedding = reference(torch.from_numpy(log_mel).permute(0, 2, 1))
     outputs = model(log_mel, training=False)
     np.testing.assert_allclose(outputs[models.EMBEDDING].numpy(), expected_embedding.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(outputs[models.TAGS].numpy(), expected_tags.numpy(), atol=1e-4)
-    assert models.tag_vocabulary(model) == list(torch_conversion.MTAT_TOP50_TAGS)
+    assert models.tag_vocabulary(model) == list(convert_torch_lib.MTAT_TOP50_TAGS)
     trainable = sum(p.numel() for p in reference.parameters())
     assert trainable == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
@@ -64,23 +64,23 @@ def test_data_parallel_prefix_and_wrapped_state_dict(tmp_path):
     reference = _reference("crnn", n_class=3)
     checkpoint = tmp_path / "wrapped.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, checkpoint)
-    model = torch_conversion.convert(torch_conversion.load_state_dict(str(checkpoint)), "crnn", ["a", "b", "c"])
+    model = convert_torch_lib.convert(convert_torch_lib.load_state_dict(str(checkpoint)), "crnn", ["a", "b", "c"])
     assert models.tag_vocabulary(model) == ["a", "b", "c"]
 
 
 def test_mismatches_are_refused(tmp_path):
     state = {k: v.numpy() for k, v in _reference("short_chunk_res").state_dict().items()}
-    with pytest.raises(torch_conversion.ConversionError, match="no dense.weight"):
-        torch_conversion.convert(state, "crnn")
+    with pytest.raises(convert_torch_lib.ConversionError, match="no dense.weight"):
+        convert_torch_lib.convert(state, "crnn")
     wrong_fb = dict(state, **{"spec.mel_scale.fb": state["spec.mel_scale.fb"] * 2})
-    with pytest.raises(torch_conversion.ConversionError, match="mel filterbank"):
-        torch_conversion.convert(wrong_fb, "short_chunk_res")
+    with pytest.raises(convert_torch_lib.ConversionError, match="mel filterbank"):
+        convert_torch_lib.convert(wrong_fb, "short_chunk_res")
     extra = dict(state, **{"layer8.conv_1.weight": np.zeros(3, np.float32)})
-    with pytest.raises(torch_conversion.ConversionError, match="layer8"):
-        torch_conversion.convert(extra, "short_chunk_res")
+    with pytest.raises(convert_torch_lib.ConversionError, match="layer8"):
+        convert_torch_lib.convert(extra, "short_chunk_res")
     missing = {k: v for k, v in state.items() if k != "layer3.bn_2.running_var"}
-    with pytest.raises(torch_conversion.ConversionError, match="layer3.bn_2.running_var"):
-        torch_conversion.convert(missing, "short_chunk_res")
+    with pytest.raises(convert_torch_lib.ConversionError, match="layer3.bn_2.running_var"):
+        convert_torch_lib.convert(missing, "short_chunk_res")
 
 
 def test_pickled_objects_are_not_executed(tmp_path):
@@ -91,7 +91,7 @@ def test_pickled_objects_are_not_executed(tmp_path):
     checkpoint = tmp_path / "evil.pth"
     torch.save({"x": Payload()}, checkpoint)
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
-        torch_conversion.load_state_dict(str(checkpoint))
+        convert_torch_lib.load_state_dict(str(checkpoint))
 
 
 def _published_checkpoint():
@@ -151,7 +151,7 @@ def test_shipped_crnn_is_the_published_checkpoint_converted(tmp_path):
     assert info.provenance.source_sha256 == published.files and "MIT" in info.provenance.license
     assert info.provenance.published_metrics == {"roc_auc": 0.8722, "pr_auc": 0.3625}
     tags = [str(t) for t in np.load(CARRIED_CHECKPOINT.parent / "tags.npy", allow_pickle=False)]
-    assert list(info.vocabulary) == tags == list(torch_conversion.MTAT_TOP50_TAGS)
+    assert list(info.vocabulary) == tags == list(convert_torch_lib.MTAT_TOP50_TAGS)
     assert info.embedding_dim == 32 and info.crop_frames == 1813 and info.log_mel.n_mels == 96
 
 

@@ -3,7 +3,7 @@
 Every binary imports this module first (ruff's import order puts it there:
 see `[tool.ruff.lint.isort]` in pyproject.toml) and hands its `main` to `run`:
 
-    from tfrecords.tf_startup import run
+    from tf_startup import run
     ...
     if __name__ == "__main__":
         run(main)

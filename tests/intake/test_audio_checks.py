@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_prep.audio import AudioError
-from data_prep.audio_checks import AudioChecks, load_checked_waveform
-from data_prep.catalog import CatalogEntry
+from intake.audio import AudioError
+from intake.audio_checks import AudioChecks, load_checked_waveform
+from intake.catalog import CatalogEntry
 from tests.conftest import tone
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep import catalog
+from intake import catalog
 from tests.binaries import run_binary
 
 

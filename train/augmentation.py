@@ -16,8 +16,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from features.logmel import LogMelSpec, apply_gain
 from tfrecords import readers
-from tfrecords.logmel import LogMelSpec, apply_gain
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ queries (`serving.query`, `serving.app`) all call `AudioChecks.check` on the
 mono waveform (`load_checked_waveform` decodes a catalog row's file and checks it), with the same default
 thresholds, so that audio the catalog
 would reject (silence, a fragment) is refused as a query too, with the same
-reason (see `data_prep.rejections.REASONS`).
+reason (see `intake.rejections.REASONS`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import math
 
 import numpy as np
 
-from data_prep import audio
-from data_prep.audio import AudioError
-from data_prep.catalog import CatalogEntry
+from intake import audio
+from intake.audio import AudioError
+from intake.catalog import CatalogEntry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfrecords.logmel_spec import (  # noqa: F401 - the spec's one definition, re-exported with its computation.
+from features.logmel_spec import (  # noqa: F401 - the spec's one definition, re-exported with its computation.
     COMPRESSIONS,
     MEL_NORMS,
     MEL_SCALES,

@@ -1,6 +1,6 @@
 """The parameters of the log-mel front end (`LogMelSpec`) and its named presets, without TensorFlow.
 
-The computation is `tfrecords.logmel`, which re-exports these: one
+The computation is `features.logmel`, which re-exports these: one
 definition, split so that binaries can offer the presets and build a spec
 from their flags before they load TensorFlow.
 """
@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 
-# Bumped whenever the computation (`tfrecords.logmel`) changes in a way that changes values;
+# Bumped whenever the computation (`features.logmel`) changes in a way that changes values;
 # it is part of the fingerprint so that stale datasets are detected.
 _IMPLEMENTATION_VERSION = 1
 

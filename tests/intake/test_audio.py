@@ -4,44 +4,19 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
 import pytest
 import soundfile
 
-from data_prep import audio
+from intake import audio
 from tests.conftest import tone
-
-
-def _encode(samples, rate, fmt, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def _encode_m4a(samples: np.ndarray, rate: int) -> bytes:
-    """AAC in MP4, which libsndfile cannot read, written with FFmpeg (PyAV)."""
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "stereo" if samples.shape[1] == 2 else "mono"
-        planar = np.ascontiguousarray(samples.T)
-        for start in range(0, planar.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(planar[:, start : start + 1024]), format="fltp", layout=stream.layout.name
-            )
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+from tests.intake.encoded_audio import encode, encode_m4a
 
 
 @pytest.mark.parametrize("fmt", ["WAV", "FLAC", "OGG", "MP3"])
 def test_decodes_formats_with_libsndfile(fmt):
     samples = tone(2.0, 44100, channels=2)
-    decoded = audio.decode_audio(_encode(samples, 44100, fmt), "x." + fmt.lower())
+    decoded = audio.decode_audio(encode(samples, 44100, fmt), "x." + fmt.lower())
     assert decoded.decoder == "soundfile"
     assert decoded.sample_rate == 44100
     assert decoded.samples.shape[1] == 2
@@ -56,7 +31,7 @@ def test_decodes_real_mp3_by_path(demo_audio_files):
 
 
 def test_falls_back_to_ffmpeg_for_m4a(tmp_path):
-    data = _encode_m4a(tone(1.5, 22050, channels=2), 22050)
+    data = encode_m4a(tone(1.5, 22050, channels=2), 22050)
     with pytest.raises(soundfile.LibsndfileError):
         soundfile.read(io.BytesIO(data))
     path = tmp_path / "song.m4a"
@@ -98,7 +73,7 @@ def test_empty_file():
 @pytest.mark.parametrize("rate", [8000, 16000, 22050, 32000, 48000])
 def test_complete_mp3s_of_every_mpeg_version_are_not_truncated(rate):
     """MPEG-1 (32-48 kHz) frames hold 1152 samples, MPEG-2/2.5 (8-24 kHz) 576."""
-    data = _encode(tone(3.0, rate), rate, "MP3")
+    data = encode(tone(3.0, rate), rate, "MP3")
     decoded = audio.decode_audio(data, f"{rate}.mp3")
     assert decoded.minimum_frames is not None and decoded.samples.shape[0] >= decoded.minimum_frames
     assert decoded.minimum_frames > 0.9 * 3.0 * rate
@@ -108,7 +83,7 @@ def test_complete_mp3s_of_every_mpeg_version_are_not_truncated(rate):
 
 @pytest.mark.parametrize("fmt", ["WAV", "MP3"])
 def test_truncated_files_are_detected(fmt):
-    data = _encode(tone(3.0, 44100, channels=2), 44100, fmt)
+    data = encode(tone(3.0, 44100, channels=2), 44100, fmt)
     audio.decode_audio(data, "whole")  # The complete file is fine.
     with pytest.raises(audio.AudioError) as raised:
         audio.decode_audio(data[: len(data) // 2], "half." + fmt.lower())
@@ -125,7 +100,7 @@ def test_truncated_real_mp3(demo_audio_files):
 def test_non_finite_samples_are_rejected():
     samples = tone(1.0, 16000)
     samples[100] = np.nan
-    data = _encode(samples, 16000, "WAV", subtype="FLOAT")
+    data = encode(samples, 16000, "WAV", subtype="FLOAT")
     with pytest.raises(audio.AudioError) as raised:
         audio.load_mono(data, "nan.wav", 16000)
     assert raised.value.reason == "non_finite"
@@ -150,7 +125,7 @@ def test_resample_keeps_duration_and_pitch(rate):
 @pytest.mark.parametrize("container", ["wav", "m4a"])
 def test_decoding_stops_past_the_maximum_duration(tmp_path, container):
     samples = tone(3.0, 22050, channels=2)
-    data = _encode(samples, 22050, "WAV") if container == "wav" else _encode_m4a(samples, 22050)
+    data = encode(samples, 22050, "WAV") if container == "wav" else encode_m4a(samples, 22050)
     path = tmp_path / f"long.{container}"
     path.write_bytes(data)
     with pytest.raises(audio.AudioError, match="more than the maximum of 2 s") as raised:
@@ -187,7 +162,7 @@ def test_channels_times_rate_count_against_a_duration_limit(tmp_path, container)
     if container == "WAV":
         data = _constant(2.0, 8, 96_000, "WAV")
     else:
-        data = _encode_m4a(tone(6.0, 96_000, channels=2), 96_000)
+        data = encode_m4a(tone(6.0, 96_000, channels=2), 96_000)
     path = tmp_path / f"wide.{container.lower()}"
     path.write_bytes(data)
     with pytest.raises(audio.AudioError, match="a 10 s upload may decode to") as raised:

@@ -19,9 +19,9 @@ import numpy as np
 from absl import logging
 
 import models
+from features.logmel import LogMelSpec, mel_filterbank
 from models import pretrained
 from models.vocabularies import MTAT_TOP50_TAGS
-from tfrecords.logmel import LogMelSpec, mel_filterbank
 
 # The reference architectures this converter maps.
 ARCHITECTURES = pretrained.TORCH_ARCHITECTURES

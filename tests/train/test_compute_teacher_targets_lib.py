@@ -15,7 +15,7 @@ import models
 from models import artifact
 from tests.conftest import REPO_ROOT
 from tfrecords import dataset_info, schema
-from train import teacher_targets
+from train import compute_teacher_targets_lib
 
 TEACHER = str(REPO_ROOT / "pretrained" / "msd_musicnn")
 
@@ -68,30 +68,34 @@ def test_every_track_gets_the_teachers_outputs_at_every_position(untagged_demo, 
 
 
 def test_positions_and_windows_at_the_edges():
-    np.testing.assert_array_equal(teacher_targets.crop_starts(300, 231, 64), [0, 64])
-    np.testing.assert_array_equal(teacher_targets.crop_starts(100, 231, 64), [0])  # Shorter than a crop: once.
+    np.testing.assert_array_equal(compute_teacher_targets_lib.crop_starts(300, 231, 64), [0, 64])
+    np.testing.assert_array_equal(
+        compute_teacher_targets_lib.crop_starts(100, 231, 64), [0]
+    )  # Shorter than a crop: once.
     log_mel = np.repeat(np.arange(100, dtype=np.float32)[:, None], 2, axis=1)
-    windows = teacher_targets.teacher_windows(log_mel, np.array([0, 60]), crop_frames=40, teacher_frames=30)
+    windows = compute_teacher_targets_lib.teacher_windows(log_mel, np.array([0, 60]), crop_frames=40, teacher_frames=30)
     np.testing.assert_array_equal(windows[:, 0, 0], [5, 65])  # Centred: (40 - 30) // 2 frames in.
-    clipped = teacher_targets.teacher_windows(log_mel, np.array([0]), crop_frames=20, teacher_frames=60)
+    clipped = compute_teacher_targets_lib.teacher_windows(log_mel, np.array([0]), crop_frames=20, teacher_frames=60)
     np.testing.assert_array_equal(clipped[0, :, 0], np.arange(60))  # A longer teacher input stays in the track.
-    short = teacher_targets.teacher_windows(log_mel[:25], np.array([0]), crop_frames=20, teacher_frames=60)
+    short = compute_teacher_targets_lib.teacher_windows(log_mel[:25], np.array([0]), crop_frames=20, teacher_frames=60)
     np.testing.assert_array_equal(short[0, :, 0], np.tile(np.arange(25), 3)[:60])
 
 
 def test_datasets_that_do_not_match_are_refused(untagged_demo, tmp_path):
-    with pytest.raises(teacher_targets.TeacherTargetsError, match="teacher's front end"):
-        teacher_targets.compute(
-            teacher_targets.TeacherJob(untagged_demo["128"], untagged_demo["128"], TEACHER, str(tmp_path / "a"))
+    with pytest.raises(compute_teacher_targets_lib.TeacherTargetsError, match="teacher's front end"):
+        compute_teacher_targets_lib.compute(
+            compute_teacher_targets_lib.TeacherJob(
+                untagged_demo["128"], untagged_demo["128"], TEACHER, str(tmp_path / "a")
+            )
         )
     other = tmp_path / "other"
     shutil.copytree(untagged_demo["musicnn"], other)
     info = dataset_info.load(str(other))
     info.catalog["sha256"] = "0" * 64
     (other / "dataset_info.json").write_text(info.to_json())
-    with pytest.raises(teacher_targets.TeacherTargetsError, match="same catalog"):
-        teacher_targets.compute(
-            teacher_targets.TeacherJob(untagged_demo["128"], str(other), TEACHER, str(tmp_path / "b"))
+    with pytest.raises(compute_teacher_targets_lib.TeacherTargetsError, match="same catalog"):
+        compute_teacher_targets_lib.compute(
+            compute_teacher_targets_lib.TeacherJob(untagged_demo["128"], str(other), TEACHER, str(tmp_path / "b"))
         )
     assert not (tmp_path / "b" / "dataset_info.json").exists()
 
@@ -113,7 +117,9 @@ def test_a_failure_in_a_worker_publishes_nothing_and_leaves_the_earlier_output(
         for record in reversed(records[path]):
             writer.write(record.numpy())
     with pytest.raises(Exception, match="not the same catalog"):
-        teacher_targets.compute(teacher_targets.TeacherJob(untagged_demo["128"], str(swapped), TEACHER, str(output)))
+        compute_teacher_targets_lib.compute(
+            compute_teacher_targets_lib.TeacherJob(untagged_demo["128"], str(swapped), TEACHER, str(output))
+        )
     assert {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()} == before
 
 

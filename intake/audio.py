@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from data_prep import catalog
+from intake import catalog
 
 
 class AudioError(Exception):

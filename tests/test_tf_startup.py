@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tf_startup
+
 import os
 import re
 import subprocess
@@ -10,7 +12,6 @@ import sys
 import pytest
 
 from tests.conftest import DEMO_CATALOG, REPO_ROOT
-from tfrecords import tf_startup
 
 
 def test_nvidia_devices_are_recognised(tmp_path):
@@ -34,7 +35,7 @@ def test_nvidia_devices_are_recognised(tmp_path):
 def test_run_drops_only_the_probe_and_restores_standard_error(main):
     script = (
         "import sys\n"
-        "from tfrecords.tf_startup import load_tensorflow, run\n"
+        "from tf_startup import load_tensorflow, run\n"
         f"{main}"
         "    tf.constant(1.0) + 1.0\n"
         "    print('standard error still works', file=sys.stderr)\n"
@@ -51,22 +52,22 @@ def test_run_drops_only_the_probe_and_restores_standard_error(main):
 
 
 def test_every_binary_imports_tf_startup_first():
-    """The one way TensorFlow's log level is set: `tfrecords.tf_startup`, before anything else of ours."""
+    """The one way TensorFlow's log level is set: `tf_startup`, before anything else of ours."""
     binaries = [
         path
-        for package in ("data_prep", "tfrecords", "models", "train", "serving", "benchmarks")
+        for package in ("intake", "features", "data_prep", "tfrecords", "models", "train", "serving", "benchmarks")
         for path in (REPO_ROOT / package).rglob("*.py")
         if 'if __name__ == "__main__":' in path.read_text() and path.name != "tf_startup.py"  # Its docstring shows one.
     ]
     assert len(binaries) >= 15, binaries
     for path in binaries:
         text = path.read_text()
-        startup = re.search(r"^from tfrecords\.tf_startup import (load_tensorflow, )?run$", text, re.MULTILINE)
-        assert startup, f"{path} does not start through tfrecords.tf_startup"
+        startup = re.search(r"^from tf_startup import (load_tensorflow, )?run$", text, re.MULTILINE)
+        assert startup, f"{path} does not start through tf_startup"
         body = text[: startup.start()]
         assert "\nimport " not in body.split('"""')[-1] and "\nfrom " not in body.split('"""')[-1].replace(
             "from __future__ import annotations", ""
-        ), f"{path}: tfrecords.tf_startup must be the first import"
+        ), f"{path}: tf_startup must be the first import"
         assert "run(main" in text, f"{path}: main must be run by tf_startup.run"
 
 
