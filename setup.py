@@ -23,6 +23,10 @@ INSTALL_REQUIRES = [
     "av>=12",
     # High-quality resampling to 16 kHz.
     "soxr>=0.3",
+    # A folder as a catalog (intake.folder_catalog): the files' own tags (ID3,
+    # Vorbis comments, MP4 atoms, RIFF/AIFF ID3) in every format decoded here;
+    # pure Python, no system library.
+    "mutagen>=1.47",
     # librosa: used by the baseline of the preprocessing benchmark and by the
     # evaluation's pitch-shift/time-stretch robustness study.
     "librosa>=0.10",

@@ -12,6 +12,13 @@ bands for the CRNN:
         --audio_root=mtat/mp3 --mtat_split_dir=sota-music-tagging-models/split/mtat \
         --n_mels=96 --output_dir=/data/mtat_96
 
+A folder of music (every audio file under it, described by its own tags:
+artist, title, album, genres as tags; the catalog it gave is written to
+`OUTPUT_DIR/catalog.csv`, to repeat or edit the run; training on genres:
+`--require_tags`, the default, keeps the tracks that have one):
+
+    python -m data_prep --catalog=~/Music --output_dir=/tmp/my_music --norequire_tags
+
 For the musicnn models (their own front end; e.g. to fine-tune them):
 
     python -m data_prep --catalog=demo/catalog.csv --output_dir=/tmp/demo_musicnn \
@@ -43,8 +50,11 @@ from data_prep import runner_flags, splits
 from data_prep.splits import SPLIT_BY_CHOICES
 from features.logmel_spec import PRESETS, LogMelSpec
 from intake import catalog as catalog_lib
+from intake import folder_catalog
 
-_CATALOG = flags.DEFINE_string("catalog", None, "Catalog CSV (local path or URI).")
+_CATALOG = flags.DEFINE_string(
+    "catalog", None, "Catalog CSV (local path or URI), or a folder of music (every audio file under it)."
+)
 _AUDIO_ROOT = flags.DEFINE_string(
     "audio_root", None, "Directory that relative audio paths are resolved against; default: the catalog's directory."
 )
@@ -146,8 +156,11 @@ def main(argv):
             catalog = catalog_lib.read_catalog(_CATALOG.value, _AUDIO_ROOT.value)
         except catalog_lib.CatalogError as error:
             sys.exit(f"error: {error}")
+        if catalog.format == folder_catalog.FORMAT:
+            print(folder_catalog.scan_summary(catalog))
         if not catalog.num_rows:
-            sys.exit(f"error: {_CATALOG.value}: no rows after the header: nothing to preprocess")
+            what = "no audio files" if catalog.format == folder_catalog.FORMAT else "no rows after the header"
+            sys.exit(f"error: {_CATALOG.value}: {what}: nothing to preprocess")
     load_tensorflow()
     from data_prep import beam_jobs
 

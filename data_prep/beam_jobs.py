@@ -33,6 +33,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.pipeline import PipelineVisitor
 
+from data_prep import progress
 from data_prep.splits import stable_hash
 from intake.rejections import Rejection
 
@@ -85,15 +86,30 @@ class StagedJob(abc.ABC):
     and the next run into the same place clears it; a job whose staging folder
     is new for every run (`staging_is_per_run`) removes it instead.
 
+    While it runs, the job's progress (`progress_total`, `count_done`: what
+    the workers staged so far) is reported every 10 s (`data_prep.progress`).
+
     Attributes:
+        job_name: How progress lines name the job.
         metrics_namespace: The Beam counters to report, if the job counts any.
         staging_folders: Subfolders of the staging folder made before the run.
         staging_is_per_run: Whether each run stages into a folder of its own.
+        progress_unit: What `progress_total` and `count_done` count.
     """
 
+    job_name: str = "job"
     metrics_namespace: str | None = None
     staging_folders: tuple[str, ...] = ()
     staging_is_per_run: bool = False
+    progress_unit: str = "tracks"
+
+    def progress_total(self) -> int:
+        """How many units the job has (0: no progress is reported)."""
+        return 0
+
+    def count_done(self, staging_dir: str) -> int:
+        """How many units are done, from what the workers staged so far."""
+        return 0
 
     @abc.abstractmethod
     def staging_dir(self, options: PipelineOptions) -> str:
@@ -135,7 +151,9 @@ def run_staged_job(job: StagedJob, pipeline_args: list[str] | None = None) -> Jo
         tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder) if folder else staging_dir)
     try:
         pipeline = beam.Pipeline(options=options)
-        result = run_pipeline(pipeline, job.build(pipeline, staging_dir))
+        num_elements = job.build(pipeline, staging_dir)
+        with _progress(job, staging_dir):
+            result = run_pipeline(pipeline, num_elements)
         try:
             reconciled = job.reconcile(staging_dir)
         except CountsDoNotReconcileError as error:
@@ -149,6 +167,18 @@ def run_staged_job(job: StagedJob, pipeline_args: list[str] | None = None) -> Jo
     remove_tree(staging_dir)
     counters = beam_counters(result, job.metrics_namespace) if job.metrics_namespace else None
     return JobOutcome(published, counters)
+
+
+def _progress(job: StagedJob, staging_dir: str):
+    total = job.progress_total()
+    if not total:
+        return contextlib.nullcontext()
+    return progress.Progress(job.job_name, total, lambda: job.count_done(staging_dir), job.progress_unit)
+
+
+def count_staged(folder: str, suffix: str) -> int:
+    """How many files named `*suffix` the workers have staged in `folder` so far (temporary files not counted)."""
+    return sum(1 for name in tf.io.gfile.listdir(folder) if name.endswith(suffix))
 
 
 def check_counts(num_in: int, num_written: int, num_rejected: int, unit: str = "tracks"):

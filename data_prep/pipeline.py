@@ -34,7 +34,7 @@ from apache_beam.metrics import Metrics
 from data_prep import beam_jobs
 from data_prep.splits import assign_splits, stable_hash
 from features.logmel import LogMelSpec, log_mel_spectrogram, minimum_num_samples
-from intake import audio
+from intake import audio, folder_catalog
 from intake.audio_checks import AudioChecks, load_checked_waveform
 from intake.catalog import (
     SPLITS,
@@ -51,6 +51,7 @@ from tfrecords import dataset_info, schema
 METRICS_NAMESPACE = "data_prep"
 _STATS_SUFFIX = ".stats.json"
 _EXAMPLES_DIRNAME = "examples"
+_EXAMPLE_SUFFIX = ".example"
 _REJECTIONS_DIRNAME = "rejections"
 _COMPRESSION_SUFFIX = {"GZIP": ".gz", "ZLIB": ".zz", "": ""}
 
@@ -253,7 +254,7 @@ class ProcessTrack(beam.DoFn):
             return
         # The example goes to a staging file and only its metadata through the
         # shuffle: a shuffle of whole spectrograms costs more than the work.
-        example_path = tf.io.gfile.join(self._examples_dir, f"{stable_hash(task.entry.track_id):016x}.example")
+        example_path = tf.io.gfile.join(self._examples_dir, f"{stable_hash(task.entry.track_id):016x}{_EXAMPLE_SUFFIX}")
         beam_jobs.write_atomically(example_path, example)
         self._decoded.inc()
         self._audio_ms.inc(int(round(seconds * 1000)))
@@ -360,6 +361,7 @@ def _remove_previous_dataset(output_dir: str):
     info = dataset_info.info_path(output_dir)
     if tf.io.gfile.exists(info):
         tf.io.gfile.remove(info)
+    # Not catalog.csv: the catalog a folder gave may be this run's input (`--catalog=OUTPUT_DIR/catalog.csv`).
     patterns = [f"{split}-*-of-*.tfrecord*" for split in SPLITS] + [REJECTED_FILENAME]
     for pattern in patterns:
         for path in tf.io.gfile.glob(tf.io.gfile.join(output_dir, pattern)):
@@ -407,11 +409,23 @@ class PreprocessJob(beam_jobs.StagedJob):
     early_rejections: list[Rejection]
     vocabulary: TagVocabulary
 
+    job_name = "data_prep"
     metrics_namespace = METRICS_NAMESPACE
     staging_folders = (_EXAMPLES_DIRNAME, _REJECTIONS_DIRNAME)
 
     def staging_dir(self, options) -> str:
         return tf.io.gfile.join(self.config.output_dir, beam_jobs.STAGING_DIRNAME)
+
+    def progress_total(self) -> int:
+        return self.catalog.num_rows
+
+    def count_done(self, staging_dir: str) -> int:
+        """Rows rejected before the run, plus each track's staged example or rejection."""
+        examples = beam_jobs.count_staged(tf.io.gfile.join(staging_dir, _EXAMPLES_DIRNAME), _EXAMPLE_SUFFIX)
+        rejected = beam_jobs.count_staged(
+            tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME), beam_jobs.REJECTION_SUFFIX
+        )
+        return self.catalog.num_rows - len(self.tasks) + examples + rejected
 
     def build(self, pipeline: beam.Pipeline, staging_dir: str) -> int:
         build_pipeline(pipeline, self.tasks, self.config, staging_dir)
@@ -437,7 +451,7 @@ class PreprocessJob(beam_jobs.StagedJob):
         )
         info = _make_info(self.catalog, self.config, vocabulary, shard_stats, rejections)
         info.dropped_tags = dropped
-        _publish(self.config.output_dir, staging_dir, shard_stats, rejections, info)
+        _publish(self.config.output_dir, staging_dir, shard_stats, rejections, info, self.catalog)
         return info, rejections
 
 
@@ -526,8 +540,10 @@ def _make_info(catalog, config, vocabulary, shard_stats, rejections) -> dataset_
     )
 
 
-def _publish(output_dir, staging_dir, shard_stats, rejections, info):
+def _publish(output_dir, staging_dir, shard_stats, rejections, info, catalog: Catalog):
     _remove_previous_dataset(output_dir)
+    if catalog.format == folder_catalog.FORMAT:  # The catalog the folder gave, to repeat or edit the run.
+        folder_catalog.write_catalog_csv(catalog, output_dir)
     for stats in shard_stats:
         tf.io.gfile.rename(
             tf.io.gfile.join(staging_dir, stats["shard"]), tf.io.gfile.join(output_dir, stats["shard"]), overwrite=True

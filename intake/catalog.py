@@ -74,7 +74,8 @@ class Catalog:
         entries: The valid rows.
         rejections: The invalid rows, with reasons.
         audio_root: The directory relative audio paths were resolved against.
-        format: `csv` (this module) or `mtat` (`data_prep.mtat`).
+        format: `csv` (this module), `folder` (`intake.folder_catalog`) or `mtat` (`data_prep.mtat`).
+        skipped: For a folder, the files that are no catalog rows, counted by kind (hidden, or by extension).
     """
 
     source: str
@@ -84,6 +85,7 @@ class Catalog:
     rejections: tuple[Rejection, ...]
     audio_root: str = ""
     format: str = "csv"
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def is_local(path: str) -> bool:
@@ -247,16 +249,27 @@ def _parse_row(row: dict, row_number: int, audio_root: str, first_row_of: dict[s
 
 
 def read_catalog(path: str, audio_root: str | None = None) -> Catalog:
-    """Reads a catalog CSV from a local path or URI.
+    """Reads a catalog CSV from a local path or URI, or makes one of a local folder of music.
 
     Args:
-        path: The catalog file.
+        path: The catalog file, or a folder (`intake.folder_catalog`).
         audio_root: Directory for relative audio paths; defaults to the
-            catalog's own directory.
+            catalog's own directory. A folder is its own audio root.
 
     Returns:
         The parsed catalog.
+
+    Raises:
+        CatalogError: The catalog cannot be read, or an audio root was given with a folder.
     """
+    from intake import folder_catalog  # It builds on this module.
+
+    if path.startswith("~"):  # `--data=~/Music`: the shell leaves a tilde after `=` as it is.
+        path = os.path.expanduser(path)
+    if folder_catalog.is_folder(path):
+        if audio_root:
+            raise CatalogError(f"{path} is a folder, its own audio root: give --audio_root only with a catalog CSV")
+        return folder_catalog.read_folder(path)
     if "://" not in path:
         path = os.path.abspath(path)
     if audio_root is None:

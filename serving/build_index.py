@@ -1,11 +1,18 @@
 r"""Embeds a catalog with the exported models and builds (or updates) its ScaNN index.
 
-Usage (after `make demo`, which exports the pretrained models there):
+Usage (your own music, the pretrained models; then `python -m serving.app --index_dir=my_index`):
+
+    python -m serving.build_index --data=~/Music --index_dir=my_index
+
+or a catalog CSV with models exported elsewhere (`make demo` exports the
+pretrained models to `demo_output/export`):
 
     python -m serving.build_index --export_base=demo_output/export \
         --data=demo/catalog.csv --index_dir=demo_output/index
 
-embeds every track of the catalog CSV with the latest exports of
+embeds every track with the latest exports under `--export_base` (default:
+the pretrained models in `pretrained/`, exported to `pretrained/export` on
+first use; `serving.export.pretrained_exports`) of
 `--embedding_models` (stage 2 ranking, default `msd_musicnn,mtt_musicnn`: an
 ensemble of musicnn trained on the Million Song Dataset and on
 MagnaTagATune) and `--tag_model` (stage 1 tags, default
@@ -21,9 +28,14 @@ e.g. the default. The job runs in Beam
 `--runner=DataflowRunner ...`, with `--temp_location` on storage every
 worker reaches; each worker sends up to `--tracks_per_batch`
 tracks of one length through a model at once), then writes the index to `--index_dir` with
-`rejected.csv`. `--data` may instead name TFRecord datasets
-(`--data=demo_output/tfrecords_128,demo_output/tfrecords_96`): each model
-reads the one with its log-mel parameters. Add or replace tracks in an
+`rejected.csv`. `--data` may instead name a folder of music
+(`--data=~/Music`: every audio file under it, described by its own tags;
+`intake.folder_catalog`; the catalog it gave is written to
+`INDEX_DIR/catalog.csv`, and the web app plays its files without
+`--audio_root`), or TFRecord datasets
+(`--data=demo_output/tfrecords_128,demo_output/tfrecords_96`, folders with
+a `dataset_info.json`): each model reads the one with its log-mel
+parameters. Add or replace tracks in an
 existing index with `--update`; remove some with `--delete=ID,ID`.
 """
 
@@ -31,12 +43,14 @@ from __future__ import annotations
 
 from tf_startup import load_tensorflow, run
 
+import os
 import sys
 
 from absl import app, flags, logging
 
 from data_prep import runner_flags
 from intake import catalog as catalog_lib
+from intake import folder_catalog
 from serving import flag_groups
 from serving.retrieval import index_layout
 
@@ -57,8 +71,12 @@ _TAG_MODEL = flags.DEFINE_string(
 flag_groups.refuse_renamed("embedding_model", "embedding_models")
 flag_groups.refuse_renamed("embedding_version", "embedding_models", "NAME/VERSION")
 flag_groups.refuse_renamed("tag_version", "tag_model", "NAME/VERSION")
-_DATA = flags.DEFINE_list("data", None, "A catalog CSV, or TFRecord dataset directories (comma-separated).")
+_DATA = flags.DEFINE_list(
+    "data", None, "A catalog CSV, a folder of music, or TFRecord dataset directories (comma-separated)."
+)
 _AUDIO_ROOT = flags.DEFINE_string("audio_root", None, "Root of relative audio paths (default: the CSV's folder).")
+# tfrecords.dataset_info.FILENAME (that module loads TensorFlow; this check runs before it does).
+DATASET_INFO_FILENAME = "dataset_info.json"
 _INDEX_DIR = flags.DEFINE_string("index_dir", None, "The index folder.", required=True)
 _UPDATE = flags.DEFINE_bool("update", False, "Add/replace the tracks in the existing index (ScaNN upsert).")
 _DELETE = flags.DEFINE_list("delete", None, "Track ids to remove from the existing index (ScaNN delete).")
@@ -85,12 +103,20 @@ def _models():
     from serving.embedding.index_models import IndexModels
     from serving.export import exported_model
 
-    refs = [exported_model.resolve_named(_EXPORT_BASE.value, spec) for spec in _EMBEDDING_MODELS.value]
+    export_base = _EXPORT_BASE.value
+    if export_base is None:  # The pretrained models, exported on first use.
+        from serving.export import pretrained_exports
+
+        export_base = pretrained_exports.EXPORT_BASE
+        specs = [*_EMBEDDING_MODELS.value, *([_TAG_MODEL.value] if _TAG_MODEL.value else [])]
+        for name in pretrained_exports.export_missing(specs):
+            print(f"exported the pretrained model {name} to {os.path.join(export_base, name)}")
+    refs = [exported_model.resolve_named(export_base, spec) for spec in _EMBEDDING_MODELS.value]
     try:
         weights = tuple(float(w) for w in _EMBEDDING_WEIGHTS.value or ())
     except ValueError:
         raise ValueError(f"--embedding_weights={','.join(_EMBEDDING_WEIGHTS.value)}: not numbers") from None
-    tag_model = exported_model.resolve_named(_EXPORT_BASE.value, _TAG_MODEL.value) if _TAG_MODEL.value else None
+    tag_model = exported_model.resolve_named(export_base, _TAG_MODEL.value) if _TAG_MODEL.value else None
     return IndexModels(EmbeddingModels(tuple(refs), weights), tag_model)
 
 
@@ -101,13 +127,24 @@ def _checked_input():
             raise app.UsageError("--delete cannot be combined with --data")
         index_layout.require_index(_INDEX_DIR.value)
         return None, None
-    if not _DATA.value or not _EXPORT_BASE.value:
-        raise app.UsageError("--data and --export_base are required (or --delete)")
+    if not _DATA.value:
+        raise app.UsageError("--data is required (or --delete)")
     if _UPDATE.value:
         index_layout.require_index(_INDEX_DIR.value)
-    if len(_DATA.value) == 1 and _DATA.value[0].lower().endswith(".csv"):
-        return catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value), None
+    if len(_DATA.value) == 1 and _is_catalog(_DATA.value[0]):
+        catalog = catalog_lib.read_catalog(_DATA.value[0], _AUDIO_ROOT.value)
+        if catalog.format == folder_catalog.FORMAT:
+            print(folder_catalog.scan_summary(catalog))
+        return catalog, None
     return None, _DATA.value
+
+
+def _is_catalog(data: str) -> bool:
+    """A catalog CSV, or a folder of music (a folder with a `dataset_info.json` is a TFRecord dataset)."""
+    if data.lower().endswith(".csv"):
+        return True
+    data = os.path.expanduser(data)
+    return folder_catalog.is_folder(data) and not os.path.exists(os.path.join(data, DATASET_INFO_FILENAME))
 
 
 def main(argv):

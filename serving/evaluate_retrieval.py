@@ -69,17 +69,43 @@ def main(argv):
     if unwritable:
         sys.exit(f"error: {unwritable}")
     load_tensorflow()
-    from serving.retrieval import evaluation, mfcc_baseline
+    from data_prep.progress import Progress
+    from serving.retrieval import evaluation
     from serving.retrieval.sharded_index import load_index
 
     truth = {entry.track_id: set(entry.tags) for entry in parsed.entries}
     tag_filter = _TAG_FILTER.tag_filter()
-    rows, chance = [], None
+    indexes = {}
     for index_dir in _INDEX_DIR.value:
         try:
-            index = load_index(index_dir)  # One index, or the shards of one (read as one).
+            indexes[index_dir] = load_index(index_dir)  # One index, or the shards of one (read as one).
         except (FileNotFoundError, ValueError) as error:
             sys.exit(f"error: {error}")
+    # Every track with ground truth queries each configuration of every index, then the MFCC baseline reads
+    # every catalog track: the units of progress.
+    total = sum(
+        len(evaluation.configurations(index)) * sum(1 for track in index.tracks if truth.get(track.track_id))
+        for index in indexes.values()
+    )
+    total += len(parsed.entries) if _MFCC_BASELINE.value else 0
+    progress = Progress("evaluate_retrieval", total, unit="queries and tracks")
+    with progress:
+        rows, chance, baseline = _scores(parsed, indexes, truth, tag_filter, progress)
+    print(evaluation.render(rows, _K.value, baseline))
+    if _OUTPUT_JSON.value:
+        try:
+            with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
+                json.dump({"k": _K.value, "scores": [s.summary() for s in rows]}, handle, indent=2)
+        except OSError as error:
+            sys.exit(f"error: --output_json={_OUTPUT_JSON.value}: {error.strerror or error}")
+
+
+def _scores(parsed, indexes, truth, tag_filter, progress):
+    """Each index's configurations, the MFCC baseline if asked, and chance: (rows, chance, baseline)."""
+    from serving.retrieval import evaluation, mfcc_baseline
+
+    rows, chance = [], None
+    for index_dir, index in indexes.items():
         missing = sum(1 for track in index.tracks if not truth.get(track.track_id))
         if missing == len(index):
             sys.exit(
@@ -87,23 +113,17 @@ def main(argv):
                 "(no track id in common, or no tags): nothing to score"
             )
         print(f"{index_dir}: {len(index)} indexed tracks; {missing} without ground-truth tags (not queried)")
-        *scores, chance = evaluation.evaluate(index, truth, _K.value, tag_filter)
+        *scores, chance = evaluation.evaluate(index, truth, _K.value, tag_filter, on_query=progress.advance)
         rows += labelled(index, scores)
     baseline = None
     if _MFCC_BASELINE.value:
-        ids, vectors, skipped = mfcc_baseline.catalog_statistics(parsed)
+        ids, vectors, skipped = mfcc_baseline.catalog_statistics(parsed, on_track=progress.advance)
         for track_id, reason in skipped.items():
             print(f"MFCC baseline: skipped {track_id}: {reason}")
         baseline = evaluation.evaluate_embeddings(MFCC_NAME, ids, vectors, truth, _K.value)
         rows.append(baseline)
     rows.append(chance)
-    print(evaluation.render(rows, _K.value, baseline))
-    if _OUTPUT_JSON.value:
-        try:
-            with open(_OUTPUT_JSON.value, "w", encoding="utf-8") as handle:
-                json.dump({"k": _K.value, "scores": [s.summary() for s in rows]}, handle, indent=2)
-        except OSError as error:
-            sys.exit(f"error: --output_json={_OUTPUT_JSON.value}: {error.strerror}")
+    return rows, chance, baseline
 
 
 if __name__ == "__main__":

@@ -219,8 +219,19 @@ class TeacherTargetsJob(beam_jobs.StagedJob):
     teacher_data: dataset_info.DatasetInfo
     teacher: artifact.ModelInfo
 
+    job_name = "compute_teacher_targets"
+    progress_unit = "shards"
+
     def staging_dir(self, options) -> str:
         return tf.io.gfile.join(self.job.output_dir, beam_jobs.STAGING_DIRNAME)
+
+    def progress_total(self) -> int:
+        return len(self.shards)
+
+    def count_done(self, staging_dir: str) -> int:
+        """The shards written (each renamed into the staging folder when complete)."""
+        written = set(tf.io.gfile.listdir(staging_dir))
+        return sum(1 for shard in self.shards if shard in written)
 
     @property
     def shards(self) -> list[str]:

@@ -33,7 +33,7 @@ from serving.app.metrics import Metrics
 from serving.embedding import embedders, query_audio
 from serving.embedding.tf_serving_client import ServingError
 from serving.export.saved_model import MIN_SECONDS
-from serving.retrieval import rendering
+from serving.retrieval import index_layout, rendering
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import (
     DEFAULT_EXPANSION,
@@ -58,7 +58,8 @@ class AppConfig:
         server: TF Serving's `host:port`; None embeds in-process.
         protocol: `grpc` or `rest` (with `server`).
         audio_root: The folder the catalog's track paths are relative to (the
-            catalog CSV's folder); None serves no catalog audio.
+            catalog CSV's folder); None: the folder an index built from a folder
+            of music recorded, else no catalog audio.
         max_upload_bytes: Largest upload accepted.
         max_duration_s: Longest audio accepted (decoded duration).
         inference_threads: Uploads decoded and embedded at once.
@@ -95,6 +96,13 @@ class AppConfig:
             raise ValueError(f"limits must allow some audio: at least 1 byte and more than {MIN_SECONDS} s")
         if self.inference_threads < 1 or self.max_pending_uploads < 1:
             raise ValueError("inference_threads and max_pending_uploads must be >= 1")
+        if self.audio_root is None:  # An index built from a folder of music plays its files from there.
+            recorded = index_layout.recorded_audio_root(self.index_dir)
+            if recorded is not None and not os.path.isdir(recorded):
+                raise FileNotFoundError(
+                    f"{self.index_dir} was built from the folder {recorded}, which is gone: give --audio_root"
+                )
+            object.__setattr__(self, "audio_root", recorded)
         if self.audio_root is not None and not os.path.isdir(self.audio_root):
             raise FileNotFoundError(f"--audio_root {self.audio_root}: no such directory")
 

@@ -523,6 +523,7 @@ class EmbeddingJob(beam_jobs.StagedJob):
     tracks_per_batch: int
     num_input: int = dataclasses.field(init=False)  # Tracks (or catalog rows) that go in.
 
+    job_name = "build_index"
     metrics_namespace = METRICS_NAMESPACE
     staging_folders = (_FEATURES_DIRNAME, _REJECTIONS_DIRNAME)
     staging_is_per_run = True
@@ -548,6 +549,18 @@ class EmbeddingJob(beam_jobs.StagedJob):
         if self.catalog is not None:
             return _catalog_pipeline(pipeline, self.catalog, self.models, staging_dir, self.tracks_per_batch)
         return _tfrecord_pipeline(pipeline, self.dataset_of_model, self.models, staging_dir, self.tracks_per_batch)
+
+    def progress_total(self) -> int:
+        return self.num_input
+
+    def count_done(self, staging_dir: str) -> int:
+        """Rows rejected before the run, plus each track's staged features or rejection."""
+        early = len(self.catalog.rejections) if self.catalog is not None else 0
+        features = beam_jobs.count_staged(tf.io.gfile.join(staging_dir, _FEATURES_DIRNAME), _FEATURES_SUFFIX)
+        rejected = beam_jobs.count_staged(
+            tf.io.gfile.join(staging_dir, _REJECTIONS_DIRNAME), beam_jobs.REJECTION_SUFFIX
+        )
+        return early + features + rejected
 
     def reconcile(self, staging_dir: str) -> tuple[list[TrackFeatures], list[Rejection]]:
         features, rejections = _read_staging(staging_dir)

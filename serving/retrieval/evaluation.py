@@ -25,6 +25,7 @@ better only when that interval excludes zero.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -79,8 +80,17 @@ def _average_precision(relevant_flags: list[bool], num_relevant: int, k: int) ->
     return total / min(num_relevant, k) if num_relevant else 0.0
 
 
+def configurations(catalog: CatalogIndex) -> tuple[str, ...]:
+    """The configurations `evaluate` scores on this index (stage 1's only where it has a tag model)."""
+    return CONFIGURATIONS if catalog.tag_model else ("default", "embeddings only")
+
+
 def evaluate(
-    catalog: CatalogIndex, truth: dict[str, set[str]], k: int = 5, tag_filter: TagFilter | None = None
+    catalog: CatalogIndex,
+    truth: dict[str, set[str]],
+    k: int = 5,
+    tag_filter: TagFilter | None = None,
+    on_query: Callable[[], None] | None = None,
 ) -> list[RetrievalScores]:
     """Scores the index's recommendations against ground-truth tags.
 
@@ -91,6 +101,7 @@ def evaluate(
         k: Results per query.
         tag_filter: Stage 1's settings for the configurations that use it
             (default: `TagFilter()`).
+        on_query: Called after each query answered (progress).
 
     Returns:
         One `RetrievalScores` per configuration the index supports, then the
@@ -98,11 +109,10 @@ def evaluate(
     """
     tag_filter = tag_filter or TagFilter()
     recommender = Recommender(catalog)
-    names = CONFIGURATIONS if catalog.tag_model else ("default", "embeddings only")
     scores = []
-    for name in names:
+    for name in configurations(catalog):
         settings = {key: tag_filter if value == "given" else value for key, value in SETTINGS[name].items()}
-        scores.append(evaluate_recommender(name, recommender, truth, k, **settings))
+        scores.append(evaluate_recommender(name, recommender, truth, k, on_query=on_query, **settings))
     ids = [t.track_id for t in catalog.tracks if truth.get(t.track_id)]
     counts = relevant_counts(ids, truth)
     scores.append(chance_scores(counts, [q for q in ids if counts[q]], len(catalog), k))
@@ -114,18 +124,27 @@ def relevant_counts(ids: list[str], truth: dict[str, set[str]]) -> dict[str, int
     return {q: sum(1 for o in ids if o != q and truth[o] & truth[q]) for q in ids}
 
 
-def evaluate_recommender(name: str, recommender, truth: dict[str, set[str]], k: int = 5, **settings) -> RetrievalScores:
-    """Every catalog track with ground truth queries `recommender.recommend(query, k, **settings)`; scored as named."""
+def evaluate_recommender(
+    name: str,
+    recommender,
+    truth: dict[str, set[str]],
+    k: int = 5,
+    on_query: Callable[[], None] | None = None,
+    **settings,
+) -> RetrievalScores:
+    """Every catalog track with ground truth queries `recommender.recommend(query, k, **settings)`; scored as named.
+
+    `on_query` is called after each query answered (progress).
+    """
     ids = [t.track_id for t in recommender.catalog.tracks if truth.get(t.track_id)]
     counts = relevant_counts(ids, truth)
-    rankings = {
-        query_id: [
-            r.track.track_id
-            for r in recommender.recommend(recommender.query_for_track(query_id), k, **settings).recommendations
-        ]
-        for query_id in ids
-        if counts[query_id]
-    }
+    rankings = {}
+    for query_id in ids:
+        if counts[query_id]:
+            answer = recommender.recommend(recommender.query_for_track(query_id), k, **settings)
+            rankings[query_id] = [r.track.track_id for r in answer.recommendations]
+        if on_query is not None:
+            on_query()
     return score_rankings(name, rankings, truth, counts, k)
 
 

@@ -19,10 +19,11 @@ import tempfile
 
 import numpy as np
 
+from intake import folder_catalog
 from intake.catalog import Catalog
 from intake.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
 from serving.embedding.index_models import IndexModels
-from serving.retrieval import index_lock
+from serving.retrieval import index_layout, index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex
 from serving.retrieval.embedding_job import DEFAULT_TRACKS_PER_BATCH, TrackFeatures, embed
 from serving.retrieval.searcher import choose_kind
@@ -141,6 +142,7 @@ def _build_or_update(
             raise ValueError(f"{index_dir} was built {'with' if existing.tag_model else 'without'} a tag model")
     else:
         _check_layout(index_dir, num_shards)
+    audio_root = _audio_root(index_dir, catalog, update)
     work_dir = _new_work_dir(index_dir)
     try:
         run = embed(models, work_dir, catalog, dataset_dirs, pipeline_args, tracks_per_batch)
@@ -172,6 +174,10 @@ def _build_or_update(
     index.save(index_dir)
     with open(os.path.join(index_dir, REJECTED_FILENAME), "w", encoding="utf-8") as handle:
         handle.write(rejections_to_csv(run.rejections))
+    if audio_root is not None:
+        index_layout.write_audio_root(index_dir, audio_root)
+    if catalog is not None and catalog.format == folder_catalog.FORMAT:
+        folder_catalog.write_catalog_csv(catalog, index_dir)
     logging.info("Index %s: %d tracks", index_dir, len(index))
     return BuildSummary(
         index_dir=index_dir,
@@ -184,6 +190,24 @@ def _build_or_update(
         tag_model=models.tag_model.key if models.tag_model else "",
         num_shards=index.num_shards,
     )
+
+
+def _audio_root(index_dir: str, catalog: Catalog | None, update: bool) -> str | None:
+    """The folder the index's track paths will be relative to: a folder of music's, or the one an updated index
+    recorded (None for an index of catalog CSVs or datasets, whose audio root the web app is given).
+
+    Raises:
+        ValueError: An update from a folder of music other than the one the index was built from.
+    """
+    recorded = index_layout.recorded_audio_root(index_dir) if update else None
+    if catalog is None or catalog.format != folder_catalog.FORMAT:
+        return recorded
+    if recorded is not None and os.path.abspath(recorded) != os.path.abspath(catalog.audio_root):
+        raise ValueError(
+            f"{index_dir} holds the music of {recorded}; update it from that folder (or a catalog CSV), "
+            f"not from {catalog.audio_root}"
+        )
+    return catalog.audio_root
 
 
 def _check_layout(index_dir: str, num_shards: int):

@@ -18,6 +18,9 @@ SHARDS_FILENAME = "shards.json"  # Lists the shards of a sharded index (`serving
 PREVIOUS_SUFFIX = ".old"  # An index a crash left moved aside during a save (restored by the next load).
 SEARCHER_KINDS = ("brute_force", "ah", "tree_ah")  # The ScaNN configurations (`serving.retrieval.searcher`).
 TRACKS_PER_BATCH = 8  # Tracks of one length the embedding job sends through a model at once, by default.
+# An index built from a folder of music records the folder, which its track paths are relative to: the web app
+# plays them from there unless `--audio_root` says otherwise.
+AUDIO_ROOT_FILENAME = "audio_root.txt"
 
 
 def no_index_error(directory: str) -> FileNotFoundError:
@@ -36,3 +39,20 @@ def require_index(directory: str) -> None:
         )
     ):
         raise no_index_error(directory)
+
+
+def write_audio_root(directory: str, audio_root: str) -> None:
+    """Records the folder the index's track paths are relative to (`recorded_audio_root` reads it)."""
+    temporary = os.path.join(directory, AUDIO_ROOT_FILENAME + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(os.path.abspath(audio_root) + "\n")
+    os.replace(temporary, os.path.join(directory, AUDIO_ROOT_FILENAME))
+
+
+def recorded_audio_root(directory: str) -> str | None:
+    """The folder an index built from a folder of music recorded (None for an index built otherwise)."""
+    try:
+        with open(os.path.join(directory, AUDIO_ROOT_FILENAME), encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except FileNotFoundError:
+        return None

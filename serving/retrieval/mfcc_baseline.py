@@ -27,8 +27,8 @@ def mfcc_statistics(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.
     return np.concatenate([features.mean(axis=1), features.std(axis=1)]).astype(np.float32)
 
 
-def catalog_statistics(catalog: Catalog, checks: AudioChecks = AudioChecks()):
-    """`mfcc_statistics` of every usable catalog track, standardised over the catalog.
+def catalog_statistics(catalog: Catalog, checks: AudioChecks = AudioChecks(), on_track=None):
+    """`mfcc_statistics` of every usable catalog track, standardised over the catalog (`on_track()` after each).
 
     Returns:
         (track ids, `[tracks, 80]` array, `{track_id: reason}` of the tracks
@@ -40,9 +40,11 @@ def catalog_statistics(catalog: Catalog, checks: AudioChecks = AudioChecks()):
             waveform, _ = load_checked_waveform(entry, SAMPLE_RATE, checks)
         except AudioError as error:  # Reported, not fatal: the baseline scores the usable tracks.
             skipped[entry.track_id] = str(error)
-            continue
-        ids.append(entry.track_id)
-        rows.append(mfcc_statistics(waveform))
+        else:
+            ids.append(entry.track_id)
+            rows.append(mfcc_statistics(waveform))
+        if on_track is not None:
+            on_track()
     statistics = np.stack(rows) if rows else np.zeros((0, 2 * 2 * NUM_MFCC), np.float32)
     standardised = (statistics - statistics.mean(axis=0)) / (statistics.std(axis=0) + 1e-8)
     return ids, standardised.astype(np.float32), skipped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -11,7 +12,7 @@ import pytest
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-from data_prep import beam_jobs
+from data_prep import beam_jobs, progress
 from intake.rejections import Rejection
 from tests.conftest import REPO_ROOT
 
@@ -65,11 +66,12 @@ def test_a_retried_rejection_rewrites_the_same_file(tmp_path):
 class _StageNumbers(beam.DoFn):
     """Writes each number as a file of its own in the staging folder, or rejects it; `lose` drops one silently."""
 
-    def __init__(self, staging_dir: str, lose: int | None):
-        self._staging_dir, self._lose = staging_dir, lose
+    def __init__(self, staging_dir: str, lose: int | None, sleep_s: float = 0.0):
+        self._staging_dir, self._lose, self._sleep_s = staging_dir, lose, sleep_s
 
     def process(self, number: int):
         Metrics.counter("test_beam_jobs", "seen").inc()
+        time.sleep(self._sleep_s)
         if number % 4 == 0:
             rejection = Rejection(number, f"t{number}", f"{number}.mp3", "silent", "quiet")
             beam_jobs.stage_rejection(f"{self._staging_dir}/rejections", rejection)
@@ -86,9 +88,20 @@ class _SquaresJob(beam_jobs.StagedJob):
     numbers: list[int]
     lose: int | None = None
     per_run: bool = False
+    sleep_s: float = 0.0
 
+    job_name = "squares"
+    progress_unit = "numbers"
     metrics_namespace = "test_beam_jobs"
     staging_folders = ("numbers", "rejections")
+
+    def progress_total(self) -> int:
+        return len(self.numbers)
+
+    def count_done(self, staging_dir: str) -> int:
+        return beam_jobs.count_staged(f"{staging_dir}/numbers", ".json") + beam_jobs.count_staged(
+            f"{staging_dir}/rejections", beam_jobs.REJECTION_SUFFIX
+        )
 
     @property
     def staging_is_per_run(self):
@@ -98,7 +111,7 @@ class _SquaresJob(beam_jobs.StagedJob):
         return f"{self.output_dir}/{beam_jobs.STAGING_DIRNAME}"
 
     def build(self, pipeline, staging_dir: str) -> int:
-        _ = pipeline | beam.Create(self.numbers) | beam.ParDo(_StageNumbers(staging_dir, self.lose))
+        _ = pipeline | beam.Create(self.numbers) | beam.ParDo(_StageNumbers(staging_dir, self.lose, self.sleep_s))
         return len(self.numbers)
 
     def reconcile(self, staging_dir: str):
@@ -119,6 +132,18 @@ def test_a_staged_job_publishes_what_its_workers_staged_and_clears_the_staging_f
     assert outcome.counters == {"seen": 9}
     assert json.loads((tmp_path / "squares.json").read_text()) == [1, 4, 9, 25, 36, 49, 81]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["squares.json"]
+
+
+def test_a_running_job_reports_what_its_workers_staged(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "REPORT_INTERVAL_S", 0.1)
+    numbers = list(range(1, 13))
+    job = _SquaresJob(str(tmp_path), numbers, sleep_s=0.1)
+    outcome = beam_jobs.run_staged_job(job, ["--direct_num_workers=1", "--direct_running_mode=in_memory"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("squares: ")]
+    done = [int(line.split(": ")[1].split(" of ")[0]) for line in lines]
+    assert len(lines) >= 3 and done == sorted(done) and any(0 < count < 12 for count in done)
+    assert lines[-1].startswith("squares: 12 of 12 numbers (100%)")  # Staged squares + rejections = the input.
+    assert len(outcome.published[0]) + len(outcome.published[1]) == 12
 
 
 def test_counts_that_do_not_reconcile_publish_nothing_and_keep_the_staging_folder_to_look_at(tmp_path):

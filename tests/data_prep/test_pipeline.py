@@ -23,6 +23,7 @@ from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
 from tests.data_prep.messy_catalog import write_messy_catalog
 from tests.features.reference_logmel import reference_log_mel
+from tests.intake.music_folder import make_music_folder
 from tfrecords import dataset_info, readers, schema
 
 # Crafted rows: (track_id, file name or None, expected rejection reason or None).
@@ -339,3 +340,22 @@ def test_an_untagged_catalog_without_norequire_tags_says_how_to_keep_it(untagged
     assert tasks == [] and vocabulary.tags == () and len(rejections) == 16
     assert {r.reason for r in rejections} == {"no_usable_tag"}
     assert all("--norequire_tags" in r.detail for r in rejections)
+
+
+def test_a_folder_of_music_is_preprocessed_and_its_catalog_written_beside_the_dataset(tmp_path):
+    music = make_music_folder(tmp_path / "My Music")
+    output = tmp_path / "out"
+    done = run_binary("data_prep", f"--catalog={music.root}", f"--output_dir={output}", "--norequire_tags")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"folder {music.root}: 9 audio files; skipped 5 other files" in done.stdout
+    info = dataset_info.load(str(output))
+    assert info.catalog["format"] == "folder" and info.catalog["rows"] == len(music.audio)
+    rejected = rejections_from_csv((output / "rejected.csv").read_text())
+    assert [(r.path, r.reason) for r in rejected] == [(str(music.root / "broken.mp3"), "decode_error")]
+    assert info.num_written + len(rejected) == len(music.audio)  # What came in = written + rejected.
+    written = catalog.read_catalog(str(output / "catalog.csv"))  # The catalog used, to repeat or edit the run.
+    assert [entry.uri for entry in written.entries] == [str(music.root / path) for path in music.audio]
+    again = run_binary("data_prep", f"--catalog={output / 'catalog.csv'}", f"--output_dir={output}", "--norequire_tags")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert dataset_info.load(str(output)).num_written == info.num_written
+    assert (output / "catalog.csv").exists()  # A rerun from it keeps it.

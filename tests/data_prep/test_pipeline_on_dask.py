@@ -17,7 +17,7 @@ import time
 import distributed
 import pytest
 
-from data_prep import beam_jobs, pipeline
+from data_prep import beam_jobs, pipeline, progress
 from intake import catalog
 from tests.conftest import REPO_ROOT
 from tests.data_prep.messy_catalog import write_messy_catalog
@@ -49,10 +49,17 @@ def _assert_same_dataset(output_dir, reference_dir):
         assert written[name] == data, f"{name} differs from the DirectRunner's"
 
 
-def test_a_local_cluster_of_worker_processes_writes_what_the_direct_runner_writes(messy, tmp_path):
+def test_a_local_cluster_of_worker_processes_writes_what_the_direct_runner_writes(
+    messy, tmp_path, monkeypatch, capsys
+):
     catalog_path, direct = messy
     config = pipeline.PreprocessConfig(output_dir=str(tmp_path / "dask"), split_by="artist")
-    summary = pipeline.run(catalog.read_catalog(str(catalog_path)), config, ["--runner=dask"])
+    monkeypatch.setattr(progress, "REPORT_INTERVAL_S", 0.5)
+    parsed = catalog.read_catalog(str(catalog_path))
+    summary = pipeline.run(parsed, config, ["--runner=dask"])
+    # Progress from the files the worker processes staged (the Dask runner reports no Beam metrics).
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("data_prep: ")]
+    assert lines and lines[-1].startswith(f"data_prep: {parsed.num_rows} of {parsed.num_rows} tracks (100%)")
     # Shards, rejected.csv and dataset_info.json: byte for byte.
     _assert_same_dataset(tmp_path / "dask", direct)
     assert summary.counters is None  # The Dask runner reports no Beam metrics: counts come from the files.

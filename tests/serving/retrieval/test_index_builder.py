@@ -7,16 +7,19 @@ import shutil
 import subprocess
 import sys
 
+import httpx
 import numpy as np
 import pytest
 
 from intake import catalog
+from serving.app.child_process import app_process
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
 from serving.retrieval import index_builder
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
+from tests.intake.music_folder import make_music_folder
 
 IN_MEMORY = ["--direct_running_mode=in_memory"]
 
@@ -109,3 +112,41 @@ def test_two_updates_at_once_both_land(tmp_path, trained, demo_index, demo_catal
     assert len(updated) == len(parsed.entries) + 4
     assert all(track_id in updated for track_id in added)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "b.csv", "index", "index.lock"]  # No work folders.
+
+
+def test_a_folder_of_music_is_indexed_and_the_web_app_plays_it_without_an_audio_root(tmp_path, trained, trained_crnn):
+    music = make_music_folder(tmp_path / "My Music")
+    index_dir = tmp_path / "my_index"
+    flags = [
+        f"--export_base={trained[0] / 'export'}",
+        "--embedding_models=short_chunk_res",
+        "--tag_model=crnn",
+        f"--index_dir={index_dir}",
+        *IN_MEMORY,
+    ]
+    done = run_binary("serving.build_index", f"--data={music.root}", *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"folder {music.root}: 9 audio files; skipped 5 other files" in done.stdout
+    assert "tracks in: 9; embedded: 8; rejected: 1" in done.stdout
+    index = CatalogIndex.load(str(index_dir))
+    scanned = catalog.read_catalog(str(music.root))
+    assert sorted(t.track_id for t in index.tracks) == sorted(
+        e.track_id for e in scanned.entries if e.path != "broken.mp3"
+    )
+    assert catalog.read_catalog(str(index_dir / "catalog.csv")).num_rows == 9
+    song = next(t for t in index.tracks if t.path == "Artist A/Album X/01 Song.mp3")
+    assert (song.artist, song.title) == ("The Tagged Artist", "Tagged Song")
+
+    with app_process(str(index_dir), None, str(tmp_path / "app.log"), ["--noaccess_log"]) as url:
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            assert client.get("/healthz").json()["audio_served"] is True
+            answer = client.get(f"/tracks/{song.track_id}/audio")
+            assert answer.status_code == 200 and answer.content == (music.root / song.path).read_bytes()
+
+    other = make_music_folder(tmp_path / "Other Music")
+    refused = run_binary("serving.build_index", f"--data={other.root}", "--update", *flags)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {index_dir} holds the music of {music.root}; update it from that folder (or a catalog CSV), "
+        f"not from {other.root}"
+    )
