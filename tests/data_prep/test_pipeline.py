@@ -351,7 +351,7 @@ def test_a_folder_of_music_is_preprocessed_and_its_catalog_written_beside_the_da
     info = dataset_info.load(str(output))
     assert info.catalog["format"] == "folder" and info.catalog["rows"] == len(music.audio)
     rejected = rejections_from_csv((output / "rejected.csv").read_text())
-    assert [(r.path, r.reason) for r in rejected] == [(str(music.root / "broken.mp3"), "decode_error")]
+    assert [(r.path, r.reason) for r in rejected] == [("broken.mp3", "decode_error")]  # As the catalog names it.
     assert info.num_written + len(rejected) == len(music.audio)  # What came in = written + rejected.
     written = catalog.read_catalog(str(output / "catalog.csv"))  # The catalog used, to repeat or edit the run.
     assert [entry.uri for entry in written.entries] == [str(music.root / path) for path in music.audio]
