@@ -49,9 +49,7 @@ def _assert_same_dataset(output_dir, reference_dir):
         assert written[name] == data, f"{name} differs from the DirectRunner's"
 
 
-def test_a_local_cluster_of_worker_processes_writes_what_the_direct_runner_writes(
-    messy, tmp_path, monkeypatch, capsys
-):
+def test_a_local_cluster_of_worker_processes_writes_what_the_direct_runner_writes(messy, tmp_path, monkeypatch, capsys):
     catalog_path, direct = messy
     config = pipeline.PreprocessConfig(output_dir=str(tmp_path / "dask"), split_by="artist")
     monkeypatch.setattr(progress, "REPORT_INTERVAL_S", 0.5)
