@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -172,3 +173,39 @@ def test_channels_times_rate_count_against_a_duration_limit(tmp_path, container)
     stereo.write_bytes(_constant(9.0, 2, 48_000, "WAV"))
     waveform, _ = audio.load_mono(str(stereo), str(stereo), 16000, max_seconds=10.0)
     assert waveform.size == 9 * 16000
+
+
+@pytest.mark.parametrize(
+    "channels, rate, container", [(2, 44100, "WAV"), (8, 96000, "FLAC"), (1, 22050, "m4a"), (2, 16000, "OGG")]
+)
+def test_decoding_as_a_stream_gives_the_samples_of_decoding_the_whole_file(tmp_path, channels, rate, container):
+    """Block by block (several libsndfile blocks, FFmpeg frames) to mono 16 kHz: bit for bit the whole-file path."""
+    levels = np.linspace(0.2, 1.0, channels, dtype=np.float32)[np.newaxis]
+    samples = tone(5.0, rate, channels=channels, frequency=523.0) * levels
+    data = encode_m4a(samples, rate) if container == "m4a" else encode(samples, rate, container)
+    path = tmp_path / f"x.{container.lower()}"
+    path.write_bytes(data)
+    whole = audio.decode_audio(str(path), str(path))
+    expected = audio.resample(audio.to_mono(whole.samples), whole.sample_rate, 16000)
+    streamed, decoding = audio.load_mono(str(path), str(path), 16000)
+    np.testing.assert_array_equal(streamed, expected)
+    assert (decoding.sample_rate, decoding.channels, decoding.frames) == (rate, channels, whole.samples.shape[0])
+    assert decoding.decoder == whole.decoder and decoding.duration_s == pytest.approx(whole.duration_s)
+
+
+def test_a_stream_holds_the_mono_output_not_the_files_channels(tmp_path):
+    """8 channels at 96 kHz for 20 s: 61 MB as decoded, 1.3 MB as mono 16 kHz."""
+    path = tmp_path / "wide.flac"
+    soundfile.write(path, tone(20.0, 96000, channels=8, frequency=200.0), 96000, format="FLAC", subtype="PCM_16")
+
+    def peak_bytes(function):
+        tracemalloc.start()
+        try:
+            function()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    whole = peak_bytes(lambda: audio.to_mono(audio.decode_audio(str(path), str(path)).samples))
+    streamed = peak_bytes(lambda: audio.load_mono(str(path), str(path), 16000))
+    assert whole > 61_000_000 and streamed < 8_000_000, (whole, streamed)
