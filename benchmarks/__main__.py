@@ -48,6 +48,7 @@ from absl import flags
 from benchmarks import (
     app_load,
     catalog_embedding,
+    catalog_map,
     contrastive_finetuning,
     distillation,
     index_search,
@@ -73,6 +74,7 @@ BENCHMARKS = {
     "catalog_embedding": catalog_embedding.run_benchmark,
     "recommend_latency": recommend_latency.run_benchmark,
     "app_load": app_load.run_benchmark,
+    "catalog_map": catalog_map.run_benchmark,
     "retrieval_quality": retrieval_quality.run_benchmark,
     "contrastive_finetuning": contrastive_finetuning.run_benchmark,
     "distillation": distillation.run_benchmark,

@@ -118,15 +118,15 @@ def _query_mp3(work_dir: str) -> str:
     return path
 
 
-def _catalog(embedding_models: EmbeddingModels, tag_ref) -> CatalogIndex:
-    """10,000 synthetic tracks indexed as if by these models (their identity, their embeddings' size)."""
+def synthetic_index(embedding_models: EmbeddingModels, tag_ref, size: int = CATALOG_SIZE) -> CatalogIndex:
+    """`size` synthetic tracks indexed as if by these models (their identity, their embeddings' size)."""
     dim = sum(ref.embedding_dim for ref in embedding_models.models)
-    embeddings = ClusteredUnitVectors(dim=dim).sample(CATALOG_SIZE, seed=3)
+    embeddings = ClusteredUnitVectors(dim=dim).sample(size, seed=3)
     num_tags = len(tag_ref.vocabulary)
-    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(CATALOG_SIZE, num_tags)).astype(np.float32)
+    probabilities = np.random.default_rng(4).beta(0.5, 3.0, size=(size, num_tags)).astype(np.float32)
     tracks = [
-        TrackRecord(f"track{i:05d}", artist=f"artist {i % 997}", title=f"title {i}", content_sha256=f"{i:064x}")
-        for i in range(CATALOG_SIZE)
+        TrackRecord(f"track{i:06d}", artist=f"artist {i % 997}", title=f"title {i}", content_sha256=f"{i:064x}")
+        for i in range(size)
     ]
     return CatalogIndex.build(tracks, embeddings, probabilities, embedding_models, tag_ref)
 
@@ -170,7 +170,7 @@ class _Request:
 
 def _measure(work_dir: str, mp3: str, num_chunks: int, tag_ref, runs: int) -> dict[str, float]:
     embedding_ref = _export(work_dir, "short_chunk_res", num_chunks)
-    catalog = _catalog(EmbeddingModels((embedding_ref,)), tag_ref)
+    catalog = synthetic_index(EmbeddingModels((embedding_ref,)), tag_ref)
     loaded = {"short_chunk_res": exported_model.LoadedModel(embedding_ref), "crnn": exported_model.LoadedModel(tag_ref)}
     request = _Request(mp3, loaded["short_chunk_res"], loaded["crnn"], Recommender(catalog, TagFilter(0.3, 3)))
     for _ in range(3):
@@ -242,7 +242,7 @@ def _defaults_through_the_app(work_dir: str, mp3: str, runs: int, graph: str, pr
     figures (ms)."""
     models = export_defaults(work_dir, graph, precision)
     index_dir = os.path.join(work_dir, f"defaults_index_{graph}_{precision}")
-    _catalog(models.embedding_models, models.tag_model).save(index_dir)
+    synthetic_index(models.embedding_models, models.tag_model).save(index_dir)
     with app_process(index_dir, None, os.path.join(work_dir, f"app_{graph}_{precision}.log")) as base_url:
         requests = _app_requests(base_url, mp3, runs)
     waveform, _ = audio.load_mono(mp3, mp3, 16000)

@@ -112,6 +112,16 @@ def _add_api_routes(app: FastAPI, service: RecommendationService, metrics: Metri
         """Prometheus metrics: requests, latencies, stage timings, model and index versions."""
         return Response(metrics.exposition(), media_type=metrics.content_type)
 
+    @app.get(
+        "/map",
+        response_class=Response,
+        responses={200: {"model": schemas.CatalogMap, "content": {"application/json": {}}}, **errors.responses(404)},
+        tags=["catalog"],
+    )
+    def catalog_map():
+        """The catalog map: every track's point (similar tracks near each other), its top tag and its label."""
+        return Response(service.map_json(), media_type="application/json", headers={"Cache-Control": "max-age=60"})
+
     @app.get("/tracks", response_model=schemas.TrackPage, responses=errors.responses(422), tags=["catalog"])
     def list_tracks(params: TrackPageQuery):
         """Catalog tracks, a page at a time, optionally matching `q`."""

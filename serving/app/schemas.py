@@ -109,6 +109,25 @@ class RecommendResponse(pydantic.BaseModel):
     notes: list[str]
     recommendations: list[Recommendation]
     timings_ms: dict[str, float] = Field(description="Time per stage: decode, embed, search.")
+    map_position: list[float] | None = Field(
+        None,
+        description="The query's point on the catalog map (`GET /map`), `[x, y]` in [0, 1]: a catalog track's own, "
+        "an upload's among its answers; null when the index has no map.",
+    )
+
+
+class CatalogMap(pydantic.BaseModel):
+    """Every catalog track's point on the map (2-D, similar tracks near each other), columns of equal length."""
+
+    method: str = Field(description="How the points were computed (`tsne` or `pca`).")
+    tags: list[str] = Field(description="The tag model's vocabulary: what `top_tag` indexes.")
+    track_ids: list[str]
+    x: list[float] = Field(description="In [0, 1].")
+    y: list[float] = Field(description="In [0, 1].")
+    top_tag: list[int] = Field(
+        description="Each track's most probable tag (an index into `tags`; -1 without a tag model)."
+    )
+    labels: list[str] = Field(description="Each track's `title — artist`, for hover text.")
 
 
 class TrackPage(pydantic.BaseModel):

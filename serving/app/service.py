@@ -18,6 +18,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 from urllib.parse import quote
@@ -33,7 +34,7 @@ from serving.app.metrics import Metrics
 from serving.embedding import embedders, query_audio
 from serving.embedding.tf_serving_client import ServingError
 from serving.export.saved_model import MIN_SECONDS
-from serving.retrieval import index_layout, rendering
+from serving.retrieval import catalog_map, index_layout, rendering
 from serving.retrieval.catalog_index import CatalogIndex, TrackRecord
 from serving.retrieval.recommender import (
     DEFAULT_EXPANSION,
@@ -148,6 +149,12 @@ class RecommendationService:
         self.config = config
         self.metrics = metrics
         self.recommender = Recommender(catalog, None, expansion=config.expansion, tag_sets=config.tag_filter)
+        self.catalog_map = catalog_map.CatalogMap.load(config.index_dir)
+        self._map_positions = {}  # Of the tracks the index holds (a map is rewritten with every change of it).
+        if self.catalog_map is not None:
+            points = zip(self.catalog_map.track_ids, self.catalog_map.positions.tolist(), strict=True)
+            self._map_positions = {track_id: point for track_id, point in points if track_id in catalog}
+        self._map_json = None
         self.upload_dir = uploads.private_directory(config.upload_parent_dir)
         self._pool = concurrent.futures.ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
         self._pending = 0
@@ -223,6 +230,47 @@ class RecommendationService:
             return self.config.expansion
         return QueryExpansion(params.query_expansion) if params.query_expansion else None
 
+    def map_json(self) -> bytes:
+        """`GET /map`'s body, serialised once (a 100,000-track map is a few MB)."""
+        if self.catalog_map is None:
+            raise ApiError(
+                404,
+                "no_map",
+                "this index has no catalog map: rebuild or update it with `python -m serving.build_index`",
+            )
+        if self._map_json is None:
+            top = catalog_map.top_tags(self.catalog)
+            track_ids = list(self._map_positions)
+            rows = [self.catalog.row(track_id) for track_id in track_ids]
+            tracks = [self.catalog.tracks[row] for row in rows]
+            payload = {
+                "method": self.catalog_map.method,
+                "tags": list(self.catalog.vocabulary),
+                "track_ids": track_ids,
+                "x": [round(self._map_positions[track_id][0], 5) for track_id in track_ids],
+                "y": [round(self._map_positions[track_id][1], 5) for track_id in track_ids],
+                "top_tag": [-1] * len(rows) if top is None else [int(top[row]) for row in rows],
+                "labels": [" — ".join(part for part in (t.title or t.track_id, t.artist) if part) for t in tracks],
+            }
+            self._map_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return self._map_json
+
+    def _map_position(self, query_track_id: str | None, result: RecommendationResult) -> list[float] | None:
+        """A catalog track's own point, or an upload's: the score-weighted mean of its answers' points."""
+        if not self._map_positions:
+            return None
+        if query_track_id is not None:
+            return self._map_positions.get(query_track_id)
+        placed = [
+            (self._map_positions[r.track.track_id], max(r.score, 0.0) + 1e-6)
+            for r in result.recommendations
+            if r.track.track_id in self._map_positions
+        ]
+        if not placed:
+            return None
+        total = sum(weight for _, weight in placed)
+        return [sum(point[axis] * weight for point, weight in placed) / total for axis in (0, 1)]
+
     def _recommend(
         self, query: RecommenderQuery, params: schemas.RecommendParams, timings: dict[str, float]
     ) -> RecommendationResult:
@@ -256,6 +304,7 @@ class RecommendationService:
             body["notes"].append("this index has no tag model: stage 1 (tag filter) is off")
         body["query"] = {**info, "top_tags": self._top_tags(query.tag_probabilities)}
         body["timings_ms"] = {stage: round(1000.0 * seconds, 3) for stage, seconds in timings.items()}
+        body["map_position"] = self._map_position(info.get("track_id"), result)
         return body
 
     def similar(self, track_id: str, params: schemas.RecommendParams) -> dict:

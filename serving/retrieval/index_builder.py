@@ -23,7 +23,7 @@ from intake import folder_catalog
 from intake.catalog import Catalog
 from intake.rejections import REASONS, REJECTED_FILENAME, Rejection, rejections_to_csv
 from serving.embedding.index_models import IndexModels
-from serving.retrieval import index_layout, index_lock
+from serving.retrieval import catalog_map, index_layout, index_lock
 from serving.retrieval.catalog_index import INFO_FILENAME, CatalogIndex
 from serving.retrieval.embedding_job import DEFAULT_TRACKS_PER_BATCH, TrackFeatures, embed
 from serving.retrieval.searcher import choose_kind
@@ -174,6 +174,7 @@ def _build_or_update(
     index.save(index_dir)
     with open(os.path.join(index_dir, REJECTED_FILENAME), "w", encoding="utf-8") as handle:
         handle.write(rejections_to_csv(run.rejections))
+    catalog_map.for_index(index).save(index_dir)  # The map of every track, new or kept.
     if audio_root is not None:
         index_layout.write_audio_root(index_dir, audio_root)
     if catalog is not None and catalog.format == folder_catalog.FORMAT:
@@ -253,4 +254,5 @@ def delete_tracks(index_dir: str, track_ids: list[str]) -> int:
         index = load_index(index_dir)
         index.delete(track_ids)
         index.save(index_dir)
+        catalog_map.for_index(index).save(index_dir)
         return len(index)

@@ -120,6 +120,7 @@ async function run(label, request) {
   try {
     const body = await request();
     render(body, label);
+    showQueryOnMap(body);
     byId("status").textContent = `Found ${body.found} songs similar to ${label}.`;
   } catch (error) {
     byId("status").textContent = "";
@@ -163,6 +164,214 @@ async function loadTracks(filter) {
   }
 }
 
+// The catalog map (`GET /map`): one canvas of points, drawn once per size (a 100,000-track map draws in tens of
+// milliseconds), and an overlay for the pointed-at track and the query's answers, redrawn alone. Hit tests go
+// through a grid of the points, so pointing costs the same at any catalog size.
+const MAP_PAD = 12;
+const MAP_GRID = 64;
+const catalogMap = {
+  data: null, colours: [], byTag: [], grid: new Map(), index: new Map(), hover: -1, query: null, answers: [],
+  drawMs: 0,
+  /** A point's position in canvas pixels (CSS). */
+  canvasPoint(i) {
+    const canvas = byId("map-points");
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    const side = Math.min(w, h) - 2 * MAP_PAD;
+    const left = (w - side) / 2, top = (h - side) / 2;
+    return [left + this.data.x[i] * side, top + (1 - this.data.y[i]) * side];
+  },
+  /** A position on the map ([0, 1]^2) in canvas pixels. */
+  canvasPosition([x, y]) {
+    const canvas = byId("map-points");
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    const side = Math.min(w, h) - 2 * MAP_PAD;
+    return [(w - side) / 2 + x * side, (h - side) / 2 + (1 - y) * side];
+  },
+  /** A point's position in the page's viewport (what a pointer reports). */
+  clientPoint(i) {
+    const box = byId("map-points").getBoundingClientRect();
+    const [x, y] = this.canvasPoint(i);
+    return [box.left + x, box.top + y];
+  },
+};
+window.catalogMap = catalogMap;
+
+function tagColour(tag, count) {
+  return tag < 0 ? "#2458a6" : `hsl(${Math.round((tag * 360) / Math.max(count, 1))}, 62%, 42%)`;
+}
+
+function sizeCanvas(canvas) {
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.max(1, Math.round(canvas.clientWidth * ratio));
+  canvas.height = Math.max(1, Math.round(canvas.clientHeight * ratio));
+  const context = canvas.getContext("2d");
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  return context;
+}
+
+function drawMapPoints() {
+  const data = catalogMap.data;
+  if (!data) return;
+  const started = performance.now();
+  const context = sizeCanvas(byId("map-points"));
+  const size = data.track_ids.length > 20000 ? 2 : data.track_ids.length > 2000 ? 3 : 6;
+  catalogMap.grid = new Map();
+  const canvas = byId("map-points");
+  const cell = Math.max(canvas.clientWidth, canvas.clientHeight) / MAP_GRID;
+  for (let tag = 0; tag < catalogMap.byTag.length; tag++) {
+    context.fillStyle = catalogMap.colours[tag];
+    for (const i of catalogMap.byTag[tag]) {
+      const [x, y] = catalogMap.canvasPoint(i);
+      context.fillRect(x - size / 2, y - size / 2, size, size);
+      const key = `${Math.floor(x / cell)},${Math.floor(y / cell)}`;
+      if (!catalogMap.grid.has(key)) catalogMap.grid.set(key, []);
+      catalogMap.grid.get(key).push(i);
+    }
+  }
+  catalogMap.cell = cell;
+  catalogMap.drawMs = performance.now() - started;
+  canvas.dataset.points = String(data.track_ids.length);
+  drawMapOverlay();
+}
+
+function drawMapOverlay() {
+  const context = sizeCanvas(byId("map-overlay"));
+  if (!catalogMap.data) return;
+  if (catalogMap.query) {
+    const [qx, qy] = catalogMap.canvasPosition(catalogMap.query);
+    context.strokeStyle = "rgba(29, 29, 31, 0.55)";
+    context.lineWidth = 1.5;
+    for (const i of catalogMap.answers) {
+      const [x, y] = catalogMap.canvasPoint(i);
+      context.beginPath();
+      context.moveTo(qx, qy);
+      context.lineTo(x, y);
+      context.stroke();
+    }
+    context.beginPath();
+    context.arc(qx, qy, 7, 0, 2 * Math.PI);
+    context.lineWidth = 3;
+    context.strokeStyle = "#f2a900";
+    context.stroke();
+  }
+  if (catalogMap.hover >= 0) {
+    const [x, y] = catalogMap.canvasPoint(catalogMap.hover);
+    context.beginPath();
+    context.arc(x, y, 6, 0, 2 * Math.PI);
+    context.lineWidth = 2;
+    context.strokeStyle = "#1d1d1f";
+    context.stroke();
+  }
+}
+
+/** The track nearest the pointer within 8 px, or -1. */
+function pointAt(event) {
+  const box = byId("map-overlay").getBoundingClientRect();
+  const x = event.clientX - box.left, y = event.clientY - box.top;
+  const column = Math.floor(x / catalogMap.cell), row = Math.floor(y / catalogMap.cell);
+  let best = -1, bestDistance = 64;
+  for (let dx = -1; dx <= 1; dx++) {
+    for (let dy = -1; dy <= 1; dy++) {
+      for (const i of catalogMap.grid.get(`${column + dx},${row + dy}`) || []) {
+        const [px, py] = catalogMap.canvasPoint(i);
+        const distance = (px - x) ** 2 + (py - y) ** 2;
+        if (distance < bestDistance) [best, bestDistance] = [i, distance];
+      }
+    }
+  }
+  return best;
+}
+
+function describePoint(i) {
+  const data = catalogMap.data;
+  const tag = data.top_tag[i] >= 0 ? ` (${data.tags[data.top_tag[i]]})` : "";
+  return `${data.labels[i]}${tag}`;
+}
+
+function hoverMap(event) {
+  const i = pointAt(event);
+  if (i === catalogMap.hover) return;
+  catalogMap.hover = i;
+  const tooltip = byId("map-tooltip");
+  if (i < 0) {
+    tooltip.hidden = true;
+  } else {
+    const [x, y] = catalogMap.canvasPoint(i);
+    tooltip.textContent = describePoint(i);
+    tooltip.style.left = `${x}px`;
+    tooltip.style.top = `${y}px`;
+    tooltip.hidden = false;
+  }
+  drawMapOverlay();
+}
+
+function clickMap(event) {
+  const i = pointAt(event);
+  if (i < 0) return;
+  const trackId = catalogMap.data.track_ids[i];
+  const player = byId("map-player");
+  player.src = `/tracks/${encodeURIComponent(trackId)}/audio`;
+  player.hidden = false;
+  player.setAttribute("aria-label", `Play ${catalogMap.data.labels[i]}`);
+  player.play().catch(() => {}); // A service without catalog audio answers 404: the player says so.
+  recommendForTrack(trackId, catalogMap.data.labels[i]);
+}
+
+function showQueryOnMap(body) {
+  if (!catalogMap.data) return;
+  catalogMap.query = body.map_position || null;
+  catalogMap.answers = body.recommendations.map((r) => catalogMap.index.get(r.track_id)).filter((i) => i !== undefined);
+  byId("map-overlay").dataset.query = catalogMap.query ? catalogMap.query.map((v) => v.toFixed(4)).join(",") : "";
+  byId("map-overlay").dataset.answers = String(catalogMap.query ? catalogMap.answers.length : 0);
+  drawMapOverlay();
+}
+
+async function loadMap() {
+  const status = byId("map-status");
+  let data;
+  try {
+    data = await api("/map");
+  } catch (error) {
+    byId("map-frame").hidden = true;
+    status.textContent = `No map: ${error.message}`;
+    return;
+  }
+  catalogMap.data = data;
+  catalogMap.index = new Map(data.track_ids.map((id, i) => [id, i]));
+  const tagCount = Math.max(data.tags.length, 1);
+  catalogMap.colours = data.tags.length ? data.tags.map((_, t) => tagColour(t, tagCount)) : [tagColour(-1, 1)];
+  catalogMap.byTag = catalogMap.colours.map(() => []);
+  data.top_tag.forEach((tag, i) => catalogMap.byTag[Math.max(tag, 0)].push(i));
+  const legend = byId("map-legend");
+  const shown = catalogMap.byTag
+    .map((members, tag) => [tag, members.length])
+    .filter(([, count]) => count > 0)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 12);
+  legend.replaceChildren(
+    ...shown.map(([tag, count]) => {
+      const item = element("li");
+      const swatch = element("span", "swatch");
+      swatch.style.background = catalogMap.colours[tag];
+      swatch.setAttribute("aria-hidden", "true");
+      item.append(swatch, document.createTextNode(`${data.tags.length ? data.tags[tag] : "tracks"} (${count})`));
+      return item;
+    }),
+  );
+  byId("map-points").setAttribute("aria-label", `Map of the catalog: ${data.track_ids.length} tracks`);
+  drawMapPoints();
+  status.textContent = `${data.track_ids.length} tracks (${data.method}).`;
+  const overlay = byId("map-overlay");
+  overlay.addEventListener("mousemove", hoverMap);
+  overlay.addEventListener("mouseleave", () => {
+    catalogMap.hover = -1;
+    byId("map-tooltip").hidden = true;
+    drawMapOverlay();
+  });
+  overlay.addEventListener("click", clickMap);
+  window.addEventListener("resize", debounce(drawMapPoints, 150));
+}
+
 function debounce(callback, milliseconds) {
   let timer = null;
   return (...args) => {
@@ -184,4 +393,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   byId("track-search").addEventListener("input", debounce((event) => loadTracks(event.target.value.trim()), 250));
   loadTracks("");
+  loadMap();
 });

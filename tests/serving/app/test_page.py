@@ -96,3 +96,65 @@ def test_page_in_headless_chromium(server, demo_audio_files, catalog, tmp_path):
             browser.close()
     assert outside_requests == [] and all("status of 415" in e for e in console_errors)
     assert (tmp_path / "app_page.png").stat().st_size > 10_000
+
+
+def test_the_catalog_map_in_headless_chromium(server, demo_audio_files, catalog, tmp_path):
+    """Points drawn, hover text, a click plays and recommends, an upload's point and its lines appear."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console_errors = []
+            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+            page.goto(server.url + "/")
+            expect(page.locator("#map-points")).to_have_attribute("data-points", str(len(catalog)))
+            # Drawn: pixels of the points' colours on the canvas, not the background alone.
+            coloured = page.evaluate(
+                """() => { const c = document.getElementById('map-points');
+                           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                           let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+            )
+            assert coloured >= len(catalog) * 16
+            legend = page.locator("#map-legend li")
+            assert legend.count() >= 1 and "(" in legend.first.inner_text()
+            # Hover: the pointed-at track's title and artist.
+            index = 5
+            x, y = page.evaluate(f"window.catalogMap.clientPoint({index})")
+            label = page.evaluate(f"window.catalogMap.data.labels[{index}]")
+            track_id = page.evaluate(f"window.catalogMap.data.track_ids[{index}]")
+            page.mouse.move(x, y)
+            expect(page.locator("#map-tooltip")).to_be_visible()
+            expect(page.locator("#map-tooltip")).to_contain_text(label)
+            # Click: it plays, and its recommendations come.
+            page.mouse.click(x, y)
+            expect(page.get_by_role("status").first).to_contain_text(f"songs similar to {label}", timeout=60_000)
+            assert page.locator("#map-player").get_attribute("src") == f"/tracks/{track_id}/audio"
+            expect(page.locator("#map-player")).to_be_visible()
+            deadline = time.monotonic() + 30
+            while (
+                not page.evaluate("document.getElementById('map-player').currentTime > 0")
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.1)
+            assert page.evaluate("document.getElementById('map-player').readyState") >= 1
+            # A catalog track's own point is the query's.
+            own = page.evaluate(f"[window.catalogMap.data.x[{index}], window.catalogMap.data.y[{index}]]")
+            query = [float(v) for v in page.locator("#map-overlay").get_attribute("data-query").split(",")]
+            assert query == pytest.approx(own, abs=1e-3)
+            # An upload: its point among its answers, a line to each.
+            page.get_by_label("Audio file").set_input_files(str(demo_audio_files[2]))
+            page.get_by_role("button", name="Recommend for this file").click()
+            expect(page.locator("#recommendations li").first).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("status").first).to_contain_text(demo_audio_files[2].name, timeout=120_000)
+            found = page.locator("#recommendations li").count()
+            expect(page.locator("#map-overlay")).to_have_attribute("data-answers", str(found))
+            query = [float(v) for v in page.locator("#map-overlay").get_attribute("data-query").split(",")]
+            assert all(0.0 <= value <= 1.0 for value in query)
+            page.locator("#map-section").screenshot(path=str(tmp_path / "catalog_map.png"))
+            assert console_errors == []
+        finally:
+            browser.close()
+    assert (tmp_path / "catalog_map.png").stat().st_size > 5_000
+    print(f"screenshot: {tmp_path / 'catalog_map.png'}")

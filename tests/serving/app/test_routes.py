@@ -78,6 +78,21 @@ def test_similar_tracks_are_the_recommenders(client, catalog, params):
         assert (r["artist"], r["title"], r["album"]) == (track.artist, track.title, track.album)
 
 
+def test_the_map_places_every_track_and_a_query_at_its_point(client, catalog):
+    body = client.get("/map").raise_for_status().json()
+    count = len(catalog)
+    assert body["method"] == "tsne" and body["tags"] == list(catalog.vocabulary)
+    assert sorted(body["track_ids"]) == sorted(t.track_id for t in catalog.tracks)
+    assert all(len(body[column]) == count for column in ("x", "y", "top_tag", "labels"))
+    assert all(0.0 <= v <= 1.0 for v in body["x"] + body["y"])
+    rows = [catalog.row(track_id) for track_id in body["track_ids"]]
+    assert body["top_tag"] == [int(np.argmax(catalog.tag_probabilities[row])) for row in rows]
+    track = catalog.tracks[rows[4]]
+    assert body["labels"][4] == " — ".join(p for p in (track.title or track.track_id, track.artist) if p)
+    similar = client.get(f"/tracks/{body['track_ids'][4]}/similar", params={"k": 3}).raise_for_status().json()
+    assert similar["map_position"] == pytest.approx([body["x"][4], body["y"][4]], abs=1e-4)
+
+
 def test_tracks_are_listed_by_page_and_filtered(client, catalog):
     ids = []
     for offset in range(0, 20, 6):
@@ -147,6 +162,7 @@ def test_malformed_parameters_are_refused(client, method, url, status, reason):
 FUZZED = [
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    ("GET", "/map"),
     ("GET", "/tracks"),
     ("GET", "/tracks/{track_id}/similar"),
     ("GET", "/tracks/{track_id}/audio"),
@@ -225,6 +241,8 @@ def test_a_sharded_index_is_served_like_the_whole_one(client, catalog, demo_cata
     with app_process(str(sharded_dir), None, str(tmp_path / "app.log"), ["--noaccess_log"]) as url:
         with httpx.Client(base_url=url, timeout=120.0) as sharded_client:
             assert sharded_client.get("/healthz").raise_for_status().json()["tracks"] == len(catalog)
+            no_map = sharded_client.get("/map")  # Built here without `build_index`: no map stored with it.
+            assert no_map.status_code == 404 and no_map.json()["error"]["reason"] == "no_map"
             served = answers(sharded_client)
     whole = answers(client)
     for got, expected in zip(served, whole, strict=True):

@@ -15,7 +15,7 @@ from intake import catalog
 from serving.app.child_process import app_process
 from serving.embedding.ensemble import EmbeddingModels
 from serving.embedding.index_models import IndexModels
-from serving.retrieval import index_builder
+from serving.retrieval import catalog_map, index_builder
 from serving.retrieval.catalog_index import CatalogIndex, IndexMismatchError
 from tests.binaries import run_binary
 from tests.conftest import REPO_ROOT
@@ -53,6 +53,7 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
     removed = [e.track_id for e in parsed.entries[-3:]]
     assert index_builder.delete_tracks(str(index_dir), removed) == 13
     assert all(t not in CatalogIndex.load(str(index_dir)) for t in removed)
+    assert len(catalog_map.CatalogMap.load(str(index_dir)).track_ids) == 13  # The map follows every change.
     subset = catalog.Catalog(parsed.source, parsed.sha256, 3, parsed.entries[-3:], (), parsed.audio_root)
     summary = index_builder.build_index(
         str(index_dir), job_models, catalog=subset, update=True, pipeline_args=IN_MEMORY
@@ -60,6 +61,7 @@ def test_update_adds_tracks_to_an_existing_index_without_a_rebuild(
     assert summary.num_indexed == 3 and summary.num_tracks == 16
     updated, full = CatalogIndex.load(str(index_dir)), CatalogIndex.load(str(full_dir))
     assert sorted(t.track_id for t in updated.tracks) == sorted(t.track_id for t in full.tracks)
+    assert sorted(catalog_map.CatalogMap.load(str(index_dir)).track_ids) == sorted(t.track_id for t in full.tracks)
     for track_id in removed:
         np.testing.assert_allclose(
             updated.model_embeddings[updated.row(track_id)], full.model_embeddings[full.row(track_id)], atol=1e-6
