@@ -172,20 +172,22 @@ const MAP_GRID = 64;
 const catalogMap = {
   data: null, colours: [], byTag: [], grid: new Map(), index: new Map(), hover: -1, query: null, answers: [],
   drawMs: 0,
-  /** A point's position in canvas pixels (CSS). */
-  canvasPoint(i) {
+  layout: { side: 0, left: 0, top: 0 },
+  /** Where the square of the map lies in the canvas (CSS pixels), read once per draw, not once per point. */
+  measure() {
     const canvas = byId("map-points");
     const w = canvas.clientWidth, h = canvas.clientHeight;
-    const side = Math.min(w, h) - 2 * MAP_PAD;
-    const left = (w - side) / 2, top = (h - side) / 2;
-    return [left + this.data.x[i] * side, top + (1 - this.data.y[i]) * side];
+    const side = Math.max(1, Math.min(w, h) - 2 * MAP_PAD);
+    this.layout = { side, left: (w - side) / 2, top: (h - side) / 2 };
+  },
+  /** A point's position in canvas pixels (CSS). */
+  canvasPoint(i) {
+    return this.canvasPosition([this.data.x[i], this.data.y[i]]);
   },
   /** A position on the map ([0, 1]^2) in canvas pixels. */
   canvasPosition([x, y]) {
-    const canvas = byId("map-points");
-    const w = canvas.clientWidth, h = canvas.clientHeight;
-    const side = Math.min(w, h) - 2 * MAP_PAD;
-    return [(w - side) / 2 + x * side, (h - side) / 2 + (1 - y) * side];
+    const { side, left, top } = this.layout;
+    return [left + x * side, top + (1 - y) * side];
   },
   /** A point's position in the page's viewport (what a pointer reports). */
   clientPoint(i) {
@@ -214,23 +216,26 @@ function drawMapPoints() {
   if (!data) return;
   const started = performance.now();
   const context = sizeCanvas(byId("map-points"));
+  catalogMap.measure();
   const size = data.track_ids.length > 20000 ? 2 : data.track_ids.length > 2000 ? 3 : 6;
-  catalogMap.grid = new Map();
-  const canvas = byId("map-points");
-  const cell = Math.max(canvas.clientWidth, canvas.clientHeight) / MAP_GRID;
+  const { side, left, top } = catalogMap.layout;
+  const cell = side / MAP_GRID;
+  const grid = new Map();
   for (let tag = 0; tag < catalogMap.byTag.length; tag++) {
     context.fillStyle = catalogMap.colours[tag];
     for (const i of catalogMap.byTag[tag]) {
-      const [x, y] = catalogMap.canvasPoint(i);
+      const x = left + data.x[i] * side, y = top + (1 - data.y[i]) * side;
       context.fillRect(x - size / 2, y - size / 2, size, size);
-      const key = `${Math.floor(x / cell)},${Math.floor(y / cell)}`;
-      if (!catalogMap.grid.has(key)) catalogMap.grid.set(key, []);
-      catalogMap.grid.get(key).push(i);
+      const key = gridKey(Math.floor((x - left) / cell), Math.floor((y - top) / cell));
+      const members = grid.get(key);
+      if (members) members.push(i);
+      else grid.set(key, [i]);
     }
   }
+  catalogMap.grid = grid;
   catalogMap.cell = cell;
   catalogMap.drawMs = performance.now() - started;
-  canvas.dataset.points = String(data.track_ids.length);
+  byId("map-points").dataset.points = String(data.track_ids.length);
   drawMapOverlay();
 }
 
@@ -264,15 +269,21 @@ function drawMapOverlay() {
   }
 }
 
+/** A grid cell's key (cells may lie a little outside the square: a point's size spills over). */
+function gridKey(column, row) {
+  return (column + 1024) * 4096 + (row + 1024);
+}
+
 /** The track nearest the pointer within 8 px, or -1. */
 function pointAt(event) {
   const box = byId("map-overlay").getBoundingClientRect();
   const x = event.clientX - box.left, y = event.clientY - box.top;
-  const column = Math.floor(x / catalogMap.cell), row = Math.floor(y / catalogMap.cell);
+  const { left, top } = catalogMap.layout;
+  const column = Math.floor((x - left) / catalogMap.cell), row = Math.floor((y - top) / catalogMap.cell);
   let best = -1, bestDistance = 64;
   for (let dx = -1; dx <= 1; dx++) {
     for (let dy = -1; dy <= 1; dy++) {
-      for (const i of catalogMap.grid.get(`${column + dx},${row + dy}`) || []) {
+      for (const i of catalogMap.grid.get(gridKey(column + dx, row + dy)) || []) {
         const [px, py] = catalogMap.canvasPoint(i);
         const distance = (px - x) ** 2 + (py - y) ** 2;
         if (distance < bestDistance) [best, bestDistance] = [i, distance];
