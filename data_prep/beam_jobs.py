@@ -147,8 +147,9 @@ def run_staged_job(job: StagedJob, pipeline_args: list[str] | None = None) -> Jo
     options = default_pipeline_options(list(pipeline_args or []))
     staging_dir = job.staging_dir(options)
     remove_tree(staging_dir)
-    for folder in ("", *job.staging_folders):
-        tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder) if folder else staging_dir)
+    tf.io.gfile.makedirs(staging_dir)
+    for folder in job.staging_folders:
+        tf.io.gfile.makedirs(tf.io.gfile.join(staging_dir, folder))
     try:
         pipeline = beam.Pipeline(options=options)
         num_elements = job.build(pipeline, staging_dir)

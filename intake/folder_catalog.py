@@ -61,16 +61,8 @@ def read_folder(folder: str) -> catalog_lib.Catalog:
     paths, skipped = audio_files(folder)
     text = catalog_csv([describe(folder, path) for path in paths]).encode("utf-8")
     parsed = catalog_lib.parse_catalog(text, folder, folder)
-    return catalog_lib.Catalog(
-        source=folder,
-        sha256=parsed.sha256,
-        num_rows=parsed.num_rows,
-        entries=tuple(_relative(entry, folder) for entry in parsed.entries),
-        rejections=parsed.rejections,
-        audio_root=folder,
-        format=FORMAT,
-        skipped=skipped,
-    )
+    entries = tuple(_relative(entry, folder) for entry in parsed.entries)
+    return dataclasses.replace(parsed, entries=entries, format=FORMAT, skipped=skipped)
 
 
 def audio_files(folder: str) -> tuple[list[str], dict[str, int]]:
