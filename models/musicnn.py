@@ -23,8 +23,8 @@ Batch normalisation uses TensorFlow 1's constants (epsilon 1e-3, momentum
 `fused_for_inference(model)` is the same function of the same weights in the
 form a CPU computes fast, for serving: each front-end branch becomes one
 `FrequencyPooledConv` (pool over frequency first, then bias, ReLU and batch
-norm on 1/30 to 1/96 of the values; the temporal kernels as banded-Toeplitz
-matrix products).
+norm on 1/30 to 1/96 of the values; the temporal kernels as polyphase
+convolutions over groups of frames).
 """
 
 from __future__ import annotations
@@ -75,8 +75,28 @@ class TemporalMaxMeanPool(layers.Layer):
 
 # The front end's branches, in the order their outputs are concatenated.
 FRONT_END_BRANCHES = ("timbral_74", "timbral_77", "temporal_128", "temporal_64", "temporal_32")
-# Output frames per block of the banded-Toeplitz product, by temporal kernel length (measured on AVX2).
-_TOEPLITZ_BLOCK_FRAMES = {128: 32, 64: 16, 32: 32}
+# Frames per group of a temporal kernel's polyphase convolution: its input channels (measured, AVX-512 BF16).
+_PHASE_FRAMES = 4
+
+
+def _max_over(values, axis: int):
+    """`ops.max(values, axis)` for an axis before the last one, computed as a max pool where it can be.
+
+    Where the axis' length is static the max runs as `ops.max_pool` with a
+    window of the whole axis over `[rest before, axis, 1, rest after]`:
+    TensorFlow's CPU pooling kernel vectorises over the trailing values,
+    where its reduction walks the pooled axis. The same maxima, the same shape.
+    """
+    length = values.shape[axis]
+    if length is None:
+        return ops.max(values, axis=axis)
+    shape = ops.shape(values)
+    before = 1
+    for size in shape[:axis]:
+        before = before * size
+    image = ops.reshape(values, (before, length, 1, -1))
+    pooled = ops.max_pool(image, pool_size=(length, 1), strides=(length, 1), padding="valid")
+    return ops.reshape(pooled, (*shape[:axis], *shape[axis + 1 :]))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -93,13 +113,15 @@ class FrequencyPooledConv(layers.Layer):
     batch norm to the pooled values only. Time is padded as the branch pads
     it ((k - 1) // 2 frames before, the rest after); frequency is valid.
 
-    Timbral kernels (k x f, f > 1) run as a convolution. Temporal kernels
-    (k x 1 on the single input channel, about a tenth of the CPU's matrix
-    product rate as a convolution) run as a matrix product: frames are cut
-    into blocks of `block_frames` outputs, each block's `block_frames + k - 1`
-    input frames times a banded-Toeplitz matrix `[block_frames + k - 1,
-    block_frames * filters]` of the kernel, for every band at once, one track
-    at a time (its product stays in cache), then the max over the bands.
+    Timbral kernels (k x f, f > 1) run as a convolution, its max over
+    frequency as a max pool. Temporal kernels (k x 1 on the single input
+    channel: a few percent of the CPU's matrix-product rate as a convolution)
+    run as a polyphase convolution: each band's frames are grouped
+    `phase_frames` at a time into channels, and one convolution over the
+    groups with `phase_frames x filters` outputs, the kernel laid out per
+    output phase (`_polyphase_kernel`), gives every band's outputs at once;
+    then the max over the bands. No gather and no loop: TensorFlow's CPU
+    convolution with a few input channels runs near its matrix-product rate.
 
     Inference only: training needs the batch statistics of the unpooled
     convolution; build it from a trained branch with `from_branch`.
@@ -107,23 +129,24 @@ class FrequencyPooledConv(layers.Layer):
     Args:
         filters: Output channels.
         kernel_size: (frames, bands) of the branch's convolution.
-        block_frames: Output frames per Toeplitz block (temporal kernels only).
+        phase_frames: Frames per group of the polyphase convolution (temporal kernels only).
     """
 
-    def __init__(self, filters: int, kernel_size, block_frames: int | None = None, **kwargs):
+    def __init__(self, filters: int, kernel_size, phase_frames: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
         self.temporal = self.kernel_size[1] == 1
         frames = self.kernel_size[0]
-        self.block_frames = int(block_frames or _TOEPLITZ_BLOCK_FRAMES.get(frames, frames)) if self.temporal else None
+        self.phase_frames = int(phase_frames or _PHASE_FRAMES) if self.temporal else None
         self.pad_before = (frames - 1) // 2
         self.pad_after = frames - 1 - self.pad_before
 
     def build(self, input_shape):
         frames, bands = self.kernel_size
         if self.temporal:
-            shape = (self.block_frames + frames - 1, self.block_frames * self.filters)
+            phases = self.phase_frames
+            shape = (1, _polyphase_groups(frames, phases), phases, phases * self.filters)
         else:
             shape = (frames, bands, 1, self.filters)
         self.kernel = self.add_weight(name="kernel", shape=shape, initializer="zeros", trainable=False)
@@ -132,30 +155,23 @@ class FrequencyPooledConv(layers.Layer):
 
     def _pooled_convolution(self, image):
         padded = ops.pad(image, ((0, 0), (self.pad_before, self.pad_after), (0, 0), (0, 0)))
-        return ops.max(ops.conv(padded, self.kernel, padding="valid"), axis=2)
+        return _max_over(ops.conv(padded, self.kernel, padding="valid"), axis=2)
 
-    def _pooled_toeplitz_product(self, image):
-        frames, block = ops.shape(image)[1], self.block_frames
-        window = block + self.kernel_size[0] - 1
-        num_blocks = (frames + block - 1) // block
-        bands = ops.transpose(image[..., 0], (0, 2, 1))  # [batch, freq, frames]
-        extra = num_blocks * block - frames
-        bands = ops.pad(bands, ((0, 0), (0, 0), (self.pad_before, self.pad_after + extra)))
-        starts = ops.arange(num_blocks) * block
-        # [batch, freq, blocks, window]
-        windows = ops.take(bands, starts[:, None] + ops.arange(window)[None, :], axis=2)
-
-        def one_track(track_windows):
-            # [freq * blocks, block * filters]
-            products = ops.matmul(ops.reshape(track_windows, (-1, window)), self.kernel)
-            num_bands = ops.shape(track_windows)[0]
-            pooled = ops.max(ops.reshape(products, (num_bands, -1)), axis=0)
-            return ops.reshape(pooled, (-1, self.filters))[:frames]
-
-        return ops.map(one_track, windows)
+    def _pooled_polyphase_convolution(self, image):
+        batch, frames, num_bands = ops.shape(image)[0], ops.shape(image)[1], ops.shape(image)[2]
+        phases, groups = self.phase_frames, self.kernel.shape[1]
+        output_groups = (frames + phases - 1) // phases
+        padded_frames = (output_groups + groups - 1) * phases
+        bands = ops.transpose(image[..., 0], (0, 2, 1))  # [batch, bands, frames]
+        bands = ops.pad(bands, ((0, 0), (0, 0), (self.pad_before, padded_frames - frames - self.pad_before)))
+        grouped = ops.reshape(bands, (batch, num_bands, -1, phases))  # [batch, bands, groups, phase]
+        # [batch, bands, output groups, phase x filters]: output frame group * phases + phase.
+        outputs = ops.conv(grouped, self.kernel, padding="valid")
+        pooled = _max_over(outputs, axis=1)
+        return ops.reshape(pooled, (batch, -1, self.filters))[:, :frames]
 
     def call(self, image):
-        pooled = self._pooled_toeplitz_product(image) if self.temporal else self._pooled_convolution(image)
+        pooled = self._pooled_polyphase_convolution(image) if self.temporal else self._pooled_convolution(image)
         return ops.relu(pooled * self.sign + self.bias) * self.scale + self.shift
 
     def compute_output_shape(self, input_shape):
@@ -166,7 +182,7 @@ class FrequencyPooledConv(layers.Layer):
             **super().get_config(),
             "filters": self.filters,
             "kernel_size": list(self.kernel_size),
-            "block_frames": self.block_frames,
+            "phase_frames": self.phase_frames,
         }
 
     @classmethod
@@ -180,7 +196,7 @@ class FrequencyPooledConv(layers.Layer):
         layer.build((None, None, None, 1))
         signed = kernel * sign
         if layer.temporal:
-            signed = _banded_toeplitz(signed[:, 0, 0, :], layer.block_frames)
+            signed = _polyphase_kernel(signed[:, 0, 0, :], layer.phase_frames)
         for weight, value in (
             (layer.kernel, signed),
             (layer.sign, sign),
@@ -204,13 +220,25 @@ class Absorbed(layers.Layer):
         return input_shape
 
 
-def _banded_toeplitz(kernel: np.ndarray, block_frames: int) -> np.ndarray:
-    """`[k, filters]` -> `[block + k - 1, block * filters]`: entry (i, t * filters + c) is kernel[i - t, c]."""
+def _polyphase_groups(frames: int, phases: int) -> int:
+    """Groups of `phases` input frames that the outputs of one group of `phases` frames read (a k-frame kernel)."""
+    return (phases - 1 + frames + phases - 1) // phases
+
+
+def _polyphase_kernel(kernel: np.ndarray, phases: int) -> np.ndarray:
+    """`[k, filters]` -> `[1, groups, phases, phases * filters]`, the kernel of a polyphase convolution.
+
+    Output phase r of a group reads input frame `r + j` for kernel tap j,
+    counted from the group's first frame: entry
+    `(0, (r + j) // phases, (r + j) % phases, r * filters + c)` is kernel[j, c],
+    the rest zero.
+    """
     frames, filters = kernel.shape
-    matrix = np.zeros((block_frames + frames - 1, block_frames, filters), kernel.dtype)
-    for output_frame in range(block_frames):
-        matrix[output_frame : output_frame + frames, output_frame] = kernel
-    return matrix.reshape(block_frames + frames - 1, block_frames * filters)
+    matrix = np.zeros((_polyphase_groups(frames, phases), phases, phases, filters), kernel.dtype)
+    for phase in range(phases):
+        for tap in range(frames):
+            matrix[(phase + tap) // phases, (phase + tap) % phases, phase] = kernel[tap]
+    return matrix.reshape(1, -1, phases, phases * filters)
 
 
 def fused_for_inference(model: keras.Model) -> keras.Model:

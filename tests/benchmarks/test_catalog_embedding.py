@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from benchmarks import catalog_embedding
-from intake.catalog import Catalog, CatalogEntry
+from benchmarks import catalog_embedding, layer_profile, preprocess_throughput
+from intake.catalog import Catalog, CatalogEntry, read_catalog
 
 ALBUMS = 6
 TRACKS_PER_ALBUM = 5
@@ -78,3 +80,29 @@ def test_the_target_is_judged_on_the_shipped_precision():
     fails = catalog_embedding.reduced_precision_check(scrambled, inference, _catalog())
     note = catalog_embedding.target_note("bfloat16", faster, inference, baseline, fails)
     assert "DOES NOT HOLD" in note and "NOT AGREEING" in note
+
+
+def _timed(tracks_per_s: float) -> catalog_embedding.Row:
+    return catalog_embedding.Row("system", 100, 100 / tracks_per_s, {}, {})
+
+
+def test_the_target_is_set_against_what_the_arithmetic_allows():
+    # 64 GFLOP a track at 320 GFLOP/s: 200 ms of arithmetic; decoding 40 ms of one core, 20 ms of two.
+    floor = layer_profile.ArithmeticFloor({"a": 32 * 10**9, "b": 32 * 10**9}, "bfloat16", 320.0)
+    baseline = _timed(1.0)  # 2.5x is 400 ms a track: 380 ms for the models, 53 % of the rate.
+    note = catalog_embedding.floor_note(floor, 0.040, baseline, _timed(2.0), cores=2)
+    assert "2.5x the baseline is 400 ms per track" in note and "at 53% of the matrix-product rate" in note
+    assert "runs them at 42% of it (500 ms per track)" in note and "reach 4.55x the baseline" in note
+    assert "no formulation" not in note
+    fast_baseline = _timed(2.0)  # 2.5x is 200 ms a track: less than the arithmetic alone.
+    note = catalog_embedding.floor_note(floor, 0.040, fast_baseline, _timed(3.0), cores=2)
+    assert "at 111% of the matrix-product rate" in note and "no formulation of this arithmetic meets" in note
+    assert "reach 2.27x the baseline" in note
+
+
+def test_decoding_is_timed_on_the_catalogs_real_audio():
+    path, _ = preprocess_throughput.find_catalog()
+    catalog = read_catalog(path)
+    few = dataclasses.replace(catalog, entries=catalog.entries[:3])
+    seconds = catalog_embedding.decode_seconds_per_track(few, 16000)
+    assert 0.0 < seconds < 30.0  # A 30 s excerpt decodes faster than it plays.

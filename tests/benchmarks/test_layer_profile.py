@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -10,7 +12,10 @@ import tensorflow as tf
 import models
 from benchmarks import layer_profile
 from features.logmel_spec import PRESETS, LogMelSpec
+from models import artifact
 from tfrecords import readers
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_float_ops_count_two_per_multiply_add():
@@ -52,8 +57,57 @@ def test_every_layer_is_profiled_and_the_layers_add_up_to_the_model():
     assert rows[-1][1] == "whole model, XLA (`jit_compile`)" and profile.xla_seconds > 0
 
 
-def test_the_gemm_rate_is_a_rate():
-    assert layer_profile.gemm_rate(size=256, repeats=2) > 0.1  # GFLOP/s: any CPU does more than this.
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_gemm_rate_is_a_rate(precision):
+    assert layer_profile.gemm_rate(size=256, repeats=2, precision=precision) > 0.1  # GFLOP/s: any CPU does more.
+
+
+def _musicnn_convolution_flops(model: keras.Model, chunks: int, frames: int, bands: int) -> int:
+    """2 x multiply-adds of musicnn's convolutions on `chunks` patches, from their kernels and output sizes."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):  # Front end: timbral valid over frequency, temporal 'same'.
+            kernel_frames, kernel_bands, channels, filters = layer.kernel.shape
+            outputs = frames * (bands - kernel_bands + 1 if layer.padding == "valid" else bands) * filters
+            total += 2 * outputs * kernel_frames * kernel_bands * channels
+        elif isinstance(layer, keras.layers.Conv1D):  # Mid-end, 'same' over time.
+            width, channels, filters = layer.kernel.shape
+            total += 2 * frames * filters * width * channels
+    return chunks * total
+
+
+def test_a_pretrained_models_operations_per_track_are_its_convolutions_on_the_exports_batch():
+    name = "msd_musicnn"
+    model, info = artifact.load(str(REPO_ROOT / "pretrained" / name))
+    chunks, frames, bands = layer_profile.track_batch_shape(info.log_mel, info.crop_frames)
+    convolutions = _musicnn_convolution_flops(model, chunks, frames, bands)
+    # The rest (batch norms, biases, pooling, the dense layers) adds under 1 %.
+    assert convolutions <= layer_profile.track_flops(name) <= 1.01 * convolutions
+
+
+def test_the_arithmetic_floor_is_the_operations_at_the_matmul_rate():
+    floor = layer_profile.ArithmeticFloor({"ranking": 30 * 10**9, "tags": 6 * 10**9}, "bfloat16", 360.0)
+    assert floor.flops == 36 * 10**9 and floor.seconds_per_track == pytest.approx(0.1)
+    assert floor.share_needed(0.2) == pytest.approx(0.5)  # Twice the floor's time: half the rate will do.
+    assert floor.share_needed(0.05) == pytest.approx(2.0)  # Half of it: twice the CPU's best rate.
+    assert floor.share_needed(0.0) == float("inf")
+    described = floor.describe()
+    assert "36.0 GFLOP per 30 s track (ranking 30.0, tags 6.0" in described
+    assert "bfloat16 matrix product" in described and "at least 100 ms" in described
+
+
+def test_bfloat16_inference_forms_are_profiled_only_where_the_cpu_has_it():
+    native = layer_profile.shipped_models(native_bfloat16=True)
+    in_bfloat16 = [entry for entry in native if entry.precision == "bfloat16"]
+    assert [entry.label for entry in in_bfloat16] == [
+        entry.label + ", bfloat16" for entry in native if entry.label.endswith("inference form")
+    ]
+    for entry in in_bfloat16:
+        weighted = [layer for layer in entry.model.layers if layer.weights and layer.name not in ("tags", "embedding")]
+        assert weighted and all(layer.compute_dtype == "bfloat16" for layer in weighted)
+    emulated = layer_profile.shipped_models(native_bfloat16=False)
+    assert {entry.precision for entry in emulated} == {"float32"}
+    assert [entry.label for entry in emulated] == [entry.label for entry in native if entry.precision == "float32"]
 
 
 def test_the_inference_form_is_profiled_layer_by_layer_too():
@@ -69,3 +123,11 @@ def test_the_inference_form_is_profiled_layer_by_layer_too():
             # Less the bias adds (one per output value, under 2 % for a 32-frame kernel).
             assert cost.flops * 0.98 < fused[cost.name].flops < cost.flops
     assert profile.xla_seconds > 0
+
+
+def test_the_timbral_convolution_is_timed_in_every_regrouping_at_the_same_useful_work():
+    rates = layer_profile.regrouped_timbral_rates("float32", repeats=1)
+    assert list(rates) == list(layer_profile.TIMBRAL_REGROUPINGS) and all(rate > 0.1 for rate in rates.values())
+    note = layer_profile.regrouping_note("float32", {"float32": max(rates.values())})
+    assert "as shipped (one input channel)" in note and "2 frame(s) x 1 band(s) per channel" in note
+    assert ("the one-channel convolution is the fastest" in note) != ("a formulation worth building" in note)

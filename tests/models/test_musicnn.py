@@ -113,12 +113,16 @@ def test_fused_front_end_equals_the_branches_for_both_gamma_signs_and_any_length
     np.testing.assert_array_equal(loaded(log_mel)[models.EMBEDDING].numpy(), got[models.EMBEDDING].numpy())
 
 
-def test_banded_toeplitz_blocks_hold_the_kernel_on_each_diagonal():
-    kernel = np.arange(1.0, 7.0).reshape(3, 2)  # k = 3 frames, 2 filters
-    matrix = musicnn._banded_toeplitz(kernel, block_frames=4).reshape(6, 4, 2)
-    for output_frame in range(4):
-        np.testing.assert_array_equal(matrix[output_frame : output_frame + 3, output_frame], kernel)
-        assert not np.delete(matrix[:, output_frame], range(output_frame, output_frame + 3), axis=0).any()
+@pytest.mark.parametrize("phases", [1, 3, 4])
+def test_a_polyphase_kernel_gives_each_output_phase_its_taps_and_nothing_else(phases):
+    kernel = np.arange(1.0, 11.0).reshape(5, 2)  # k = 5 frames, 2 filters
+    matrix = musicnn._polyphase_kernel(kernel, phases)
+    groups = matrix.shape[1]
+    inputs = matrix.reshape(groups * phases, phases, 2)  # [input frame from the group's first, phase, filter]
+    for phase in range(phases):  # Output frame `phase` reads input frames phase .. phase + 4.
+        np.testing.assert_array_equal(inputs[phase : phase + 5, phase], kernel)
+        assert not np.delete(inputs[:, phase], range(phase, phase + 5), axis=0).any()
+    assert (groups - 1) * phases < phases - 1 + 5 <= groups * phases  # No group more than the last phase reads.
 
 
 def test_musicnn_takes_any_length_and_vgg_refuses_none():
