@@ -14,7 +14,8 @@ For each track of the catalog (`../shared/data/music/catalog.csv`, else the
 bundled demo), its 10 evenly spaced 187-frame patches of the musicnn
 log-mel (the batch an export makes of a 30 s track) go through the original
 graph, `pretrained/msd_musicnn` as trained and in its inference form
-(`models.for_inference`, what `serving.export` writes), the three
+(`models.for_inference`, what `serving.export` writes; on a CPU with
+native bfloat16 also in bfloat16, what `--precision=auto` exports there),
 interleaved, median over the tracks. Outputs are compared with the
 original's.
 """
@@ -37,6 +38,7 @@ from features.logmel import log_mel_spectrogram
 from intake import audio
 from intake import catalog as catalog_lib
 from models import artifact
+from serving.export import graph_options
 from serving.export.signatures import DEFAULT_NUM_CHUNKS
 from tfrecords import readers
 
@@ -102,11 +104,20 @@ def run_benchmark(command: str) -> report.Section:
 
         return call
 
+    shipped_precision = graph_options.resolve_precision(graph_options.AUTO)
+    float32_default = ", shipped default" if shipped_precision == graph_options.FLOAT32 else ""
     systems = {
         "musicnn package, TF1 graph + checkpoint, `Session.run` (anchor)": original,
         "`pretrained/msd_musicnn`, layers as trained (`--graph=as_trained`)": ours(as_trained),
-        "`pretrained/msd_musicnn`, inference form (`--graph=inference`, shipped default)": ours(fused),
+        f"`pretrained/msd_musicnn`, inference form (`--graph=inference --precision=float32`{float32_default})": ours(
+            fused
+        ),
     }
+    if graph_options.native_bfloat16():  # Where `--precision=auto` may pick it: this CPU computes it natively.
+        in_bfloat16 = models.for_inference(model, info.model_name, graph_options.BFLOAT16)
+        default = ", shipped default" if shipped_precision == graph_options.BFLOAT16 else ""
+        label = f"`pretrained/msd_musicnn`, inference form in bfloat16 (`--precision=bfloat16`{default})"
+        systems[label] = ours(tf.function(lambda x: in_bfloat16(x, training=False)))
     for call in systems.values():  # Warm-up: graph building, tracing, oneDNN primitive caches.
         call(batches[0])
     seconds = {name: [] for name in systems}
@@ -144,8 +155,8 @@ def run_benchmark(command: str) -> report.Section:
     notes = [
         preprocess_throughput.fallback_note(catalog, is_fallback),
         f"{len(batches)} tracks, each as an export batches it: {batches[0].shape[0]} patches of "
-        f"{info.crop_frames} frames x {info.log_mel.n_mels} bands of this project's musicnn log-mel; the three "
-        "systems interleaved track by track after one warm-up call each. Differences are against the TF1 graph's "
+        f"{info.crop_frames} frames x {info.log_mel.n_mels} bands of this project's musicnn log-mel; the "
+        f"{len(systems)} systems interleaved track by track after one warm-up call each. Differences are against the TF1 graph's "
         f"outputs on the same patches. {versions}; the original graph runs in a `tf.compat.v1.Session` of its own "
         "graph in the same process (see the module docstring for the throw-away set-up).",
         report.load_note(load_at_start),
