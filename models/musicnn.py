@@ -75,7 +75,8 @@ class TemporalMaxMeanPool(layers.Layer):
 
 # The front end's branches, in the order their outputs are concatenated.
 FRONT_END_BRANCHES = ("timbral_74", "timbral_77", "temporal_128", "temporal_64", "temporal_32")
-# Frames per group of a temporal kernel's polyphase convolution: its input channels (measured, AVX-512 BF16).
+# Frames per group of a temporal kernel's polyphase convolution, its input channels: 2 to 8 measured alike
+# (AVX-512 BF16, and oneDNN held to AVX2); 4 among the fastest in both precisions.
 _PHASE_FRAMES = 4
 
 
@@ -120,8 +121,9 @@ class FrequencyPooledConv(layers.Layer):
     `phase_frames` at a time into channels, and one convolution over the
     groups with `phase_frames x filters` outputs, the kernel laid out per
     output phase (`_polyphase_kernel`), gives every band's outputs at once;
-    then the max over the bands. No gather and no loop: TensorFlow's CPU
-    convolution with a few input channels runs near its matrix-product rate.
+    then the max over the bands. No gather and no loop: one convolution and
+    one pool per branch, at a quarter (32 frames) to two thirds (128 frames)
+    of the CPU's matrix-product rate (`benchmarks/layer_profile.py`).
 
     Inference only: training needs the batch statistics of the unpooled
     convolution; build it from a trained branch with `from_branch`.
