@@ -105,6 +105,14 @@ def export_defaults(work_dir: str, graph: str, precision: str = graph_options.FL
     return IndexModels(EmbeddingModels(tuple(refs[n] for n in RANKING_MODELS)), refs[TAG_MODEL])
 
 
+def decoded_as_the_job_does(entry: catalog_lib.CatalogEntry, sample_rate: int) -> np.ndarray:
+    """A track decoded, checked and hashed as the job does it; raises `audio.AudioError` for a track it rejects."""
+    source = audio.open_source(entry.uri)
+    waveform, _ = load_checked_waveform(entry, sample_rate, AudioChecks(), source)
+    audio.content_sha256(source)
+    return waveform
+
+
 def plain_loop(system: str, catalog: catalog_lib.Catalog, models: IndexModels) -> Row:
     """One track at a time through every model, in one thread."""
     loaded = {position: LoadedModel(ref) for position, ref in enumerate(models.distinct)}
@@ -112,11 +120,9 @@ def plain_loop(system: str, catalog: catalog_lib.Catalog, models: IndexModels) -
     start = time.perf_counter()
     for entry in catalog.entries:
         try:
-            source = audio.open_source(entry.uri)
-            waveform, _ = load_checked_waveform(entry, models.sample_rate, AudioChecks(), source)
+            waveform = decoded_as_the_job_does(entry, models.sample_rate)
         except audio.AudioError:
             continue
-        audio.content_sha256(source)
         outputs = {position: model.from_waveform(waveform) for position, model in loaded.items()}
         embeddings[entry.track_id], tags[entry.track_id] = models.combine(outputs)
     return Row(system, len(embeddings), time.perf_counter() - start, embeddings, tags)
@@ -298,9 +304,7 @@ def decode_seconds_per_track(catalog: catalog_lib.Catalog, sample_rate: int) -> 
     for entry in catalog.entries:
         start = time.perf_counter()
         try:
-            source = audio.open_source(entry.uri)
-            load_checked_waveform(entry, sample_rate, AudioChecks(), source)
-            audio.content_sha256(source)
+            decoded_as_the_job_does(entry, sample_rate)
         except audio.AudioError:
             continue
         times.append(time.perf_counter() - start)

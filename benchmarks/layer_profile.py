@@ -133,9 +133,8 @@ def _fetched(result):
 def gemm_rate(size: int = GEMM_SIZE, repeats: int = REPEATS, precision: str = FLOAT32) -> float:
     """This CPU's matmul rate in GFLOP/s through TensorFlow (a `size` x `size` product in `precision`)."""
     rng = np.random.default_rng(0)
-    dtype = tf.bfloat16 if precision == BFLOAT16 else tf.float32
-    a = tf.cast(rng.standard_normal((size, size), dtype=np.float32), dtype)
-    b = tf.cast(rng.standard_normal((size, size), dtype=np.float32), dtype)
+    a = tf.cast(rng.standard_normal((size, size), dtype=np.float32), tf.as_dtype(precision))
+    b = tf.cast(rng.standard_normal((size, size), dtype=np.float32), tf.as_dtype(precision))
     matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y))
     return 2.0 * size**3 / median_seconds(lambda: matmul(a, b), repeats) / 1e9
 
@@ -236,7 +235,7 @@ def regrouped_timbral_rates(precision: str = FLOAT32, repeats: int = REPEATS) ->
     (patches, frames, bands), (kernel_frames, kernel_bands), filters = TIMBRAL_SHAPE
     useful = 2 * patches * (frames - kernel_frames + 1) * (bands - kernel_bands + 1) * kernel_frames * kernel_bands
     useful *= filters
-    dtype = tf.bfloat16 if precision == BFLOAT16 else tf.float32
+    dtype = tf.as_dtype(precision)
     rng = np.random.default_rng(0)
     rates = {}
     for frame_group, band_group in TIMBRAL_REGROUPINGS:

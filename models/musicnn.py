@@ -160,7 +160,7 @@ class FrequencyPooledConv(layers.Layer):
         return _max_over(ops.conv(padded, self.kernel, padding="valid"), axis=2)
 
     def _pooled_polyphase_convolution(self, image):
-        batch, frames, num_bands = ops.shape(image)[0], ops.shape(image)[1], ops.shape(image)[2]
+        batch, frames, num_bands, _ = ops.shape(image)
         phases, groups = self.phase_frames, self.kernel.shape[1]
         output_groups = (frames + phases - 1) // phases
         padded_frames = (output_groups + groups - 1) * phases
